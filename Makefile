@@ -1,0 +1,27 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv if missing and
+# installs what it needs, so a fresh checkout needs nothing else.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[algorithms,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/scantide demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/enqueue.py
+
+clean:
+	rm -rf $(VENV) .scantide

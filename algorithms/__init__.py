@@ -1,0 +1,1 @@
+"""Analysis algorithms; each subpackage exposes a pure run()."""

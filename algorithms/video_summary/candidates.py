@@ -1,0 +1,147 @@
+"""Keyframe candidates kept during the single decoding pass.
+
+The pass cannot go back for a frame, so the few frames that might become keyframes are kept at
+full resolution as they go by: the best few of each of ``slots`` equal-length windows. When the
+container's frame count is unknown or too low, windows start short and pairs of neighbours are
+merged (window length doubled) whenever the scan outgrows them, so memory stays bounded and the
+windows stay roughly equal whatever the real length. Final selection re-windows at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .quality import quality_score, thumbnail
+
+logger = logging.getLogger(__name__)
+
+# Candidates kept per window at most; more gives selection a choice when the best is a duplicate.
+PER_WINDOW = 3
+# Raw full-resolution candidates may take this much memory (bytes); beyond it candidates are
+# held JPEG-encoded instead (4K scans with many keyframes).
+RAW_BUDGET_BYTES = 256 * 1024 * 1024
+# JPEG quality (0..100) of keyframe images.
+JPEG_QUALITY = 95
+
+
+@dataclass
+class Candidate:
+    """A frame that may become a keyframe.
+
+    index: frame index (from 0). sharpness, exposure, motion: its metrics (see quality.py).
+    thumb: grey thumbnail for near-duplicate checks. Exactly one of ``image`` (BGR uint8, full
+    resolution) and ``jpeg`` (its encoded bytes) is set.
+    """
+
+    index: int
+    sharpness: float
+    exposure: float
+    motion: float
+    thumb: np.ndarray
+    image: np.ndarray | None = None
+    jpeg: bytes | None = None
+
+    def score(self, reference: float) -> float:
+        return quality_score(self.sharpness, self.exposure, self.motion, reference)
+
+    def jpeg_bytes(self) -> bytes:
+        """The frame as JPEG bytes (JPEG_QUALITY)."""
+        if self.jpeg is not None:
+            return self.jpeg
+        assert self.image is not None
+        return encode_jpeg(self.image)
+
+    def bgr(self) -> np.ndarray:
+        """The frame as a BGR uint8 array."""
+        if self.image is not None:
+            return self.image
+        assert self.jpeg is not None
+        return cv2.imdecode(np.frombuffer(self.jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
+
+
+def encode_jpeg(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise cv2.error("JPEG encoding failed")
+    return buf.tobytes()
+
+
+class CandidatePool:
+    """The best PER_WINDOW frames of each of ``slots`` equal-length windows, seen in one pass.
+
+    slots: number of windows kept at any time. expected_frames: the container's frame count, or
+    0 when unknown (windows then start one frame long and grow).
+    """
+
+    def __init__(self, slots: int, expected_frames: int) -> None:
+        self._slots = max(1, slots)
+        self._window_len = max(1, math.ceil(expected_frames / self._slots)) if expected_frames > 0 else 1
+        self._windows: list[list[Candidate]] = [[] for _ in range(self._slots)]
+        self._keep = PER_WINDOW
+        self._encode: bool | None = None  # decided on the first frame, when its size is known
+        self._reference = 0.0
+
+    def offer(
+        self,
+        index: int,
+        metrics: tuple[float, float, float],
+        reference: float,
+        gray: np.ndarray,
+        frame: np.ndarray,
+    ) -> None:
+        """Consider frame ``index``; keep it if it ranks among the best of its window.
+
+        metrics: (sharpness, exposure, motion). reference: the provisional sharpness reference,
+        used to rank with the scan's distribution as known so far. gray: its small grey copy.
+        frame: the full-resolution BGR frame, kept by reference: it must not be reused by the
+        caller (cv2.VideoCapture.read() returns a fresh array per frame).
+        """
+        if self._encode is None:
+            self._plan_memory(frame.nbytes)
+        self._reference = reference
+        while index // self._window_len >= self._slots:
+            self._merge_pairs()
+        bucket = self._windows[index // self._window_len]
+        sharpness, exposure, motion = metrics
+        score = quality_score(sharpness, exposure, motion, reference)
+        if len(bucket) >= self._keep:
+            worst = min(bucket, key=lambda c: (c.score(reference), -c.index))
+            # Strictly better only: on ties the earlier frame stays, which keeps runs repeatable.
+            if score <= worst.score(reference):
+                return
+            bucket.remove(worst)
+        candidate = Candidate(index, sharpness, exposure, motion, thumbnail(gray))
+        if self._encode:
+            candidate.jpeg = encode_jpeg(frame)
+        else:
+            candidate.image = frame
+        bucket.append(candidate)
+
+    def candidates(self) -> list[Candidate]:
+        """Every kept candidate, in frame order."""
+        return sorted((c for bucket in self._windows for c in bucket), key=lambda c: c.index)
+
+    def _plan_memory(self, frame_bytes: int) -> None:
+        per_slot = RAW_BUDGET_BYTES // max(1, frame_bytes * self._slots)
+        self._encode = per_slot < 1
+        self._keep = PER_WINDOW if self._encode else int(min(PER_WINDOW, per_slot))
+        logger.debug(
+            "candidate memory plan frame_bytes=%d slots=%d keep=%d encode=%s",
+            frame_bytes, self._slots, self._keep, self._encode,
+        )
+
+    def _merge_pairs(self) -> None:
+        reference = self._reference
+        merged: list[list[Candidate]] = []
+        for i in range(0, self._slots, 2):
+            pair = self._windows[i] + (self._windows[i + 1] if i + 1 < self._slots else [])
+            pair.sort(key=lambda c: (-c.score(reference), c.index))
+            merged.append(pair[: self._keep])
+        merged.extend([] for _ in range(self._slots - len(merged)))
+        self._windows = merged
+        self._window_len *= 2

@@ -1,0 +1,127 @@
+"""Frame iteration over one video file, with every way a file can be bad turned into InvalidVideo."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+
+import cv2
+import numpy as np
+
+from .errors import InvalidVideo
+
+logger = logging.getLogger(__name__)
+
+# When the container's frame rate is missing or absurd, timestamps use this (frames per second).
+DEFAULT_FPS = 30.0
+# Fewer decoded frames than this share of the container's count means the file was cut short.
+TRUNCATION_RATIO = 0.9
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container claims before decoding.
+
+    fps: frames per second used for timestamps. fps_assumed: True when the container's rate was
+    0/NaN/absurd and DEFAULT_FPS was used instead. reported_frames: the container's frame count,
+    0 when it gives none (streams, some containers); a hint only, never trusted for results.
+    """
+
+    fps: float
+    fps_assumed: bool
+    reported_frames: int
+
+
+class VideoReader:
+    """Context manager over ``cv2.VideoCapture`` that yields BGR frames once, in order.
+
+    Usage: ``with VideoReader(path, max_frames) as reader: for index, frame in reader.frames(): ...``
+    then ``reader.check_complete(decoded)`` once the loop ends.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], max_frames: int) -> None:
+        self._path = os.fspath(path)
+        self._max_frames = max_frames
+        self._cap: cv2.VideoCapture | None = None
+        self.info = VideoInfo(fps=DEFAULT_FPS, fps_assumed=True, reported_frames=0)
+
+    def __enter__(self) -> VideoReader:
+        path = self._path
+        if not os.path.isfile(path):
+            raise InvalidVideo(f"could not open video: no such file: {path}")
+        if os.path.getsize(path) == 0:
+            raise InvalidVideo(f"could not open video: file is empty: {path}")
+        # Pin FFMPEG when the build has it: CAP_ANY may hand an odd file to the image-sequence
+        # backend, and one backend keeps results identical from run to run.
+        api = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
+        try:
+            cap = cv2.VideoCapture(path, api)
+        except cv2.error as exc:
+            raise InvalidVideo(f"could not open video: {path}: {exc}") from exc
+        if not cap.isOpened():
+            cap.release()
+            raise InvalidVideo(f"could not open video: {path} (not a video, or its container is damaged)")
+        self._cap = cap
+        self.info = _read_info(cap)
+        if self.info.reported_frames > self._max_frames:
+            self.close()
+            raise InvalidVideo(
+                f"video is too long: {self.info.reported_frames} frames, the limit is {self._max_frames}"
+            )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def frames(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(index, frame)`` with index counted from 0 and frame a BGR uint8 array."""
+        if self._cap is None:
+            raise RuntimeError("VideoReader used outside its with-block")
+        index = 0
+        while True:
+            try:
+                ok, frame = self._cap.read()
+            except cv2.error as exc:
+                raise InvalidVideo(f"video could not be decoded at frame {index}: {exc}") from exc
+            if not ok or frame is None:
+                return
+            if index >= self._max_frames:
+                raise InvalidVideo(f"video is too long: more than {self._max_frames} frames")
+            yield index, frame
+            index += 1
+
+    def check_complete(self, decoded: int) -> None:
+        """Raise InvalidVideo when ``decoded`` frames is none, or clearly short of the container's count."""
+        if decoded == 0:
+            raise InvalidVideo("video has no decodable frames")
+        reported = self.info.reported_frames
+        if reported > 0 and decoded < TRUNCATION_RATIO * reported:
+            raise InvalidVideo(f"video is truncated: decoded {decoded} of {reported} frames")
+        if reported > 0 and decoded != reported:
+            # Containers often miscount by a frame or two; worth a log line, not a failure.
+            logger.info("frame count differs from container decoded=%d reported=%d", decoded, reported)
+
+
+def _read_info(cap: cv2.VideoCapture) -> VideoInfo:
+    fps = float(cap.get(cv2.CAP_PROP_FPS))
+    # Some containers report 0, NaN or a timebase (e.g. 90000) instead of a frame rate.
+    fps_assumed = not math.isfinite(fps) or fps <= 0 or fps > 1000
+    count = float(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    reported = int(count) if math.isfinite(count) and count > 0 else 0
+    if fps_assumed:
+        logger.info("container frame rate unusable fps=%r assumed=%s", fps, DEFAULT_FPS)
+    return VideoInfo(fps=DEFAULT_FPS if fps_assumed else fps, fps_assumed=fps_assumed, reported_frames=reported)

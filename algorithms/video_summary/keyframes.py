@@ -1,0 +1,59 @@
+"""Final keyframe choice: the best good, non-duplicate candidate of each equal-length window."""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+
+from .candidates import Candidate
+from .quality import thumb_distance
+
+
+def even_windows(total: int, parts: int) -> list[tuple[int, int]]:
+    """Split frames ``0..total-1`` into at most ``parts`` contiguous, near-equal, non-empty windows.
+
+    Returns ``(start, end)`` pairs, end exclusive. Fewer windows when total < parts.
+    """
+    parts = max(1, min(parts, total))
+    edges = np.linspace(0, total, parts + 1).round().astype(int).tolist()
+    return [(edges[i], edges[i + 1]) for i in range(parts) if edges[i + 1] > edges[i]]
+
+
+def choose_keyframes(
+    candidates: list[Candidate],
+    quality: np.ndarray,
+    total_frames: int,
+    count: int,
+    min_quality: float,
+    dedupe_threshold: float,
+) -> list[Candidate]:
+    """Pick up to ``count`` keyframes, in frame order.
+
+    candidates: kept frames in frame order. quality: final per-frame quality (0..1) indexed by
+    frame. Each of ``count`` equal-length windows contributes its highest-quality candidate that
+    is not poor (quality >= min_quality) and not a near-duplicate (thumbnail distance below
+    ``dedupe_threshold``) of a keyframe already chosen. Windows are visited in time order so the
+    result depends only on the inputs. If nothing qualifies, the single best candidate is returned,
+    so a scan always has at least one keyframe.
+    """
+    if not candidates:
+        return []
+    windows = even_windows(total_frames, count)
+    starts = [start for start, _ in windows]
+    by_window: list[list[Candidate]] = [[] for _ in windows]
+    for candidate in candidates:
+        by_window[bisect.bisect_right(starts, candidate.index) - 1].append(candidate)
+
+    chosen: list[Candidate] = []
+    for members in by_window:
+        for candidate in sorted(members, key=lambda c: (-quality[c.index], c.index)):
+            if quality[candidate.index] < min_quality:
+                break  # sorted best first: the rest are poor too
+            if any(thumb_distance(candidate.thumb, kept.thumb) < dedupe_threshold for kept in chosen):
+                continue
+            chosen.append(candidate)
+            break
+    if not chosen:
+        chosen = [min(candidates, key=lambda c: (-quality[c.index], c.index))]
+    return chosen

@@ -1,0 +1,104 @@
+"""FastAPI app: enqueue scans, read tasks, scans and queues. OpenAPI at /docs and /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends, FastAPI, Response
+from pydantic import BaseModel
+
+from service.api.auth import TokenAuth
+from service.api.errors import install_error_handlers
+from service.api.limits import BodySizeLimit
+from service.backends import open_backend
+from service.backends.base import TaskBackend
+from service.domain import ScanRequest, TaskInfo
+from service.enqueue import submit_scan
+from service.errors import BackendUnavailable, ScanNotFound
+from service.settings import Settings
+
+
+class SubmitResponse(BaseModel):
+    task_id: str
+    scan_id: str
+    algorithm: str
+    state: str
+    created: bool
+    links: dict[str, str]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 422, 503)
+}
+
+
+def _links(task: TaskInfo) -> dict[str, str]:
+    return {"task": f"/v1/tasks/{task.task_id}", "scan": f"/v1/scans/{task.scan_id}"}
+
+
+def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAPI:
+    """The API over ``backend`` (opened from settings when not given)."""
+    backend = backend or open_backend(settings)
+    auth = TokenAuth(settings.api_tokens)
+    app = FastAPI(
+        title="scantide",
+        version="0.1.0",
+        description="Enqueue uploaded scans for analysis and follow their tasks. "
+        "Authenticate with `Authorization: Bearer <token>`; scopes: enqueue, read.",
+        responses=ERRORS,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.state.backend = backend
+
+    @app.post("/v1/scans", status_code=202, response_model=SubmitResponse, dependencies=[Depends(auth.require("enqueue"))],
+              summary="Enqueue a scan (idempotent on algorithm + scan_id)")
+    def post_scan(request: ScanRequest, response: Response) -> SubmitResponse:
+        submission = submit_scan(backend, settings, request)
+        task = submission.task
+        if not submission.created:
+            response.status_code = 200
+        return SubmitResponse(task_id=task.task_id, scan_id=task.scan_id, algorithm=task.algorithm,
+                              state=task.state.value, created=submission.created, links=_links(task))
+
+    @app.get("/v1/scans/{scan_id}", dependencies=[Depends(auth.require("read"))], summary="Every task of a scan")
+    def get_scan(scan_id: str) -> dict[str, Any]:
+        tasks = backend.tasks_for_scan(scan_id)
+        if not tasks:
+            raise ScanNotFound(f"no scan {scan_id!r} has been submitted")
+        return {"scan_id": scan_id, "tasks": [{**t.to_dict(), "links": _links(t)} for t in tasks]}
+
+    @app.get("/v1/tasks/{task_id}", dependencies=[Depends(auth.require("read"))], summary="One task")
+    def get_task(task_id: str) -> dict[str, Any]:
+        task = backend.get_task(task_id)
+        return {**task.to_dict(), "links": _links(task)}
+
+    @app.get("/v1/queues", dependencies=[Depends(auth.require("read"))], summary="Queue depth and workers")
+    def get_queues() -> dict[str, Any]:
+        workers = backend.workers()
+        out = []
+        for name in backend.queues():
+            stats = backend.queue_stats(name).to_dict()
+            stats["workers"] = sum(1 for w in workers if w.queue == name)
+            out.append(stats)
+        return {"queues": out}
+
+    @app.get("/healthz", summary="Liveness and task-store reachability (no auth)")
+    def healthz(response: Response) -> dict[str, Any]:
+        try:
+            backend.queues()
+        except BackendUnavailable as exc:
+            response.status_code = 503
+            return {"status": "unavailable", "backend": settings.backend, "error": exc.to_dict()}
+        return {"status": "ok", "backend": settings.backend}
+
+    return app

@@ -1,0 +1,39 @@
+"""Bearer-token auth with scopes. Tokens come from settings and are compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from service.errors import AuthError, Forbidden
+
+
+class TokenAuth:
+    def __init__(self, tokens: dict[str, list[str]]) -> None:
+        self._tokens = [(token.encode(), frozenset(scopes)) for token, scopes in tokens.items()]
+
+    def scopes_for(self, presented: str) -> frozenset[str] | None:
+        """Scopes of the presented token, or None. Checks every token so timing reveals nothing."""
+        found: frozenset[str] | None = None
+        candidate = presented.encode()
+        for token, scopes in self._tokens:
+            if hmac.compare_digest(token, candidate):
+                found = scopes
+        return found
+
+    def require(self, scope: str):
+        """A FastAPI dependency that admits requests whose token carries ``scope``."""
+
+        def dependency(request: Request) -> None:
+            header = request.headers.get("authorization", "")
+            kind, _, presented = header.partition(" ")
+            if kind.lower() != "bearer" or not presented.strip():
+                raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
+            scopes = self.scopes_for(presented.strip())
+            if scopes is None:
+                raise AuthError("invalid bearer token", code="invalid_token")
+            if scope not in scopes:
+                raise Forbidden(f"this token lacks the {scope!r} scope")
+
+        return dependency

@@ -1,0 +1,113 @@
+"""The ``TaskBackend`` interface: the one seam between scantide's logic and a task store.
+
+Two sides use it. The platform side (enqueue, API, monitor, autoscaler) submits tasks and reads
+states, changes, queue statistics and workers. The agent side (workers) claims tasks under a
+lease, renews it and finishes them. Implementations: ``embedded`` (SQLite) and ``clearml``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from service.domain import ChangePage, JobState, QueueStats, Submission, TaskError, TaskInfo, Template, WorkerInfo
+
+
+class TaskBackend(ABC):
+    # -- templates -------------------------------------------------------------------------
+    @abstractmethod
+    def register_template(self, template: Template) -> None:
+        """Create or replace the template of ``template.name``."""
+
+    @abstractmethod
+    def get_template(self, algorithm: str) -> Template:
+        """The template for an algorithm; raises ``UnknownAlgorithm``."""
+
+    @abstractmethod
+    def templates(self) -> list[Template]:
+        """Every registered template."""
+
+    # -- platform side ---------------------------------------------------------------------
+    @abstractmethod
+    def submit(self, algorithm: str, scan_id: str, params: dict[str, Any], output_uri: str) -> Submission:
+        """Clone the algorithm's template with ``params`` and enqueue it, atomically.
+
+        Idempotent on ``(algorithm, scan_id)``: a repeat returns the existing task with
+        ``created=False`` and changes nothing.
+        """
+
+    @abstractmethod
+    def get_task(self, task_id: str) -> TaskInfo:
+        """One task; raises ``TaskNotFound``."""
+
+    @abstractmethod
+    def tasks_for_scan(self, scan_id: str) -> list[TaskInfo]:
+        """Every task of a scan (one per algorithm), oldest first."""
+
+    @abstractmethod
+    def list_tasks(self, state: JobState | None = None, limit: int = 50) -> list[TaskInfo]:
+        """Most recently created tasks first, optionally of one state."""
+
+    @abstractmethod
+    def changes(self, cursor: str | None, limit: int = 500) -> ChangePage:
+        """State changes recorded after ``cursor`` (None: from the start), oldest first.
+
+        Ordered by the store's own sequence, never a client clock, so paging until
+        ``more`` is False sees every change exactly once.
+        """
+
+    @abstractmethod
+    def queue_stats(self, queue: str) -> QueueStats:
+        """Pending and running counts and the age of the oldest queued task."""
+
+    @abstractmethod
+    def queues(self) -> list[str]:
+        """Every queue a template or task names."""
+
+    @abstractmethod
+    def workers(self, queue: str | None = None) -> list[WorkerInfo]:
+        """Registered workers, optionally of one queue."""
+
+    @abstractmethod
+    def request_drain(self, worker_id: str) -> None:
+        """Ask a worker to finish its task and take no new one."""
+
+    # -- agent side ------------------------------------------------------------------------
+    @abstractmethod
+    def register_worker(self, worker_id: str, queue: str) -> None:
+        """Announce a worker (idempotent)."""
+
+    @abstractmethod
+    def unregister_worker(self, worker_id: str) -> None:
+        """Remove a worker that is exiting cleanly."""
+
+    @abstractmethod
+    def claim(self, queue: str, worker_id: str, lease_s: float) -> TaskInfo | None:
+        """Atomically take the oldest queued task of ``queue``, or None.
+
+        Two workers never get the same task. The task is leased for ``lease_s`` seconds;
+        a lease that runs out re-queues the task (up to the attempt limit) or fails it with
+        ``worker_lost``. A worker asked to drain gets None.
+        """
+
+    @abstractmethod
+    def heartbeat(self, worker_id: str, task_id: str | None, lease_s: float, progress: float | None = None) -> bool:
+        """Mark the worker alive, extend its task's lease to now + ``lease_s`` and record
+        ``progress`` (0..1) when given.
+
+        Returns True when the worker has been asked to drain. Raises ``LeaseLost`` when the
+        task is no longer this worker's.
+        """
+
+    @abstractmethod
+    def finish(
+        self, task_id: str, worker_id: str, *, result: dict[str, Any] | None = None, error: TaskError | None = None
+    ) -> TaskInfo:
+        """Record the outcome: ``result`` → completed, ``error`` → failed. Raises ``LeaseLost``."""
+
+    @abstractmethod
+    def reap_expired(self) -> list[TaskInfo]:
+        """Re-queue or fail tasks whose lease ran out; returns the tasks it changed."""
+
+    def close(self) -> None:
+        """Release connections."""

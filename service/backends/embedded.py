@@ -1,0 +1,407 @@
+"""Embedded task backend: one SQLite file (WAL, synchronous=FULL) shared by the API and workers.
+
+Every write is one short ``BEGIN IMMEDIATE`` transaction, so concurrent processes serialise on
+SQLite's write lock: a claim reads and takes a task under that lock, and no two workers can get
+the same one. Each state change appends a row to ``changes``, whose INTEGER PRIMARY KEY is the
+monotonic sequence ``changes()`` pages on.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from service.backends.base import TaskBackend
+from service.domain import (
+    Change,
+    ChangePage,
+    JobState,
+    QueueStats,
+    Submission,
+    TaskError,
+    TaskInfo,
+    Template,
+    WorkerInfo,
+)
+from service.errors import BackendUnavailable, InvalidRequest, LeaseLost, TaskNotFound, UnknownAlgorithm
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS templates (
+    name TEXT PRIMARY KEY, entry_point TEXT NOT NULL, queue TEXT NOT NULL,
+    params TEXT NOT NULL, max_runtime_s REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, algorithm TEXT NOT NULL, scan_id TEXT NOT NULL, queue TEXT NOT NULL,
+    state TEXT NOT NULL, params TEXT NOT NULL, output_uri TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0, worker_id TEXT, lease_until REAL,
+    created_at REAL NOT NULL, queued_at REAL, started_at REAL, finished_at REAL,
+    result TEXT, error TEXT, progress REAL,
+    UNIQUE (algorithm, scan_id)
+);
+CREATE INDEX IF NOT EXISTS tasks_by_queue ON tasks (queue, state, queued_at);
+CREATE INDEX IF NOT EXISTS tasks_by_scan ON tasks (scan_id);
+CREATE INDEX IF NOT EXISTS tasks_running ON tasks (state, lease_until);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL, state TEXT NOT NULL,
+    attempt INTEGER NOT NULL, at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY, queue TEXT NOT NULL, task_id TEXT, last_seen REAL NOT NULL,
+    idle_since REAL, draining INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+_NO_LOCK = nullcontext()
+
+TASK_COLUMNS = (
+    "id, algorithm, scan_id, queue, state, params, output_uri, attempt, worker_id, "
+    "created_at, queued_at, started_at, finished_at, result, error, progress"
+)
+
+
+class EmbeddedBackend(TaskBackend):
+    """``TaskBackend`` over a SQLite file. Safe to share between threads and processes."""
+
+    def __init__(self, path: str | Path, *, max_attempts: int = 2, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.max_attempts = max_attempts
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        # Threads of one process queue here rather than in SQLite's busy handler, which sleeps in
+        # 1-100 ms steps and would dominate tail latency; other processes still meet the file lock.
+        self._write_lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn().executescript(SCHEMA)
+        except sqlite3.OperationalError as exc:
+            raise BackendUnavailable(f"cannot create task store {self.path}: {exc}") from exc
+
+    # -- connections -----------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
+                                       check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")  # a 202 means the task survives a crash
+            except sqlite3.Error as exc:
+                raise BackendUnavailable(f"cannot open task store {self.path}: {exc}") from exc
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction; IMMEDIATE for writes so the write lock is taken up front."""
+        db = self._conn()
+        lock = self._write_lock if write else _NO_LOCK
+        try:
+            with lock:
+                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise BackendUnavailable(f"task store {self.path} is unavailable: {exc}") from exc
+
+    def close(self) -> None:
+        with self._conns_lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    # -- templates -------------------------------------------------------------------------
+    def register_template(self, template: Template) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO templates VALUES (?, ?, ?, ?, ?)",
+                (template.name, template.entry_point, template.queue, json.dumps(template.params),
+                 template.max_runtime_s),
+            )
+
+    def ensure_templates(self, templates: list[Template]) -> None:
+        """Register each template that does not exist yet; never overwrites."""
+        with self._tx() as db:
+            for t in templates:
+                db.execute(
+                    "INSERT OR IGNORE INTO templates VALUES (?, ?, ?, ?, ?)",
+                    (t.name, t.entry_point, t.queue, json.dumps(t.params), t.max_runtime_s),
+                )
+
+    def get_template(self, algorithm: str) -> Template:
+        with self._tx(write=False) as db:
+            row = db.execute("SELECT * FROM templates WHERE name = ?", (algorithm,)).fetchone()
+        if row is None:
+            known = ", ".join(t.name for t in self.templates()) or "none"
+            raise UnknownAlgorithm(f"unknown algorithm {algorithm!r}; registered: {known}")
+        return _template(row)
+
+    def templates(self) -> list[Template]:
+        with self._tx(write=False) as db:
+            return [_template(r) for r in db.execute("SELECT * FROM templates ORDER BY name")]
+
+    # -- platform side ---------------------------------------------------------------------
+    def submit(self, algorithm: str, scan_id: str, params: dict[str, Any], output_uri: str) -> Submission:
+        template = self.get_template(algorithm)
+        now = time.time()
+        task_id = uuid.uuid4().hex
+        merged = {**template.params, **params}
+        try:
+            encoded = json.dumps(merged)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"task parameters are not JSON-serialisable: {exc}") from exc
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO tasks (id, algorithm, scan_id, queue, state, params, output_uri, created_at, queued_at)"
+                " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT (algorithm, scan_id) DO NOTHING",
+                (task_id, algorithm, scan_id, template.queue, encoded, output_uri, now, now),
+            )
+            created = cur.rowcount == 1
+            if created:
+                _record(db, task_id, JobState.queued, 0, now)
+            row = db.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE algorithm = ? AND scan_id = ?", (algorithm, scan_id)
+            ).fetchone()
+        return Submission(task=_task(row), created=created)
+
+    def get_task(self, task_id: str) -> TaskInfo:
+        with self._tx(write=False) as db:
+            row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise TaskNotFound(f"no task {task_id!r}")
+        return _task(row)
+
+    def tasks_for_scan(self, scan_id: str) -> list[TaskInfo]:
+        with self._tx(write=False) as db:
+            rows = db.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE scan_id = ? ORDER BY created_at, rowid", (scan_id,)
+            ).fetchall()
+        return [_task(r) for r in rows]
+
+    def list_tasks(self, state: JobState | None = None, limit: int = 50) -> list[TaskInfo]:
+        where, args = ("WHERE state = ?", [state.value]) if state else ("", [])
+        with self._tx(write=False) as db:
+            rows = db.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [_task(r) for r in rows]
+
+    def changes(self, cursor: str | None, limit: int = 500) -> ChangePage:
+        after = _parse_cursor(cursor)
+        with self._tx(write=False) as db:
+            rows = db.execute(
+                f"SELECT c.seq, c.state AS c_state, c.attempt AS c_attempt, c.at, {_prefixed('t')}"
+                " FROM changes c JOIN tasks t ON t.id = c.task_id WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
+                (after, limit + 1),
+            ).fetchall()
+        more = len(rows) > limit
+        changes = [
+            Change(cursor=str(r["seq"]), task_id=r["id"], state=JobState(r["c_state"]), attempt=r["c_attempt"],
+                   at=r["at"], task=_task(r))
+            for r in rows[:limit]
+        ]
+        return ChangePage(changes=changes, cursor=changes[-1].cursor if changes else cursor, more=more)
+
+    def queue_stats(self, queue: str) -> QueueStats:
+        now = time.time()
+        with self._tx(write=False) as db:
+            row = db.execute(
+                "SELECT SUM(state = 'queued') AS pending, SUM(state = 'running') AS running,"
+                " MIN(CASE WHEN state = 'queued' THEN queued_at END) AS oldest"
+                " FROM tasks WHERE queue = ? AND state IN ('queued', 'running')",
+                (queue,),
+            ).fetchone()
+        oldest = row["oldest"]
+        return QueueStats(queue=queue, pending=row["pending"] or 0, running=row["running"] or 0,
+                          oldest_queued_age_s=max(0.0, now - oldest) if oldest else 0.0)
+
+    def queues(self) -> list[str]:
+        with self._tx(write=False) as db:
+            rows = db.execute("SELECT queue FROM templates UNION SELECT DISTINCT queue FROM tasks").fetchall()
+        return sorted(r[0] for r in rows)
+
+    def workers(self, queue: str | None = None) -> list[WorkerInfo]:
+        where, args = ("WHERE queue = ?", (queue,)) if queue else ("", ())
+        with self._tx(write=False) as db:
+            rows = db.execute(f"SELECT * FROM workers {where} ORDER BY id", args).fetchall()
+        return [
+            WorkerInfo(worker_id=r["id"], queue=r["queue"], task_id=r["task_id"], last_seen=r["last_seen"],
+                       idle_since=r["idle_since"], draining=bool(r["draining"]))
+            for r in rows
+        ]
+
+    def request_drain(self, worker_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE workers SET draining = 1 WHERE id = ?", (worker_id,))
+
+    # -- agent side ------------------------------------------------------------------------
+    def register_worker(self, worker_id: str, queue: str) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO workers (id, queue, last_seen, idle_since) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET queue = excluded.queue, last_seen = excluded.last_seen",
+                (worker_id, queue, now, now),
+            )
+
+    def unregister_worker(self, worker_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def claim(self, queue: str, worker_id: str, lease_s: float) -> TaskInfo | None:
+        now = time.time()
+        with self._tx() as db:
+            self._reap(db, now)
+            worker = db.execute("SELECT draining FROM workers WHERE id = ?", (worker_id,)).fetchone()
+            if worker is not None and worker["draining"]:
+                return None
+            row = db.execute(
+                f"UPDATE tasks SET state = 'running', attempt = attempt + 1, worker_id = ?, lease_until = ?,"
+                f" started_at = ?, progress = 0 WHERE id = (SELECT id FROM tasks WHERE queue = ? AND state = 'queued'"
+                f" ORDER BY queued_at, rowid LIMIT 1) RETURNING {TASK_COLUMNS}",
+                (worker_id, now + lease_s, now, queue),
+            ).fetchone()
+            if row is None:
+                db.execute("UPDATE workers SET last_seen = ? WHERE id = ?", (now, worker_id))
+                return None
+            task = _task(row)
+            _record(db, task.task_id, JobState.running, task.attempt, now)
+            db.execute(
+                "UPDATE workers SET task_id = ?, idle_since = NULL, last_seen = ? WHERE id = ?",
+                (task.task_id, now, worker_id),
+            )
+        return task
+
+    def heartbeat(self, worker_id: str, task_id: str | None, lease_s: float, progress: float | None = None) -> bool:
+        now = time.time()
+        with self._tx() as db:
+            if task_id is not None:
+                cur = db.execute(
+                    "UPDATE tasks SET lease_until = ?, progress = COALESCE(?, progress)"
+                    " WHERE id = ? AND worker_id = ? AND state = 'running'",
+                    (now + lease_s, progress, task_id, worker_id),
+                )
+                if cur.rowcount == 0:
+                    raise LeaseLost(f"worker {worker_id} no longer holds task {task_id}")
+            row = db.execute(
+                "UPDATE workers SET last_seen = ? WHERE id = ? RETURNING draining", (now, worker_id)
+            ).fetchone()
+        return bool(row and row["draining"])
+
+    def finish(
+        self, task_id: str, worker_id: str, *, result: dict[str, Any] | None = None, error: TaskError | None = None
+    ) -> TaskInfo:
+        if (result is None) == (error is None):
+            raise ValueError("finish() takes exactly one of result or error")
+        now = time.time()
+        state = JobState.completed if error is None else JobState.failed
+        with self._tx() as db:
+            row = db.execute(
+                f"UPDATE tasks SET state = ?, finished_at = ?, lease_until = NULL, result = ?, error = ?,"
+                f" progress = CASE WHEN ? = 'completed' THEN 1 ELSE progress END"
+                f" WHERE id = ? AND worker_id = ? AND state = 'running' RETURNING {TASK_COLUMNS}",
+                (state.value, now, _dump(result), _dump(asdict(error) if error else None), state.value, task_id,
+                 worker_id),
+            ).fetchone()
+            if row is None:
+                raise LeaseLost(f"worker {worker_id} no longer holds task {task_id}; its result was not recorded")
+            task = _task(row)
+            _record(db, task_id, state, task.attempt, now)
+            db.execute(
+                "UPDATE workers SET task_id = NULL, idle_since = ?, last_seen = ? WHERE id = ?",
+                (now, now, worker_id),
+            )
+        return task
+
+    def reap_expired(self) -> list[TaskInfo]:
+        with self._tx() as db:
+            return self._reap(db, time.time())
+
+    def _reap(self, db: sqlite3.Connection, now: float) -> list[TaskInfo]:
+        """Inside a write transaction: re-queue (or fail) tasks whose lease ran out."""
+        expired = db.execute(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'running' AND lease_until < ?", (now,)
+        ).fetchall()
+        changed = []
+        for row in expired:
+            task = _task(row)
+            if task.attempt < self.max_attempts:
+                # queued_at stays: the re-queued task goes back to the front of the queue.
+                new = db.execute(
+                    f"UPDATE tasks SET state = 'queued', worker_id = NULL, lease_until = NULL, started_at = NULL,"
+                    f" progress = NULL"
+                    f" WHERE id = ? RETURNING {TASK_COLUMNS}", (task.task_id,)
+                ).fetchone()
+                _record(db, task.task_id, JobState.queued, task.attempt, now)
+            else:
+                err = TaskError.make(
+                    "worker_lost",
+                    f"the worker running this task stopped responding (attempt {task.attempt} of "
+                    f"{self.max_attempts}); the task was not retried again",
+                )
+                new = db.execute(
+                    f"UPDATE tasks SET state = 'failed', lease_until = NULL, finished_at = ?, error = ?"
+                    f" WHERE id = ? RETURNING {TASK_COLUMNS}", (now, _dump(asdict(err)), task.task_id)
+                ).fetchone()
+                _record(db, task.task_id, JobState.failed, task.attempt, now)
+            db.execute("UPDATE workers SET task_id = NULL WHERE id = ? AND task_id = ?", (task.worker_id, task.task_id))
+            changed.append(_task(new))
+        return changed
+
+
+def _record(db: sqlite3.Connection, task_id: str, state: JobState, attempt: int, now: float) -> None:
+    db.execute("INSERT INTO changes (task_id, state, attempt, at) VALUES (?, ?, ?, ?)",
+               (task_id, state.value, attempt, now))
+
+
+def _parse_cursor(cursor: str | None) -> int:
+    if cursor in (None, ""):
+        return 0
+    try:
+        return int(cursor)
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid change cursor {cursor!r}") from exc
+
+
+def _prefixed(alias: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in TASK_COLUMNS.split(","))
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _template(row: sqlite3.Row) -> Template:
+    return Template(name=row["name"], entry_point=row["entry_point"], queue=row["queue"],
+                    params=json.loads(row["params"]), max_runtime_s=row["max_runtime_s"])
+
+
+def _task(row: sqlite3.Row) -> TaskInfo:
+    error = json.loads(row["error"]) if row["error"] else None
+    return TaskInfo(
+        task_id=row["id"], algorithm=row["algorithm"], scan_id=row["scan_id"], queue=row["queue"],
+        state=JobState(row["state"]), params=json.loads(row["params"]), output_uri=row["output_uri"],
+        attempt=row["attempt"], worker_id=row["worker_id"], created_at=row["created_at"],
+        queued_at=row["queued_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+        result=json.loads(row["result"]) if row["result"] else None,
+        error=TaskError(**error) if error else None,
+        progress=row["progress"],
+    )

@@ -1,0 +1,180 @@
+"""The ``scantide`` command line. It prints for people; the library code below it logs."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from service.backends import open_backend
+from service.domain import JobState, ScanRequest
+from service.errors import ScantideError
+from service.console import follow
+from service.settings import Settings, load_settings, with_local_token
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="scantide: analyse uploaded video scans on autoscaled workers.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    return ctx.obj
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    state_dir: Optional[Path] = typer.Option(None, help="State directory (default SCANTIDE_STATE_DIR or ./.scantide)."),
+    log_level: str = typer.Option("INFO", help="Log level for daemons."),
+) -> None:
+    overrides = {"state_dir": state_dir} if state_dir else {}
+    ctx.obj = load_settings(**overrides)
+    setup_logging(log_level.upper())
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    workers: Optional[int] = typer.Option(None, help="Worker processes (default SCANTIDE_WORKERS)."),
+    queue: Optional[str] = typer.Option(None, help="Queue the workers serve (default SCANTIDE_DEFAULT_QUEUE)."),
+) -> None:
+    """Run the API and the workers on this machine under one supervisor (embedded mode)."""
+    from service.supervisor import Child, Supervisor, cli_argv
+
+    settings = with_local_token(_settings(ctx))
+    n = settings.workers if workers is None else workers
+    q = queue or settings.default_queue
+    children = [Child("api", cli_argv("api"))]
+    children += [Child(f"worker-{i}", cli_argv("worker", "--queue", q)) for i in range(n)]
+    err_console.print(f"scantide up: API on http://{settings.api_host}:{settings.api_port} (docs at /docs), "
+                      f"{n} worker(s) on queue {q!r}; token in {settings.token_file if settings.token_file.exists() else 'settings'}")
+    raise typer.Exit(Supervisor(settings, open_backend(settings), children).run())
+
+
+@app.command(hidden=True)
+def api(ctx: typer.Context, access_log: bool = typer.Option(True, help="Log each request.")) -> None:
+    """Serve the HTTP API (normally started by `scantide up`)."""
+    import uvicorn
+
+    from service.api import create_app
+
+    settings = _settings(ctx)
+    if not settings.api_tokens:
+        err_console.print("refusing to serve the API without tokens: set SCANTIDE_API_TOKENS or use `scantide up`")
+        raise typer.Exit(2)
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, access_log=access_log,
+                log_level="info")
+
+
+@app.command()
+def worker(
+    ctx: typer.Context,
+    queue: Optional[str] = typer.Option(None, help="Queue to serve (default SCANTIDE_DEFAULT_QUEUE)."),
+    max_tasks: Optional[int] = typer.Option(None, help="Exit after this many tasks."),
+) -> None:
+    """Claim and run tasks from a queue until SIGTERM (which drains)."""
+    from service.worker import Worker
+
+    settings = _settings(ctx)
+    w = Worker(open_backend(settings), settings, queue or settings.default_queue)
+    w.install_signal_handlers()
+    raise typer.Exit(w.run(max_tasks=max_tasks))
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    scan: str = typer.Argument(..., help="A local video file, or an s3:// / https:// URI."),
+    scan_id: Optional[str] = typer.Option(None, help="Scan id (default: the file name without extension)."),
+    algorithm: Optional[str] = typer.Option(None, help="Algorithm (default SCANTIDE_DEFAULT_ALGORITHM)."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the task with a progress bar until it ends."),
+) -> None:
+    """Enqueue one scan. Local files outside the data root are copied into <data_root>/uploads."""
+    from service.enqueue import submit_scan
+
+    settings = _settings(ctx)
+    backend = open_backend(settings)
+    uri = scan
+    if "://" not in scan:
+        path = Path(scan).expanduser().resolve()
+        if not path.is_file():
+            err_console.print(f"[red]no such file: {path}[/red]")
+            raise typer.Exit(2)
+        root = settings.data_root.resolve()  # type: ignore[union-attr]
+        if not path.is_relative_to(root):
+            dest = root / "uploads" / path.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+            path = dest
+        uri = str(path)
+    sid = scan_id or Path(scan.rstrip("/")).stem
+    try:
+        submission = submit_scan(backend, settings, ScanRequest(scan_id=sid, scan_uri=uri, algorithm=algorithm))
+    except ScantideError as exc:
+        err_console.print(f"[red]{exc.code}[/red]: {exc.message}")
+        raise typer.Exit(2)
+    task = submission.task
+    console.print(f"{'queued' if submission.created else 'already submitted'}: scan {task.scan_id} → task {task.task_id} ({task.state.value})")
+    if wait:
+        final = follow([task.task_id], backend.get_task, console)
+        raise typer.Exit(0 if final[0].state is JobState.completed else 1)
+
+
+@app.command()
+def status(ctx: typer.Context, limit: int = typer.Option(15, help="Recent tasks to show.")) -> None:
+    """Queues, workers and the most recent tasks."""
+    backend = open_backend(_settings(ctx))
+    workers = backend.workers()
+    qt = Table(title="queues")
+    for col in ("queue", "pending", "running", "oldest queued", "workers"):
+        qt.add_column(col)
+    for name in backend.queues():
+        s = backend.queue_stats(name)
+        qt.add_row(name, str(s.pending), str(s.running), f"{s.oldest_queued_age_s:.0f}s",
+                   str(sum(1 for w in workers if w.queue == name)))
+    console.print(qt)
+    tt = Table(title="recent tasks")
+    for col in ("scan", "algorithm", "state", "progress", "attempt", "task", "error"):
+        tt.add_column(col)
+    for t in backend.list_tasks(limit=limit):
+        tt.add_row(t.scan_id, t.algorithm, t.state.value, f"{(t.progress or 0) * 100:.0f}%", str(t.attempt),
+                   t.task_id[:12], t.error.code if t.error else "")
+    console.print(tt)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    scans: int = typer.Option(3, min=1, max=20, help="Synthetic scans to analyse."),
+    workers: int = typer.Option(2, min=1, max=8, help="Worker processes."),
+    timeout_s: float = typer.Option(600.0, help="Give up after this many seconds."),
+) -> None:
+    """Write synthetic scans, start everything, submit them over HTTP and show the results."""
+    from service.demo import run_demo
+
+    ok = run_demo(_settings(ctx), console, scans=scans, workers=workers, timeout_s=timeout_s)
+    raise typer.Exit(0 if ok else 1)
+
+
+def main() -> None:
+    try:
+        app()
+    except ScantideError as exc:
+        err_console.print(f"[red]{exc.code}[/red]: {exc.message}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""One error tree. Every error carries a stable ``code`` that the API and webhooks expose.
+
+Connection failures (``BackendUnavailable``) stay apart from not-found and bad-input errors so
+callers can retry the first and never the others.
+"""
+
+from __future__ import annotations
+
+
+class ScantideError(Exception):
+    """Root of every error scantide raises on purpose.
+
+    ``code`` is stable (clients branch on it); ``message`` is for a person and says what to do.
+    ``status`` is the HTTP status the API answers with.
+    """
+
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class InvalidRequest(ScantideError):
+    """The caller sent something we will never accept as it is."""
+
+    code = "invalid_request"
+    status = 422
+
+
+class InvalidScanUri(InvalidRequest):
+    code = "invalid_scan_uri"
+
+
+class ForbiddenScanUri(InvalidRequest):
+    """A URI that points at a place we refuse to fetch from (loopback, private, metadata)."""
+
+    code = "forbidden_scan_uri"
+
+
+class UnknownAlgorithm(InvalidRequest):
+    code = "unknown_algorithm"
+    status = 404
+
+
+class NotFound(ScantideError):
+    code = "not_found"
+    status = 404
+
+
+class TaskNotFound(NotFound):
+    code = "task_not_found"
+
+
+class ScanNotFound(NotFound):
+    code = "scan_not_found"
+
+
+class AuthError(ScantideError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(AuthError):
+    code = "forbidden"
+    status = 403
+
+
+class PayloadTooLarge(InvalidRequest):
+    code = "payload_too_large"
+    status = 413
+
+
+class Conflict(ScantideError):
+    code = "conflict"
+    status = 409
+
+
+class LeaseLost(Conflict):
+    """The worker no longer holds the task: its lease expired and the task moved on."""
+
+    code = "lease_lost"
+
+
+class BackendUnavailable(ScantideError):
+    """The task store cannot be reached right now; retry later."""
+
+    code = "backend_unavailable"
+    status = 503
+
+
+class ConfigError(ScantideError):
+    code = "config_error"
+    status = 500

@@ -1,0 +1,119 @@
+"""Scan URI validation: where we are willing to fetch a scan from.
+
+Accepted: ``s3://bucket/key``, ``https://host/…`` whose host resolves only to public addresses
+(unless listed in ``allowed_scan_hosts``), and local files under the data root (a plain path,
+relative to the root or absolute, or ``file://``). Refused: other schemes, ``..`` segments,
+anything outside the data root, and hosts on loopback, private, link-local (cloud metadata
+such as 169.254.169.254), multicast or reserved addresses, to keep callers from making our
+workers fetch internal resources.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+from service.errors import ForbiddenScanUri, InvalidScanUri
+
+Resolver = Callable[[str], list[str]]
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def system_resolver(host: str) -> list[str]:
+    """Every address ``host`` resolves to; raises ``InvalidScanUri`` if it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InvalidScanUri(f"cannot resolve host {host!r} of scan_uri: {exc}") from exc
+    return sorted({info[4][0] for info in infos})
+
+
+def validate_scan_uri(
+    uri: str,
+    *,
+    data_root: Path,
+    allowed_hosts: list[str] | tuple[str, ...] = (),
+    resolver: Resolver = system_resolver,
+) -> str:
+    """Return the normalised URI (local paths become absolute paths) or raise an ``InvalidRequest``."""
+    uri = uri.strip()
+    if not uri:
+        raise InvalidScanUri("scan_uri is empty")
+    if any(ord(ch) < 32 for ch in uri):
+        raise InvalidScanUri("scan_uri contains control characters")
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme == "s3":
+        return _validate_s3(uri, parts.netloc, parts.path)
+    if scheme in ("https", "http"):
+        return _validate_http(uri, scheme, parts.hostname, parts.path, allowed_hosts, resolver)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidScanUri(f"file:// URIs must not name a host, got {parts.netloc!r}")
+        return _validate_local(unquote(parts.path), data_root)
+    if scheme == "":
+        return _validate_local(uri, data_root)
+    raise InvalidScanUri(f"unsupported scan_uri scheme {scheme!r}: use s3://, https:// or a path under the data root")
+
+
+def _reject_traversal(path: str) -> None:
+    if ".." in PurePosixPath(path.replace("\\", "/")).parts:
+        raise InvalidScanUri("scan_uri must not contain '..' path segments")
+
+
+def _validate_s3(uri: str, bucket: str, key: str) -> str:
+    if not _BUCKET.match(bucket):
+        raise InvalidScanUri(f"invalid S3 bucket name {bucket!r} in scan_uri")
+    key = key.lstrip("/")
+    if not key or key.endswith("/"):
+        raise InvalidScanUri("scan_uri must name an S3 object: s3://bucket/key")
+    _reject_traversal(unquote(key))
+    return f"s3://{bucket}/{key}"
+
+
+def _validate_http(
+    uri: str, scheme: str, host: str | None, path: str, allowed_hosts: list[str] | tuple[str, ...], resolver: Resolver
+) -> str:
+    if not host:
+        raise InvalidScanUri("scan_uri has no host")
+    _reject_traversal(unquote(path))
+    if host in allowed_hosts:
+        return uri
+    if scheme != "https":
+        raise InvalidScanUri("plain http:// scan URIs are refused; use https://")
+    addresses = [host] if _is_ip(host) else resolver(host)
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        if not ip.is_global or ip.is_multicast:
+            raise ForbiddenScanUri(
+                f"scan_uri host {host!r} resolves to {ip}, a non-public address (loopback, private, link-local or "
+                "metadata); add the host to SCANTIDE_ALLOWED_SCAN_HOSTS if this is intended"
+            )
+    return uri
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _validate_local(raw: str, data_root: Path) -> str:
+    _reject_traversal(raw)
+    root = data_root.resolve()
+    path = Path(raw)
+    candidate = (path if path.is_absolute() else root / path).resolve()
+    if not candidate.is_relative_to(root):
+        raise ForbiddenScanUri(f"local scan paths must be under the data root {root}; got {raw!r}")
+    if not candidate.is_file():
+        raise InvalidScanUri(f"no scan file at {candidate}", code="scan_missing")
+    return str(candidate)

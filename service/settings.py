@@ -1,0 +1,116 @@
+"""The one settings object, built at start-up and passed in. Every SCANTIDE_* name lives here.
+
+Sources, highest first: keyword overrides, environment (``SCANTIDE_*``), ``scantide.toml`` (or
+the file named by ``SCANTIDE_CONFIG``), defaults. ClearML and AWS credentials are not here: they
+come from their own standard chains.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+ENV_PREFIX = "SCANTIDE_"
+CONFIG_ENV = "SCANTIDE_CONFIG"  # path of an optional TOML file
+DEFAULT_CONFIG_FILE = "scantide.toml"
+SCOPES = ("enqueue", "read", "promote")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    backend: Literal["embedded", "clearml"] = "embedded"
+    state_dir: Path = Field(Path(".scantide"), description="SQLite store, tokens and logs (embedded).")
+    data_root: Path | None = Field(None, description="Local scans must live under it; default <state_dir>/data.")
+    output_root: Path | None = Field(None, description="Where outputs go; default <state_dir>/outputs.")
+
+    default_algorithm: str = "video_summary"
+    default_queue: str = "default"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8700
+    api_tokens: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Bearer tokens and their scopes, e.g. {"s3cr3t": ["enqueue", "read"]}. '
+        "Empty: `scantide up` creates one with every scope in <state_dir>/api_token.",
+    )
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body the API reads, bytes.")
+    allowed_scan_hosts: list[str] = Field(
+        default_factory=list,
+        description="http(s) hosts allowed even though they resolve to loopback/private/link-local addresses.",
+    )
+
+    lease_s: float = Field(30.0, gt=0, description="A running task is re-queued if its worker is silent this long.")
+    heartbeat_s: float = Field(5.0, gt=0, description="How often a worker renews its lease, seconds.")
+    max_attempts: int = Field(2, ge=1, description="Runs per task before an expired lease fails it (worker_lost).")
+    task_timeout_s: float = Field(1800.0, gt=0, description="Hard limit on one run of the algorithm, seconds.")
+    worker_poll_s: float = Field(0.5, gt=0, description="Idle worker's pause between claims, seconds.")
+    workers: int = Field(2, ge=0, description="Worker processes `scantide up` starts (embedded).")
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        if self.data_root is None:
+            self.data_root = self.state_dir / "data"
+        if self.output_root is None:
+            self.output_root = self.state_dir / "outputs"
+        for name, tokens in (("api_tokens", self.api_tokens),):
+            for scopes in tokens.values():
+                unknown = set(scopes) - set(SCOPES)
+                if unknown:
+                    raise ValueError(f"{name}: unknown scopes {sorted(unknown)}; known: {list(SCOPES)}")
+        return self
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "scantide.db"
+
+    @property
+    def token_file(self) -> Path:
+        return self.state_dir / "api_token"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_FILE))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings once at start-up; raises ``ConfigError`` with a readable message."""
+    from pydantic import ValidationError
+
+    from service.errors import ConfigError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid settings ({ENV_PREFIX}* or {DEFAULT_CONFIG_FILE}): {problems}") from exc
+
+
+def with_local_token(settings: Settings) -> Settings:
+    """With no tokens configured, make one (every scope) and keep it in <state_dir>/api_token (0600)."""
+    import secrets
+
+    if settings.api_tokens:
+        return settings
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.token_file
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    token = path.read_text().strip()
+    return settings.model_copy(update={"api_tokens": {token: list(SCOPES)}})

@@ -1,0 +1,127 @@
+"""One supervisor for the embedded processes: the API, workers (and later daemons).
+
+Children run as separate processes and are restarted with backoff when they die. The
+supervisor also reaps expired leases, so a worker killed mid-task has its task re-queued even
+when no other worker is polling. SIGTERM/SIGINT stops everything: workers get SIGTERM and drain
+(finish the task in hand) for up to ``grace_s``; a second signal kills at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from service.backends.base import TaskBackend
+from service.errors import ScantideError
+from service.settings import ENV_PREFIX, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0  # monotonic seconds
+    started_at: float = field(default=0.0)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as ``SCANTIDE_*`` variables, so child processes see exactly what we see."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        env[f"{ENV_PREFIX}{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+def cli_argv(*args: str) -> list[str]:
+    """Run a scantide command in a child process with this interpreter."""
+    return [sys.executable, "-m", "service.cli", *args]
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, backend: TaskBackend, children: list[Child], *,
+                 output: IO[Any] | None = None, grace_s: float = 60.0, reap_every_s: float = 2.0) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.children = children
+        self.output = output
+        self.grace_s = grace_s
+        self.reap_every_s = reap_every_s
+        self._stopping = False
+        self._kill = False
+        self._env = {**os.environ, **settings_env(settings)}
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._stopping:
+            self._kill = True
+        self._stopping = True
+        log.info("supervisor_stopping signal=%s", signum)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        next_reap = 0.0
+        while not self._stopping:
+            now = time.monotonic()
+            for child in self.children:
+                self._check(child, now)
+            if now >= next_reap:
+                next_reap = now + self.reap_every_s
+                self._reap()
+            time.sleep(0.2)
+        return self._stop_all()
+
+    def _check(self, child: Child, now: float) -> None:
+        proc = child.process
+        if proc is not None and proc.poll() is None:
+            return
+        if proc is not None:
+            # A child that ran for a while before dying gets a fresh backoff.
+            if now - child.started_at > 60:
+                child.restarts = 0
+            delay = min(30.0, 0.5 * 2 ** child.restarts)
+            log.warning("child_exited name=%s status=%s restart_in_s=%.1f", child.name, proc.returncode, delay)
+            child.restarts += 1
+            child.next_start = now + delay
+            child.process = None
+            return
+        if now >= child.next_start:
+            child.process = subprocess.Popen(child.argv, env=self._env, stdout=self.output, stderr=self.output,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
+            child.started_at = now
+            log.info("child_started name=%s pid=%d", child.name, child.process.pid)
+
+    def _reap(self) -> None:
+        try:
+            for task in self.backend.reap_expired():
+                log.warning("lease_expired task=%s scan=%s now=%s attempt=%d", task.task_id, task.scan_id,
+                            task.state.value, task.attempt)
+        except ScantideError as exc:
+            log.warning("reap_failed error=%s", exc.message)
+
+    def _stop_all(self) -> int:
+        running = [c for c in self.children if c.process is not None and c.process.poll() is None]
+        for child in running:
+            child.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        deadline = time.monotonic() + self.grace_s
+        while running and time.monotonic() < deadline and not self._kill:
+            running = [c for c in running if c.process.poll() is None]  # type: ignore[union-attr]
+            time.sleep(0.1)
+        for child in running:
+            log.warning("child_killed name=%s", child.name)
+            os.killpg(child.process.pid, signal.SIGKILL)  # type: ignore[union-attr]
+            child.process.wait()  # type: ignore[union-attr]
+        log.info("supervisor_stopped")
+        return 0
