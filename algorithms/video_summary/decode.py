@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -20,6 +22,18 @@ logger = logging.getLogger(__name__)
 DEFAULT_FPS = 30.0
 # Fewer decoded frames than this share of the container's count means the file was cut short.
 TRUNCATION_RATIO = 0.9
+# Frames decoded ahead of the consumer: enough to smooth out uneven frame costs, few enough that
+# memory stays a handful of frames.
+PREFETCH = 4
+
+# Queue markers from the decode thread: end of stream, or a decoder failure at a frame index.
+_END = object()
+
+
+@dataclass(frozen=True)
+class _Failure:
+    index: int
+    error: str
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,9 @@ class VideoReader:
         self._path = os.fspath(path)
         self._max_frames = max_frames
         self._cap: cv2.VideoCapture | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=PREFETCH)
         self.info = VideoInfo(fps=DEFAULT_FPS, fps_assumed=True, reported_frames=0)
 
     def __enter__(self) -> VideoReader:
@@ -83,26 +100,71 @@ class VideoReader:
         self.close()
 
     def close(self) -> None:
+        # The decode thread must be gone before the capture is released under it.
+        self._stop_prefetch()
         if self._cap is not None:
             self._cap.release()
             self._cap = None
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(index, frame)`` with index counted from 0 and frame a BGR uint8 array."""
+        """Yield ``(index, frame)`` with index counted from 0 and frame a fresh BGR uint8 array.
+
+        A background thread decodes up to PREFETCH frames ahead: decoding is single-threaded in
+        FFMPEG for most codecs and OpenCV releases the GIL, so the caller's per-frame work
+        overlaps the next decode instead of adding to it. Order and content are unchanged.
+        """
         if self._cap is None:
             raise RuntimeError("VideoReader used outside its with-block")
+        self._queue = queue.Queue(maxsize=PREFETCH)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="video-decode", daemon=True)
+        self._thread.start()
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failure):
+                    raise InvalidVideo(f"video could not be decoded at frame {item.index}: {item.error}")
+                index, frame = item
+                if index >= self._max_frames:
+                    raise InvalidVideo(f"video is too long: more than {self._max_frames} frames")
+                yield index, frame
+        finally:
+            self._stop_prefetch()
+
+    def _produce(self) -> None:
+        """Decode thread: put (index, frame) tuples, then _END or a _Failure, on the queue."""
+        assert self._cap is not None
         index = 0
-        while True:
-            try:
+        try:
+            while not self._stop.is_set():
                 ok, frame = self._cap.read()
-            except cv2.error as exc:
-                raise InvalidVideo(f"video could not be decoded at frame {index}: {exc}") from exc
-            if not ok or frame is None:
-                return
-            if index >= self._max_frames:
-                raise InvalidVideo(f"video is too long: more than {self._max_frames} frames")
-            yield index, frame
-            index += 1
+                if not ok or frame is None:
+                    break
+                if not self._put((index, frame)):
+                    return
+                index += 1
+        except cv2.error as exc:
+            self._put(_Failure(index, str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"))
+            return
+        self._put(_END)
+
+    def _put(self, item: object) -> bool:
+        # Bounded waits so a consumer that stopped early (error, too long) never strands us.
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _stop_prefetch(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
 
     def check_complete(self, decoded: int) -> None:
         """Raise InvalidVideo when ``decoded`` frames is none, or clearly short of the container's count."""

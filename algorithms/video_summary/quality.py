@@ -28,9 +28,6 @@ _CLIP_ZERO = 0.3
 _MOTION_FULL = 0.25
 _MOTION_WEIGHT = 0.3
 
-_GREY_LEVELS = np.arange(256, dtype=np.float64)
-
-
 def downscale_gray(frame: np.ndarray, width: int) -> np.ndarray:
     """Return a grey uint8 copy of a BGR ``frame`` at most ``width`` pixels wide (aspect kept).
 
@@ -57,15 +54,17 @@ def frame_metrics(gray: np.ndarray, previous: np.ndarray | None) -> tuple[float,
     normalised per scan later). exposure: score in [0, 1], 1 = well exposed. motion: mean absolute
     difference to ``previous`` in [0, 1], 0 for the first frame.
     """
-    _, std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))
-    sharpness = float(std[0, 0]) ** 2
-    hist = cv2.calcHist([gray], [0], None, [256], [0, 256]).reshape(-1).astype(np.float64)
     pixels = float(gray.size)
-    brightness = float(hist @ _GREY_LEVELS) / (255.0 * pixels)
-    clipped = float(hist[: _CLIP_LOW + 1].sum() + hist[_CLIP_HIGH:].sum()) / pixels
+    # int16 Laplacian (exact for uint8 input) and variance as E[L^2] - E[L]^2 from two
+    # reductions: several times cheaper than a float Laplacian plus meanStdDev.
+    laplacian = cv2.Laplacian(gray, cv2.CV_16S)
+    mean_lap = cv2.sumElems(laplacian)[0] / pixels
+    sharpness = max(0.0, cv2.norm(laplacian, cv2.NORM_L2) ** 2 / pixels - mean_lap**2)
+    brightness = cv2.mean(gray)[0] / 255.0
+    clipped = 1.0 - cv2.countNonZero(cv2.inRange(gray, _CLIP_LOW + 1, _CLIP_HIGH - 1)) / pixels
     motion = 0.0
     if previous is not None and previous.shape == gray.shape:
-        motion = float(cv2.mean(cv2.absdiff(gray, previous))[0]) / 255.0
+        motion = cv2.norm(gray, previous, cv2.NORM_L1) / (255.0 * pixels)
     return sharpness, exposure_score(brightness, clipped), motion
 
 
