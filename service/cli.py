@@ -27,6 +27,7 @@ err_console = Console(stderr=True)
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the CLI's output
 
 
 def _settings(ctx: typer.Context) -> Settings:

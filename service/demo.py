@@ -59,7 +59,7 @@ def write_demo_scans(folder: Path, count: int, run_id: str) -> list[tuple[str, P
     scans = []
     for i in range(count):
         frames, blur, exposure = SCENARIOS[i % len(SCENARIOS)]
-        path = folder / f"demo-{run_id}-{i + 1}.mp4"
+        path = folder / f"demo{i + 1}-{run_id[:4]}.mp4"
         info = write_scan_video(path, frames=frames, fps=24.0, size=(480, 360), blur=blur, exposure=exposure, seed=i)
         scans.append((path.stem, path, info))
     return scans
@@ -86,9 +86,13 @@ def run_demo(settings: Settings, console: Console, *, scans: int = 3, workers: i
             task_ids = []
             with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as http:
                 for scan_id, path, _ in written:
-                    r = http.post("/v1/scans", json={"scan_id": scan_id, "scan_uri": str(path),
+                    # Relative paths are resolved against the data root, as a platform would send them.
+                    uri = str(path.relative_to(settings.data_root))  # type: ignore[arg-type]
+                    r = http.post("/v1/scans", json={"scan_id": scan_id, "scan_uri": uri,
                                                      "metadata": {"source": "demo"}})
-                    r.raise_for_status()
+                    if r.status_code not in (200, 202):
+                        console.print(f"[red]POST /v1/scans {scan_id} → {r.status_code}: {r.text}[/red]")
+                        return False
                     task_ids.append(r.json()["task_id"])
                     console.print(f"POST /v1/scans {scan_id} → {r.status_code} task {r.json()['task_id'][:12]}")
             backend = open_backend(settings)
@@ -105,24 +109,34 @@ def run_demo(settings: Settings, console: Console, *, scans: int = 3, workers: i
     return ok
 
 
+def flagged_ranges(segments: list[dict], min_poor: float = 0.5) -> str:
+    """Frame ranges of the segments where most frames are poor, adjacent ones merged."""
+    ranges: list[list[int]] = []
+    for seg in segments:
+        if seg["poor_fraction"] < min_poor:
+            continue
+        if ranges and seg["start_frame"] == ranges[-1][1] + 1:
+            ranges[-1][1] = seg["end_frame"]
+        else:
+            ranges.append([seg["start_frame"], seg["end_frame"]])
+    return ", ".join(f"{a}-{b}" for a, b in ranges) or "none"
+
+
 def _show_results(console: Console, tasks: list[TaskInfo], written: list[tuple[str, Path, dict]]) -> None:
     table = Table(title="results")
-    for col in ("scan", "state", "frames", "duration", "keyframes", "quality", "blurred frames (known)",
-                "lowest-quality segment"):
+    for col in ("scan", "state", "frames", "keyframes", "quality", "known defects", "flagged frames"):
         table.add_column(col)
     sheets = []
     for task, (_, _, info) in zip(tasks, written):
         if task.state is not JobState.completed or not task.result:
-            table.add_row(task.scan_id, task.state.value, "", "", "", "", "", task.error.code if task.error else "")
+            table.add_row(task.scan_id, task.state.value, "", "", "", "", task.error.code if task.error else "")
             continue
         out = Path(task.result["output_uri"])
         summary = json.loads((out / "summary.json").read_text())
-        worst = min(summary["segments"], key=lambda s: s["quality_mean"])
-        table.add_row(
-            task.scan_id, task.state.value, str(summary["frame_count"]), f"{summary['duration_s']:.1f}s",
-            str(len(summary["keyframes"])), f"{summary['quality']['score']:.2f}",
-            f"{info['blur'][0]}-{info['blur'][1] - 1}", f"frames {worst['start_frame']}-{worst['end_frame']}",
-        )
+        known = ", ".join(f"{name} {a}-{b - 1}" for name in ("blur", "exposure") if info.get(name)
+                          for a, b in [info[name]])
+        table.add_row(task.scan_id, task.state.value, str(summary["frame_count"]), str(len(summary["keyframes"])),
+                      f"{summary['quality']['score']:.2f}", known, flagged_ranges(summary["segments"]))
         sheets.append(out / summary["contact_sheet"])
     console.print(table)
     for sheet in sheets:
