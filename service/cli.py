@@ -57,7 +57,7 @@ def up(
     settings = with_local_token(_settings(ctx))
     n = settings.workers if workers is None else workers
     q = queue or settings.default_queue
-    children = [Child("api", cli_argv("api"))]
+    children = [Child("api", cli_argv("api")), Child("monitor", cli_argv("monitor"))]
     children += [Child(f"worker-{i}", cli_argv("worker", "--queue", q)) for i in range(n)]
     err_console.print(f"scantide up: API on http://{settings.api_host}:{settings.api_port} (docs at /docs), "
                       f"{n} worker(s) on queue {q!r}; token in {settings.token_file if settings.token_file.exists() else 'settings'}")
@@ -169,7 +169,16 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+def load_plugins(typer_app: typer.Typer = app) -> None:
+    """Commands of the packages above service/ (monitor, autoscaler), via the scantide.cli entry points."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="scantide.cli"):
+        ep.load()(typer_app)
+
+
 def main() -> None:
+    load_plugins()
     try:
         app()
     except ScantideError as exc:

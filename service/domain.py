@@ -82,11 +82,12 @@ class TaskInfo:
     result: dict[str, Any] | None = None
     error: TaskError | None = None
     progress: float | None = None  # 0..1 while running, as last reported by the worker
+    heartbeat_at: float | None = None  # the worker's last lease renewal
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["state"] = self.state.value
-        for key in ("created_at", "queued_at", "started_at", "finished_at"):
+        for key in ("created_at", "queued_at", "started_at", "finished_at", "heartbeat_at"):
             d[key] = iso(d[key])
         return d
 

@@ -51,6 +51,18 @@ class Settings(BaseSettings):
     worker_poll_s: float = Field(0.5, gt=0, description="Idle worker's pause between claims, seconds.")
     workers: int = Field(2, ge=0, description="Worker processes `scantide up` starts (embedded).")
 
+    webhook_url: str | None = Field(None, description="Where the monitor posts events; unset: events are kept, not sent.")
+    webhook_secret: str | None = Field(None, description="HMAC secret for Scantide-Signature (16+ characters).")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout of a webhook POST, seconds.")
+    webhook_max_age_s: float = Field(24 * 3600.0, gt=0, description="Retry an event this long before dead-lettering it.")
+    webhook_backoff_base_s: float = Field(1.0, gt=0, description="First retry delay, seconds (doubles, jittered).")
+    webhook_backoff_cap_s: float = Field(600.0, gt=0, description="Longest retry delay, seconds.")
+    webhook_concurrency: int = Field(8, ge=1, description="Scans whose events are sent at the same time.")
+    monitor_poll_s: float = Field(0.5, gt=0, description="How often the monitor reads task changes, seconds.")
+    stall_no_heartbeat_s: float = Field(60.0, gt=0, description="A running task silent this long is scan.stalled.")
+    max_queue_wait_s: float = Field(1800.0, gt=0, description="A task queued this long is scan.stalled.")
+    backlog_slo_s: float = Field(600.0, gt=0, description="Oldest queued task older than this: queue.backlog.")
+
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
         if self.data_root is None:
@@ -62,6 +74,9 @@ class Settings(BaseSettings):
                 unknown = set(scopes) - set(SCOPES)
                 if unknown:
                     raise ValueError(f"{name}: unknown scopes {sorted(unknown)}; known: {list(SCOPES)}")
+        if self.webhook_url and len(self.webhook_secret or "") < 16:
+            raise ValueError("webhook_secret must be set (16+ characters) when webhook_url is set; "
+                             "generate one with: python -c 'import secrets; print(secrets.token_hex(32))'")
         return self
 
     @property

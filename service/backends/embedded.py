@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     state TEXT NOT NULL, params TEXT NOT NULL, output_uri TEXT NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 0, worker_id TEXT, lease_until REAL,
     created_at REAL NOT NULL, queued_at REAL, started_at REAL, finished_at REAL,
-    result TEXT, error TEXT, progress REAL,
+    result TEXT, error TEXT, progress REAL, heartbeat_at REAL,
     UNIQUE (algorithm, scan_id)
 );
 CREATE INDEX IF NOT EXISTS tasks_by_queue ON tasks (queue, state, queued_at);
@@ -63,7 +63,7 @@ _NO_LOCK = nullcontext()
 
 TASK_COLUMNS = (
     "id, algorithm, scan_id, queue, state, params, output_uri, attempt, worker_id, "
-    "created_at, queued_at, started_at, finished_at, result, error, progress"
+    "created_at, queued_at, started_at, finished_at, result, error, progress, heartbeat_at"
 )
 
 
@@ -275,9 +275,9 @@ class EmbeddedBackend(TaskBackend):
                 return None
             row = db.execute(
                 f"UPDATE tasks SET state = 'running', attempt = attempt + 1, worker_id = ?, lease_until = ?,"
-                f" started_at = ?, progress = 0 WHERE id = (SELECT id FROM tasks WHERE queue = ? AND state = 'queued'"
+                f" started_at = ?, heartbeat_at = ?, progress = 0 WHERE id = (SELECT id FROM tasks WHERE queue = ? AND state = 'queued'"
                 f" ORDER BY queued_at, rowid LIMIT 1) RETURNING {TASK_COLUMNS}",
-                (worker_id, now + lease_s, now, queue),
+                (worker_id, now + lease_s, now, now, queue),
             ).fetchone()
             if row is None:
                 db.execute("UPDATE workers SET last_seen = ? WHERE id = ?", (now, worker_id))
@@ -295,9 +295,9 @@ class EmbeddedBackend(TaskBackend):
         with self._tx() as db:
             if task_id is not None:
                 cur = db.execute(
-                    "UPDATE tasks SET lease_until = ?, progress = COALESCE(?, progress)"
+                    "UPDATE tasks SET lease_until = ?, heartbeat_at = ?, progress = COALESCE(?, progress)"
                     " WHERE id = ? AND worker_id = ? AND state = 'running'",
-                    (now + lease_s, progress, task_id, worker_id),
+                    (now + lease_s, now, progress, task_id, worker_id),
                 )
                 if cur.rowcount == 0:
                     raise LeaseLost(f"worker {worker_id} no longer holds task {task_id}")
@@ -404,4 +404,5 @@ def _task(row: sqlite3.Row) -> TaskInfo:
         result=json.loads(row["result"]) if row["result"] else None,
         error=TaskError(**error) if error else None,
         progress=row["progress"],
+        heartbeat_at=row["heartbeat_at"],
     )

@@ -1,0 +1,77 @@
+"""``scantide monitor`` and ``scantide events …``, registered into the CLI through an entry point."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+events_app = typer.Typer(help="Webhook events: list, retry dead letters, replay a scan.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("monitor")(monitor)
+    app.add_typer(events_app, name="events")
+
+
+def monitor(ctx: typer.Context) -> None:
+    """Watch task states, post signed webhook events, raise stall and backlog alerts (until SIGTERM)."""
+    from monitor.daemon import MonitorDaemon
+    from service.backends import open_backend
+
+    settings = ctx.obj
+    raise typer.Exit(MonitorDaemon(open_backend(settings), settings).run())
+
+
+def _outbox(ctx: typer.Context):
+    from monitor.daemon import outbox_for
+
+    return outbox_for(ctx.obj)
+
+
+@events_app.command("list")
+def list_events(
+    ctx: typer.Context,
+    state: Optional[str] = typer.Option(None, help="pending, delivered or dead."),
+    scan: Optional[str] = typer.Option(None, help="Only this scan's events."),
+    limit: int = typer.Option(30, help="Newest first, at most this many."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """Events in the outbox, newest first."""
+    if state not in (None, "pending", "delivered", "dead"):
+        raise typer.BadParameter("state must be pending, delivered or dead")
+    outbox = _outbox(ctx)
+    entries = outbox.list(state, limit, key=f"scan:{scan}" if scan else None)
+    if as_json:
+        for e in entries:
+            console.print_json(json.dumps({"id": e.id, "type": e.type, "state": e.state, "attempts": e.attempts,
+                                           "last_error": e.last_error, "body": json.loads(e.body)}))
+        return
+    table = Table(title=f"events ({', '.join(f'{k} {v}' for k, v in outbox.counts().items())})")
+    for col in ("id", "type", "about", "state", "attempts", "created", "last error"):
+        table.add_column(col)
+    for e in entries:
+        created = dt.datetime.fromtimestamp(e.created_at).strftime("%H:%M:%S")
+        table.add_row(e.id[:16], e.type, e.key, e.state, str(e.attempts), created, e.last_error or "")
+    console.print(table)
+
+
+@events_app.command("retry-dead")
+def retry_dead(ctx: typer.Context) -> None:
+    """Send every dead-lettered event again (after fixing the receiver)."""
+    console.print(f"{_outbox(ctx).retry_dead()} dead event(s) queued for delivery again")
+
+
+@events_app.command("replay")
+def replay(ctx: typer.Context, scan_id: str = typer.Argument(..., help="Scan whose events to send again.")) -> None:
+    """Send a scan's events again, with their original ids."""
+    n = _outbox(ctx).replay(scan_id)
+    if n == 0:
+        console.print(f"no delivered or dead events for scan {scan_id!r}")
+        raise typer.Exit(1)
+    console.print(f"{n} event(s) of scan {scan_id} queued for delivery again")

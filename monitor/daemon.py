@@ -1,0 +1,85 @@
+"""``scantide monitor``: watch task changes, run the alert rules, deliver webhooks, until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from monitor.alerts import AlertConfig
+from monitor.outbox import Outbox
+from monitor.watch import Watcher
+from monitor.webhook import Deliverer, DeliveryPolicy
+from service.backends.base import TaskBackend
+from service.errors import BackendUnavailable
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ALERT_EVERY_S = 5.0  # the stall and backlog rules need no faster tick
+
+
+def outbox_for(settings: Settings) -> Outbox:
+    return Outbox(settings.state_dir / "monitor.db")
+
+
+def alert_config(settings: Settings) -> AlertConfig:
+    return AlertConfig(stall_no_heartbeat_s=settings.stall_no_heartbeat_s, max_queue_wait_s=settings.max_queue_wait_s,
+                       backlog_slo_s=settings.backlog_slo_s)
+
+
+def delivery_policy(settings: Settings) -> DeliveryPolicy | None:
+    if not settings.webhook_url:
+        return None
+    return DeliveryPolicy(url=settings.webhook_url, secret=settings.webhook_secret or "",
+                          timeout_s=settings.webhook_timeout_s, max_age_s=settings.webhook_max_age_s,
+                          backoff_base_s=settings.webhook_backoff_base_s, backoff_cap_s=settings.webhook_backoff_cap_s,
+                          concurrency=settings.webhook_concurrency)
+
+
+class MonitorDaemon:
+    def __init__(self, backend: TaskBackend, settings: Settings) -> None:
+        self.settings = settings
+        self.outbox = outbox_for(settings)
+        self.watcher = Watcher(backend, self.outbox, alert_config(settings))
+        policy = delivery_policy(settings)
+        self.deliverer = Deliverer(self.outbox, policy) if policy else None
+        self._stop = threading.Event()
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        sender = None
+        if self.deliverer is not None:
+            sender = threading.Thread(target=self.deliverer.run, name="deliverer", daemon=True)
+            sender.start()
+        else:
+            log.warning("monitor_no_webhook events are kept in the outbox but not sent: set SCANTIDE_WEBHOOK_URL")
+        log.info("monitor_started poll_s=%.2f", self.settings.monitor_poll_s)
+        failures = 0
+        next_alerts = 0.0
+        while not self._stop.is_set():
+            try:
+                added = self.watcher.poll_changes()
+                if time.monotonic() >= next_alerts:
+                    next_alerts = time.monotonic() + ALERT_EVERY_S
+                    added += self.watcher.check_alerts()
+                if added and self.deliverer is not None:
+                    self.deliverer.wake()
+                failures = 0
+                wait = self.settings.monitor_poll_s
+            except BackendUnavailable as exc:
+                failures += 1
+                wait = min(30.0, self.settings.monitor_poll_s * 2 ** failures)
+                log.warning("monitor_backend_unavailable retry_in_s=%.1f error=%s", wait, exc.message)
+            self._stop.wait(wait)
+        if self.deliverer is not None and sender is not None:
+            self.deliverer.stop()
+            sender.join(timeout=self.settings.webhook_timeout_s + 5)
+        log.info("monitor_stopped")
+        return 0

@@ -1,0 +1,124 @@
+"""Webhook events: built from task changes and alerts, as data, validated when built.
+
+Event ids are deterministic (a hash of what the event is about), so an event built twice, by a
+restarted monitor or a replay, carries the same id and receivers can drop duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.domain import Change, JobState, TaskInfo, iso
+
+EVENT_TYPES = ("scan.completed", "scan.failed", "scan.stalled", "queue.backlog", "fleet.launch_failed")
+
+Linker = Callable[[str], str]  # output file URI → a link the platform can fetch
+
+
+def local_link(uri: str) -> str:
+    """Local outputs are linked as file:// URLs; anything with a scheme is passed through."""
+    return uri if "://" in uri else Path(uri).as_uri()
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    type: str
+    key: str  # delivery order is kept per key: "scan:<id>" or "queue:<name>"
+    created_at: float  # unix seconds, from the store's clock where there is one
+    data: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if self.type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {self.type!r}")
+        if not self.id.startswith("evt_"):
+            raise ValueError(f"event id {self.id!r} must start with evt_")
+
+    def body(self) -> bytes:
+        """The exact bytes that are signed and posted."""
+        return json.dumps({"id": self.id, "type": self.type, "created_at": iso(self.created_at), "data": self.data},
+                          separators=(",", ":"), sort_keys=True).encode()
+
+
+def event_id(*parts: object) -> str:
+    return "evt_" + hashlib.sha256(":".join(str(p) for p in parts).encode()).hexdigest()[:32]
+
+
+def _timings(task: TaskInfo) -> dict[str, str | None]:
+    return {"queued_at": iso(task.queued_at), "started_at": iso(task.started_at), "finished_at": iso(task.finished_at)}
+
+
+def _outputs(task: TaskInfo, link: Linker) -> dict[str, Any] | None:
+    result = task.result
+    if not result:
+        return None
+    base = str(result.get("output_uri") or task.output_uri).rstrip("/")
+    files = result.get("outputs", {})
+
+    def at(rel: str | None) -> str | None:
+        return link(f"{base}/{rel}") if rel else None
+
+    return {
+        "uri": base,
+        "summary": at(files.get("summary")),
+        "contact_sheet": at(files.get("contact_sheet")),
+        "keyframes": [at(k) for k in files.get("keyframes", [])],
+        "figures": result.get("summary", {}),
+    }
+
+
+def scan_data(task: TaskInfo, state: JobState, *, outputs: dict | None = None, error: dict | None = None,
+              **extra: Any) -> dict[str, Any]:
+    return {
+        "scan_id": task.scan_id,
+        "task_id": task.task_id,
+        "algorithm": task.algorithm,
+        "attempt": task.attempt,
+        "state": state.value,
+        "outputs": outputs,
+        "error": error,
+        "timings": _timings(task),
+        "model_version": task.params.get("model_version"),
+        "metadata": task.params.get("metadata") or {},
+        **extra,
+    }
+
+
+def from_change(change: Change, link: Linker = local_link) -> Event | None:
+    """The webhook event a state change calls for, or None (queued and running need none)."""
+    task, state = change.task, change.state
+    eid = event_id(change.task_id, state.value, change.attempt)
+    key = f"scan:{task.scan_id}"
+    if state is JobState.completed:
+        if not task.result:
+            # The false-success guard: an agent killed by SIGTERM can mark a task completed
+            # without a result; the platform must hear it failed.
+            error = {"code": "no_result", "message": "the task ended as completed but recorded no result",
+                     "log_tail": ""}
+            return Event(eid, "scan.failed", key, change.at, scan_data(task, JobState.failed, error=error))
+        return Event(eid, "scan.completed", key, change.at, scan_data(task, state, outputs=_outputs(task, link)))
+    if state in (JobState.failed, JobState.stopped):
+        err = task.error
+        error = ({"code": err.code, "message": err.message, "log_tail": err.log_tail} if err else
+                 {"code": state.value, "message": f"the task was {state.value}", "log_tail": ""})
+        return Event(eid, "scan.failed", key, change.at, scan_data(task, state, error=error))
+    return None
+
+
+def stalled(task: TaskInfo, reason: str, detail: str, now: float) -> Event:
+    """``scan.stalled``: one per task, attempt and reason."""
+    return Event(event_id(task.task_id, "stalled", task.attempt, reason), "scan.stalled", f"scan:{task.scan_id}",
+                 now, scan_data(task, task.state, stall={"reason": reason, "detail": detail}))
+
+
+def backlog(queue: str, status: str, breach: int, oldest_age_s: float, pending: int, slo_s: float,
+            now: float) -> Event:
+    """``queue.backlog``: once when a queue breaches its SLO (status "breached"), once when it recovers."""
+    return Event(event_id("backlog", queue, breach, status), "queue.backlog", f"queue:{queue}", now,
+                 {"queue": queue, "status": status, "oldest_queued_age_s": round(oldest_age_s, 1),
+                  "pending": pending, "slo_s": slo_s})

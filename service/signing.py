@@ -1,0 +1,62 @@
+"""Webhook signatures: ``Scantide-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.
+
+The timestamp is signed with the body, so a captured request cannot be replayed after the
+tolerance window; receivers compare in constant time and may accept several ``v1`` values
+(secret rotation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+
+from service.errors import ScantideError
+
+SIGNATURE_HEADER = "Scantide-Signature"
+EVENT_ID_HEADER = "Scantide-Event-Id"
+
+
+class SignatureError(ScantideError):
+    code = "invalid_signature"
+    status = 400
+
+
+def compute_signature(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """The ``Scantide-Signature`` header value for ``body``."""
+    t = int(time.time()) if timestamp is None else timestamp
+    return f"t={t},v1={compute_signature(secret, t, body)}"
+
+
+def verify_signature(secret: str, headers: Mapping[str, str], body: bytes, tolerance_s: float = 300.0,
+                     now: float | None = None) -> None:
+    """Check a webhook request; raises ``SignatureError`` saying why it is not genuine.
+
+    ``headers`` may be any mapping (header names are matched case-insensitively); ``body`` is the
+    raw request body, byte for byte as received.
+    """
+    value = next((v for k, v in headers.items() if k.lower() == SIGNATURE_HEADER.lower()), None)
+    if not value:
+        raise SignatureError(f"missing {SIGNATURE_HEADER} header")
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in value.split(","):
+        key, _, val = part.strip().partition("=")
+        if key == "t" and val.isdigit():
+            timestamp = int(val)
+        elif key == "v1":
+            candidates.append(val)
+    if timestamp is None or not candidates:
+        raise SignatureError(f"malformed {SIGNATURE_HEADER} header")
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance_s:
+        raise SignatureError(f"signature timestamp is {abs(current - timestamp):.0f} s away from now "
+                             f"(tolerance {tolerance_s:.0f} s)", code="stale_signature")
+    expected = compute_signature(secret, timestamp, body)
+    if not any(hmac.compare_digest(expected, c) for c in candidates):
+        raise SignatureError("signature does not match the body")
