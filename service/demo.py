@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import signal
-import socket
+import secrets
 import subprocess
 import time
 import uuid
@@ -24,6 +24,7 @@ from rich.table import Table
 
 from service.backends import open_backend
 from service.console import follow
+from service.demo_receiver import Receiver, free_port
 from service.domain import JobState, TaskInfo
 from service.settings import Settings, with_local_token
 from service.supervisor import cli_argv, settings_env
@@ -33,12 +34,6 @@ log = logging.getLogger(__name__)
 
 # (frames, blurred frames, badly exposed frames): each demo scan hides its defects elsewhere.
 SCENARIOS = [(144, (40, 70), (100, 120)), (120, (10, 35), (80, 95)), (168, (110, 150), (20, 40))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_healthy(base_url: str, timeout_s: float) -> None:
@@ -67,7 +62,15 @@ def write_demo_scans(folder: Path, count: int, run_id: str) -> list[tuple[str, P
 
 def run_demo(settings: Settings, console: Console, *, scans: int = 3, workers: int = 2,
              timeout_s: float = 600.0) -> bool:
-    settings = with_local_token(settings).model_copy(update={"api_port": free_port(), "workers": workers})
+    with Receiver(secrets.token_hex(32)) as receiver:
+        return _run(settings, console, receiver, scans, workers, timeout_s)
+
+
+def _run(settings: Settings, console: Console, receiver: Receiver, scans: int, workers: int,
+         timeout_s: float) -> bool:
+    settings = with_local_token(settings).model_copy(update={
+        "api_port": free_port(), "workers": workers, "webhook_url": receiver.url,
+        "webhook_secret": receiver.secret})
     token = next(iter(settings.api_tokens))
     base_url = f"http://{settings.api_host}:{settings.api_port}"
     run_id = uuid.uuid4().hex[:6]
@@ -78,8 +81,7 @@ def run_demo(settings: Settings, console: Console, *, scans: int = 3, workers: i
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log_file:
         up = subprocess.Popen(cli_argv("up"), env={**os.environ, **settings_env(settings)}, stdout=log_file,
-                              stderr=log_file,
-                              stdin=subprocess.DEVNULL)
+                              stderr=log_file, stdin=subprocess.DEVNULL)
         try:
             wait_healthy(base_url, 60.0)
             console.print(f"started the API on {base_url} and {workers} workers (log: {log_path})")
@@ -97,6 +99,7 @@ def run_demo(settings: Settings, console: Console, *, scans: int = 3, workers: i
                     console.print(f"POST /v1/scans {scan_id} → {r.status_code} task {r.json()['task_id'][:12]}")
             backend = open_backend(settings)
             final = follow(task_ids, backend.get_task, console, timeout_s=timeout_s)
+            _wait_events(receiver, len(task_ids), timeout_s=15.0)
         finally:
             up.send_signal(signal.SIGTERM)
             try:
@@ -104,9 +107,30 @@ def run_demo(settings: Settings, console: Console, *, scans: int = 3, workers: i
             except subprocess.TimeoutExpired:
                 up.kill()
     _show_results(console, final, written)
+    _show_events(console, receiver)
     ok = all(t.state is JobState.completed for t in final)
     console.print("[green]every demo scan completed[/green]" if ok else "[red]some demo scans did not complete[/red]")
     return ok
+
+
+def _wait_events(receiver: Receiver, outcomes: int, timeout_s: float) -> None:
+    """Give the monitor time to post one completion/failure event per scan."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sum(e["type"] in ("scan.completed", "scan.failed") for e, _ in receiver.events) >= outcomes:
+            return
+        time.sleep(0.1)
+
+
+def _show_events(console: Console, receiver: Receiver) -> None:
+    table = Table(title=f"webhook events received at {receiver.url}")
+    for col in ("event id", "type", "scan", "attempt", "signature"):
+        table.add_column(col)
+    for event, valid in receiver.events:
+        data = event["data"]
+        table.add_row(event["id"][:16], event["type"], data.get("scan_id", data.get("queue", "")),
+                      str(data.get("attempt", "")), "[green]valid[/green]" if valid else "[red]INVALID[/red]")
+    console.print(table)
 
 
 def flagged_ranges(segments: list[dict], min_poor: float = 0.5) -> str:

@@ -46,7 +46,6 @@ class ForbiddenScanUri(InvalidRequest):
 
 class UnknownAlgorithm(InvalidRequest):
     code = "unknown_algorithm"
-    status = 404
 
 
 class NotFound(ScantideError):

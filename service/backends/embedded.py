@@ -31,7 +31,12 @@ from service.domain import (
     Template,
     WorkerInfo,
 )
-from service.errors import BackendUnavailable, InvalidRequest, LeaseLost, TaskNotFound, UnknownAlgorithm
+from service.errors import BackendUnavailable, ConfigError, InvalidRequest, LeaseLost, TaskNotFound, UnknownAlgorithm
+
+# Bump SCHEMA_VERSION with every schema change and add the statements that upgrade the previous
+# version to MIGRATIONS[new version]; SCHEMA always holds the newest schema in full.
+SCHEMA_VERSION = 1
+MIGRATIONS: dict[int, list[str]] = {}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS templates (
@@ -81,10 +86,7 @@ class EmbeddedBackend(TaskBackend):
         # 1-100 ms steps and would dominate tail latency; other processes still meet the file lock.
         self._write_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn().executescript(SCHEMA)
-        except sqlite3.OperationalError as exc:
-            raise BackendUnavailable(f"cannot create task store {self.path}: {exc}") from exc
+        self._migrate()
 
     # -- connections -----------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -119,6 +121,23 @@ class EmbeddedBackend(TaskBackend):
                 db.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             raise BackendUnavailable(f"task store {self.path} is unavailable: {exc}") from exc
+
+    def _migrate(self) -> None:
+        """Create the schema, or upgrade an older store, in one transaction."""
+        with self._tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ConfigError(f"task store {self.path} has schema version {version}, newer than this "
+                                  f"scantide's {SCHEMA_VERSION}: upgrade scantide")
+            if version == 0:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            else:
+                for v in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[v]:
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._conns_lock:
