@@ -59,8 +59,9 @@ def up(
     q = queue or settings.default_queue
     children = [Child("api", cli_argv("api")), Child("monitor", cli_argv("monitor"))]
     children += [Child(f"worker-{i}", cli_argv("worker", "--queue", q)) for i in range(n)]
+    token_at = settings.token_file if settings.token_file.exists() else "SCANTIDE_API_TOKENS"
     err_console.print(f"scantide up: API on http://{settings.api_host}:{settings.api_port} (docs at /docs), "
-                      f"{n} worker(s) on queue {q!r}; token in {settings.token_file if settings.token_file.exists() else 'settings'}")
+                      f"monitor, {n} worker(s) on queue {q!r}; API token in {token_at}")
     raise typer.Exit(Supervisor(settings, open_backend(settings), children).run())
 
 
@@ -125,9 +126,10 @@ def submit(
         submission = submit_scan(backend, settings, ScanRequest(scan_id=sid, scan_uri=uri, algorithm=algorithm))
     except ScantideError as exc:
         err_console.print(f"[red]{exc.code}[/red]: {exc.message}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     task = submission.task
-    console.print(f"{'queued' if submission.created else 'already submitted'}: scan {task.scan_id} → task {task.task_id} ({task.state.value})")
+    what = "queued" if submission.created else "already submitted"
+    console.print(f"{what}: scan {task.scan_id} → task {task.task_id} ({task.state.value})")
     if wait:
         final = follow([task.task_id], backend.get_task, console)
         raise typer.Exit(0 if final[0].state is JobState.completed else 1)

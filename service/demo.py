@@ -151,7 +151,7 @@ def _show_results(console: Console, tasks: list[TaskInfo], written: list[tuple[s
     for col in ("scan", "state", "frames", "keyframes", "quality", "known defects", "flagged frames"):
         table.add_column(col)
     sheets = []
-    for task, (_, _, info) in zip(tasks, written):
+    for task, (_, _, info) in zip(tasks, written, strict=True):
         if task.state is not JobState.completed or not task.result:
             table.add_row(task.scan_id, task.state.value, "", "", "", "", task.error.code if task.error else "")
             continue

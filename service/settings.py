@@ -51,10 +51,10 @@ class Settings(BaseSettings):
     worker_poll_s: float = Field(0.5, gt=0, description="Idle worker's pause between claims, seconds.")
     workers: int = Field(2, ge=0, description="Worker processes `scantide up` starts (embedded).")
 
-    webhook_url: str | None = Field(None, description="Where the monitor posts events; unset: events are kept, not sent.")
+    webhook_url: str | None = Field(None, description="Where the monitor posts events; unset: kept, not sent.")
     webhook_secret: str | None = Field(None, description="HMAC secret for Scantide-Signature (16+ characters).")
     webhook_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout of a webhook POST, seconds.")
-    webhook_max_age_s: float = Field(24 * 3600.0, gt=0, description="Retry an event this long before dead-lettering it.")
+    webhook_max_age_s: float = Field(24 * 3600.0, gt=0, description="Retry an event this long, then dead-letter it.")
     webhook_backoff_base_s: float = Field(1.0, gt=0, description="First retry delay, seconds (doubles, jittered).")
     webhook_backoff_cap_s: float = Field(600.0, gt=0, description="Longest retry delay, seconds.")
     webhook_concurrency: int = Field(8, ge=1, description="Scans whose events are sent at the same time.")

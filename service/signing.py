@@ -47,7 +47,7 @@ def verify_signature(secret: str, headers: Mapping[str, str], body: bytes, toler
     candidates: list[str] = []
     for part in value.split(","):
         key, _, val = part.strip().partition("=")
-        if key == "t" and val.isdigit():
+        if key == "t" and val.isascii() and val.isdigit():  # str.isdigit() also takes "²", which int() refuses
             timestamp = int(val)
         elif key == "v1":
             candidates.append(val)
@@ -58,5 +58,6 @@ def verify_signature(secret: str, headers: Mapping[str, str], body: bytes, toler
         raise SignatureError(f"signature timestamp is {abs(current - timestamp):.0f} s away from now "
                              f"(tolerance {tolerance_s:.0f} s)", code="stale_signature")
     expected = compute_signature(secret, timestamp, body)
-    if not any(hmac.compare_digest(expected, c) for c in candidates):
+    # As bytes: compare_digest raises TypeError on a str with non-ASCII characters (a forged header).
+    if not any(hmac.compare_digest(expected.encode(), c.encode()) for c in candidates):
         raise SignatureError("signature does not match the body")

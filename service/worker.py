@@ -8,6 +8,7 @@ lease then runs out and the backend re-queues it.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 TICK_S = 0.2  # how often the worker checks its child, seconds
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass
@@ -123,6 +126,7 @@ class Worker:
                 [sys.executable, "-m", template.entry_point, "--spec", str(spec_path)],
                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C to the worker's group must not kill the task: we drain
+                preexec_fn=_die_with_parent(),  # …but a worker killed outright must not leave it running
             )
             status = self._supervise(task, child, timeout_s, progress_path)
         log_text = _tail(log_path)
@@ -185,6 +189,29 @@ def _read_progress(path: Path) -> float | None:
         return max(0.0, min(1.0, float(path.read_text())))
     except (OSError, ValueError):
         return None
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux SIGKILL the child when this worker dies, or None elsewhere.
+
+    The child runs in its own session, so nothing else reaches it once a worker is killed with
+    SIGKILL (or OOM-killed); its lease is then re-queued and a second copy would run beside it.
+    The death signal fires when the thread that forked exits: workers fork from the main thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the forked child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != parent:  # the worker died before the death signal was armed
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 def _kill(child: subprocess.Popen) -> None:

@@ -60,7 +60,8 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
     install_error_handlers(app)
     app.state.backend = backend
 
-    @app.post("/v1/scans", status_code=202, response_model=SubmitResponse, dependencies=[Depends(auth.require("enqueue"))],
+    @app.post("/v1/scans", status_code=202, response_model=SubmitResponse,
+              dependencies=[Depends(auth.require("enqueue"))],
               summary="Enqueue a scan (idempotent on algorithm + scan_id)")
     def post_scan(request: ScanRequest, response: Response) -> SubmitResponse:
         submission = submit_scan(backend, settings, request)

@@ -294,8 +294,8 @@ class EmbeddedBackend(TaskBackend):
                 return None
             row = db.execute(
                 f"UPDATE tasks SET state = 'running', attempt = attempt + 1, worker_id = ?, lease_until = ?,"
-                f" started_at = ?, heartbeat_at = ?, progress = 0 WHERE id = (SELECT id FROM tasks WHERE queue = ? AND state = 'queued'"
-                f" ORDER BY queued_at, rowid LIMIT 1) RETURNING {TASK_COLUMNS}",
+                f" started_at = ?, heartbeat_at = ?, progress = 0 WHERE id = (SELECT id FROM tasks"
+                f" WHERE queue = ? AND state = 'queued' ORDER BY queued_at, rowid LIMIT 1) RETURNING {TASK_COLUMNS}",
                 (worker_id, now + lease_s, now, now, queue),
             ).fetchone()
             if row is None:
