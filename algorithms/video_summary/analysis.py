@@ -66,7 +66,7 @@ def analyse(
     with VideoReader(path, params.max_frames) as reader:
         reported = reader.info.reported_frames
         # Twice as many windows as keyframes: when the container's count is right, each final
-        # window is exactly two pool windows; when it is wrong, merging keeps them near-equal.
+        # window spans about two pool windows; when it is wrong, merging keeps them near-equal.
         pool = CandidatePool(2 * params.keyframes, reported)
         previous: np.ndarray | None = None
         reference = 0.0

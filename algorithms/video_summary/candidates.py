@@ -5,6 +5,11 @@ full resolution as they go by: the best few of each of ``slots`` equal-length wi
 container's frame count is unknown or too low, windows start short and pairs of neighbours are
 merged (window length doubled) whenever the scan outgrows them, so memory stays bounded and the
 windows stay roughly equal whatever the real length. Final selection re-windows at the end.
+
+Frames are held by reference, which costs nothing per frame. When raw frames would exceed
+RAW_BUDGET_BYTES (4K scans, many keyframes), a window's candidates are JPEG-encoded once the
+scan has moved past it: windows are visited in time order, so each frame is encoded at most
+once and only the few final candidates of each window ever are.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ logger = logging.getLogger(__name__)
 
 # Candidates kept per window at most; more gives selection a choice when the best is a duplicate.
 PER_WINDOW = 3
-# Raw full-resolution candidates may take this much memory (bytes); beyond it candidates are
-# held JPEG-encoded instead (4K scans with many keyframes).
-RAW_BUDGET_BYTES = 256 * 1024 * 1024
+# Full-resolution candidates may take about this much memory (bytes); beyond it, closed windows
+# are held JPEG-encoded instead.
+RAW_BUDGET_BYTES = 512 * 1024 * 1024
+# Rough JPEG size relative to the raw frame at JPEG_QUALITY, to size the encoded pool.
+_JPEG_RATIO = 8
 # JPEG quality (0..100) of keyframe images.
 JPEG_QUALITY = 95
 
@@ -56,6 +63,12 @@ class Candidate:
         assert self.image is not None
         return encode_jpeg(self.image)
 
+    def seal(self) -> None:
+        """Hold the frame as JPEG bytes instead of a raw array (idempotent)."""
+        if self.image is not None:
+            self.jpeg = encode_jpeg(self.image)
+            self.image = None
+
     def bgr(self) -> np.ndarray:
         """The frame as a BGR uint8 array."""
         if self.image is not None:
@@ -84,6 +97,7 @@ class CandidatePool:
         self._windows: list[list[Candidate]] = [[] for _ in range(self._slots)]
         self._keep = PER_WINDOW
         self._encode: bool | None = None  # decided on the first frame, when its size is known
+        self._active = 0  # window the last frame fell in; earlier windows are closed
         self._reference = 0.0
 
     def offer(
@@ -94,7 +108,8 @@ class CandidatePool:
         gray: np.ndarray,
         frame: np.ndarray,
     ) -> None:
-        """Consider frame ``index``; keep it if it ranks among the best of its window.
+        """Consider frame ``index`` (offered in increasing order); keep it if it ranks among
+        the best of its window.
 
         metrics: (sharpness, exposure, motion). reference: the provisional sharpness reference,
         used to rank with the scan's distribution as known so far. gray: its small grey copy.
@@ -104,9 +119,14 @@ class CandidatePool:
         if self._encode is None:
             self._plan_memory(frame.nbytes)
         self._reference = reference
-        while index // self._window_len >= self._slots:
-            self._merge_pairs()
-        bucket = self._windows[index // self._window_len]
+        window = index // self._window_len
+        if window != self._active:
+            self._close(self._active)
+            while window >= self._slots:
+                self._merge_pairs()
+                window = index // self._window_len
+            self._active = window
+        bucket = self._windows[window]
         sharpness, exposure, motion = metrics
         score = quality_score(sharpness, exposure, motion, reference)
         if len(bucket) >= self._keep:
@@ -115,25 +135,28 @@ class CandidatePool:
             if score <= worst.score(reference):
                 return
             bucket.remove(worst)
-        candidate = Candidate(index, sharpness, exposure, motion, thumbnail(gray))
-        if self._encode:
-            candidate.jpeg = encode_jpeg(frame)
-        else:
-            candidate.image = frame
-        bucket.append(candidate)
+        bucket.append(Candidate(index, sharpness, exposure, motion, thumbnail(gray), image=frame))
 
     def candidates(self) -> list[Candidate]:
-        """Every kept candidate, in frame order."""
+        """Every kept candidate, in frame order (closes the last window)."""
+        self._close(self._active)
         return sorted((c for bucket in self._windows for c in bucket), key=lambda c: c.index)
 
     def _plan_memory(self, frame_bytes: int) -> None:
         per_slot = RAW_BUDGET_BYTES // max(1, frame_bytes * self._slots)
         self._encode = per_slot < 1
-        self._keep = PER_WINDOW if self._encode else int(min(PER_WINDOW, per_slot))
+        if self._encode:
+            per_slot = RAW_BUDGET_BYTES * _JPEG_RATIO // max(1, frame_bytes * self._slots)
+        self._keep = int(min(PER_WINDOW, max(1, per_slot)))
         logger.debug(
             "candidate memory plan frame_bytes=%d slots=%d keep=%d encode=%s",
             frame_bytes, self._slots, self._keep, self._encode,
         )
+
+    def _close(self, window: int) -> None:
+        if self._encode and window < self._slots:
+            for candidate in self._windows[window]:
+                candidate.seal()
 
     def _merge_pairs(self) -> None:
         reference = self._reference

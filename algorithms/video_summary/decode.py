@@ -33,7 +33,7 @@ _END = object()
 @dataclass(frozen=True)
 class _Failure:
     index: int
-    error: str
+    error: BaseException
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,10 @@ class VideoReader:
 
     def __enter__(self) -> VideoReader:
         path = self._path
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise InvalidVideo(f"could not open video: no such file: {path}")
+        if not os.path.isfile(path):
+            raise InvalidVideo(f"could not open video: not a regular file: {path}")
         if os.path.getsize(path) == 0:
             raise InvalidVideo(f"could not open video: file is empty: {path}")
         # Pin FFMPEG when the build has it: CAP_ANY may hand an odd file to the image-sequence
@@ -109,9 +111,9 @@ class VideoReader:
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(index, frame)`` with index counted from 0 and frame a fresh BGR uint8 array.
 
-        A background thread decodes up to PREFETCH frames ahead: decoding is single-threaded in
-        FFMPEG for most codecs and OpenCV releases the GIL, so the caller's per-frame work
-        overlaps the next decode instead of adding to it. Order and content are unchanged.
+        A background thread decodes up to PREFETCH frames ahead. OpenCV releases the GIL in
+        read() and in its image functions, so on a multi-core worker the caller's per-frame work
+        overlaps decoding instead of adding to it. Order and content are unchanged.
         """
         if self._cap is None:
             raise RuntimeError("VideoReader used outside its with-block")
@@ -125,7 +127,13 @@ class VideoReader:
                 if item is _END:
                     return
                 if isinstance(item, _Failure):
-                    raise InvalidVideo(f"video could not be decoded at frame {item.index}: {item.error}")
+                    if isinstance(item.error, cv2.error):
+                        message = str(item.error).strip().splitlines() or ["cv2.error"]
+                        raise InvalidVideo(
+                            f"video could not be decoded at frame {item.index}: {message[-1]}"
+                        ) from item.error
+                    raise item.error
+                assert isinstance(item, tuple)
                 index, frame = item
                 if index >= self._max_frames:
                     raise InvalidVideo(f"video is too long: more than {self._max_frames} frames")
@@ -145,8 +153,9 @@ class VideoReader:
                 if not self._put((index, frame)):
                     return
                 index += 1
-        except cv2.error as exc:
-            self._put(_Failure(index, str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"))
+        except BaseException as exc:  # noqa: BLE001 - handed over; the consumer raises it
+            # Whatever happens here must reach the consumer, or it would wait forever.
+            self._put(_Failure(index, exc))
             return
         self._put(_END)
 
