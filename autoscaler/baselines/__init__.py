@@ -1,0 +1,1 @@
+"""Other autoscalers' policies, re-implemented for comparison only."""

@@ -1,0 +1,1 @@
+"""Compute providers: where instances come from (local processes, EC2, the simulator's)."""
