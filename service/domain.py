@@ -123,6 +123,7 @@ class QueueStats:
     pending: int
     running: int
     oldest_queued_age_s: float  # 0 when nothing is queued
+    enqueued_total: int | None = None  # tasks ever enqueued on the queue (re-queues excluded), if known
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

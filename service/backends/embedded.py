@@ -244,13 +244,14 @@ class EmbeddedBackend(TaskBackend):
         with self._tx(write=False) as db:
             row = db.execute(
                 "SELECT SUM(state = 'queued') AS pending, SUM(state = 'running') AS running,"
-                " MIN(CASE WHEN state = 'queued' THEN queued_at END) AS oldest"
-                " FROM tasks WHERE queue = ? AND state IN ('queued', 'running')",
+                " MIN(CASE WHEN state = 'queued' THEN queued_at END) AS oldest, COUNT(*) AS total"
+                " FROM tasks WHERE queue = ?",
                 (queue,),
             ).fetchone()
         oldest = row["oldest"]
         return QueueStats(queue=queue, pending=row["pending"] or 0, running=row["running"] or 0,
-                          oldest_queued_age_s=max(0.0, now - oldest) if oldest else 0.0)
+                          oldest_queued_age_s=max(0.0, now - oldest) if oldest else 0.0,
+                          enqueued_total=row["total"])
 
     def queues(self) -> list[str]:
         with self._tx(write=False) as db:

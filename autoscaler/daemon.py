@@ -1,0 +1,258 @@
+"""The autoscaler's tick: observe → decide → act → journal. The same code runs for real (wall
+clock, threads for launches) and in the simulator (virtual clock, inline launches).
+
+Observe lists instances from the provider (the truth: a restarted daemon rebuilds its view from
+it) and joins them with the worker registry: instance ids are worker ids. ``policy.decide`` is a
+pure function of that snapshot. Acting never blocks the tick on a launch; a launch that fails for
+capacity falls back to the pool's next option. As a last safety net the daemon refuses to
+terminate an instance whose worker holds a task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from autoscaler.model import (
+    Action,
+    Drain,
+    Instance,
+    InstanceState,
+    Launch,
+    PoolConfig,
+    PoolSnapshot,
+    Snapshot,
+    Start,
+    Stop,
+    Terminate,
+)
+from autoscaler.providers.base import CapacityError, ComputeProvider, ProviderInstance
+from service.domain import QueueStats, WorkerInfo
+
+log = logging.getLogger(__name__)
+
+Policy = Callable[[Snapshot, float, dict[str, PoolConfig]], list[Action]]
+
+
+class QueueView(Protocol):
+    """What the autoscaler reads from the task store; ``TaskBackend`` satisfies it."""
+
+    def queue_stats(self, queue: str) -> QueueStats: ...
+
+    def workers(self, queue: str | None = None) -> list[WorkerInfo]: ...
+
+    def request_drain(self, worker_id: str) -> None: ...
+
+
+class Journal:
+    """Every decision with its reason: JSON lines on disk (when given a path) and the last few in memory."""
+
+    def __init__(self, path: Path | None = None, keep: int = 500) -> None:
+        self.path = path
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(self, now: float, kind: str, pool: str, reason: str, **fields: Any) -> None:
+        entry = {"at": now, "kind": kind, "pool": pool, "reason": reason, **fields}
+        with self._lock:
+            self.recent.append(entry)
+            if self.path is not None:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(entry, default=str) + "\n")
+
+    def tail(self, n: int = 20) -> list[dict[str, Any]]:
+        if self.path is None or not self.path.exists():
+            return list(self.recent)[-n:]
+        lines = self.path.read_text().splitlines()[-n:]
+        return [json.loads(line) for line in lines]
+
+
+class _Ewma:
+    def __init__(self, alpha: float = 0.2) -> None:
+        self.alpha = alpha
+        self.value: float | None = None
+
+    def add(self, x: float) -> None:
+        self.value = x if self.value is None else self.alpha * x + (1 - self.alpha) * self.value
+
+
+@dataclass
+class _PoolMemory:
+    """What the daemon learns over ticks; all of it can be lost on restart without harm."""
+
+    last_enqueued: int | None = None
+    last_at: float | None = None
+    arrival_rate: _Ewma | None = None
+    service: _Ewma | None = None
+    boot: _Ewma | None = None
+    busy_since: dict[str, tuple[str, float]] | None = None  # instance → (task, since)
+    launches_in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        self.arrival_rate = _Ewma(0.3)
+        self.service = _Ewma(0.2)
+        self.boot = _Ewma(0.3)
+        self.busy_since = {}
+
+
+class Autoscaler:
+    def __init__(self, pools: list[PoolConfig], provider: ComputeProvider, queues: QueueView, policy: Policy, *,
+                 journal: Journal | None = None, clock: Callable[[], float] = time.time,
+                 executor: Executor | None = None) -> None:
+        self.pools = {p.name: p for p in pools}
+        self.provider = provider
+        self.queues = queues
+        self.policy = policy
+        self.journal = journal or Journal()
+        self.clock = clock
+        self.executor = executor  # None: launch inline (the simulator)
+        self._memory = {p.name: _PoolMemory() for p in pools}
+        self._lock = threading.Lock()
+
+    # -- observe ---------------------------------------------------------------------------
+    def observe(self, now: float) -> Snapshot:
+        return Snapshot(now=now, pools={name: self._observe_pool(pool, now) for name, pool in self.pools.items()})
+
+    def _observe_pool(self, pool: PoolConfig, now: float) -> PoolSnapshot:
+        mem = self._memory[pool.name]
+        stats = self.queues.queue_stats(pool.queue)
+        workers = {w.worker_id: w for w in self.queues.workers(pool.queue)}
+        instances = tuple(self._classify(pool, p, workers.get(p.id), now)
+                          for p in self.provider.list_instances(pool.name))
+        self._learn(mem, stats, instances, now)
+        with self._lock:
+            in_flight = mem.launches_in_flight
+        return PoolSnapshot(
+            pool=pool.name, pending=stats.pending, running=stats.running,
+            oldest_queued_age_s=stats.oldest_queued_age_s, arrival_rate_per_s=mem.arrival_rate.value or 0.0,
+            instances=instances, launches_in_flight=in_flight, service_time_s=mem.service.value,
+            boot_time_s=mem.boot.value,
+        )
+
+    @staticmethod
+    def _classify(pool: PoolConfig, p: ProviderInstance, worker: WorkerInfo | None, now: float) -> Instance:
+        def make(state: InstanceState, since: float) -> Instance:
+            return Instance(id=p.id, pool=pool.name, option=p.option, state=state, launched_at=p.launched_at,
+                            state_since=since, worker_id=worker.worker_id if worker else None,
+                            task_id=worker.task_id if worker else None)
+
+        if p.provider_state == "stopped":
+            return make(InstanceState.stopped, p.launched_at)
+        if p.provider_state in ("stopping", "shutting-down"):
+            return make(InstanceState.stopping, p.launched_at)
+        if worker is None:
+            return make(InstanceState.booting, p.launched_at)
+        if now - worker.last_seen > pool.lost_after_s:
+            return make(InstanceState.lost, worker.last_seen)
+        if worker.draining:
+            return make(InstanceState.draining, worker.idle_since or worker.last_seen)
+        if worker.task_id is not None:
+            return make(InstanceState.busy, worker.last_seen)
+        return make(InstanceState.idle, worker.idle_since or worker.last_seen)
+
+    def _learn(self, mem: _PoolMemory, stats: QueueStats, instances: tuple[Instance, ...], now: float) -> None:
+        total = stats.enqueued_total
+        if total is not None and mem.last_enqueued is not None and mem.last_at is not None and now > mem.last_at:
+            mem.arrival_rate.add(max(0, total - mem.last_enqueued) / (now - mem.last_at))
+        mem.last_enqueued, mem.last_at = total, now
+        seen = {}
+        for inst in instances:
+            if inst.state is InstanceState.busy and inst.task_id:
+                prev = mem.busy_since.get(inst.id)
+                if prev is None or prev[0] != inst.task_id:
+                    if prev is not None:
+                        mem.service.add(now - prev[1])
+                    seen[inst.id] = (inst.task_id, now)
+                else:
+                    seen[inst.id] = prev
+            elif inst.id in mem.busy_since:
+                mem.service.add(now - mem.busy_since[inst.id][1])
+        mem.busy_since = seen
+
+    # -- act -------------------------------------------------------------------------------
+    def tick(self) -> list[Action]:
+        now = self.clock()
+        snapshot = self.observe(now)
+        actions = self.policy(snapshot, now, self.pools)
+        for action in actions:
+            self.act(action, snapshot, now)
+        return actions
+
+    def act(self, action: Action, snapshot: Snapshot, now: float) -> None:
+        pool = self.pools[action.pool]
+        if isinstance(action, Launch):
+            self._launch(pool, action, now)
+        elif isinstance(action, Start):
+            self._start(pool, action, now)
+        elif isinstance(action, Drain):
+            self.queues.request_drain(action.worker_id)
+            self.journal.record(now, "drain", pool.name, action.reason, instance=action.instance_id)
+        elif isinstance(action, (Terminate, Stop)):
+            by_id = {i.id: i for i in snapshot.pools[pool.name].instances}
+            safe = [i for i in action.instance_ids if not (by_id.get(i) and by_id[i].task_id)]
+            refused = sorted(set(action.instance_ids) - set(safe))
+            if refused:
+                self.journal.record(now, "refused", pool.name, "worker holds a task", instances=refused)
+            if safe:
+                kind = "terminate" if isinstance(action, Terminate) else "stop"
+                (self.provider.terminate if kind == "terminate" else self.provider.stop)(safe)
+                self.journal.record(now, kind, pool.name, action.reason, instances=safe)
+
+    def _launch(self, pool: PoolConfig, action: Launch, now: float) -> None:
+        mem = self._memory[pool.name]
+        with self._lock:
+            mem.launches_in_flight += action.count
+        self.journal.record(now, "launch", pool.name, action.reason, count=action.count, option=asdict(action.option))
+        if self.executor is None:
+            self._launch_with_fallback(pool, action)
+        else:
+            self.executor.submit(self._launch_with_fallback, pool, action)
+
+    def _launch_with_fallback(self, pool: PoolConfig, action: Launch) -> list[str]:
+        """Try the chosen option, then each later one, until one has capacity."""
+        mem = self._memory[pool.name]
+        options = list(pool.options)
+        start = options.index(action.option) if action.option in options else 0
+        try:
+            for option in options[start:]:
+                try:
+                    ids = self.provider.launch(pool.name, option, action.count)
+                except CapacityError as exc:
+                    self.journal.record(self.clock(), "launch_failed", pool.name, str(exc),
+                                        option=asdict(option), fallback=True)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a broken launch must not kill the daemon
+                    log.exception("launch_error pool=%s", pool.name)
+                    self.journal.record(self.clock(), "launch_failed", pool.name, f"{type(exc).__name__}: {exc}",
+                                        option=asdict(option), fallback=False)
+                    return []
+                log.info("launched pool=%s ids=%s type=%s market=%s", pool.name, ids, option.instance_type,
+                         option.market.value)
+                return ids
+            self.journal.record(self.clock(), "launch_failed", pool.name, "no option had capacity", fallback=False)
+            return []
+        finally:
+            with self._lock:
+                mem.launches_in_flight -= action.count
+
+    def _start(self, pool: PoolConfig, action: Start, now: float) -> None:
+        try:
+            started = self.provider.start(list(action.instance_ids))
+        except CapacityError as exc:
+            started = []
+            self.journal.record(now, "start_failed", pool.name, str(exc), instances=list(action.instance_ids))
+        self.journal.record(now, "start", pool.name, action.reason, instances=started)
+        missing = len(action.instance_ids) - len(started)
+        if missing > 0:
+            self._launch(pool, Launch(pool.name, "warm start failed: cold launch instead", pool.options[0], missing),
+                         now)
