@@ -82,7 +82,7 @@ def _validate_http(
     if not host:
         raise InvalidScanUri("scan_uri has no host")
     _reject_traversal(unquote(path))
-    if host in allowed_hosts:
+    if host.lower() in {h.lower() for h in allowed_hosts}:
         return uri
     if scheme != "https":
         raise InvalidScanUri("plain http:// scan URIs are refused; use https://")

@@ -75,13 +75,13 @@ class Worker:
             while not self.draining and (max_tasks is None or done < max_tasks):
                 try:
                     task = self.backend.claim(self.queue, self.worker_id, self.settings.lease_s)
+                    if task is None and self.backend.heartbeat(self.worker_id, None, self.settings.lease_s):
+                        self.draining = True
                 except BackendUnavailable as exc:
                     log.warning("claim_failed worker=%s error=%s", self.worker_id, exc.message)
                     time.sleep(min(5.0, self.settings.worker_poll_s * 4))
                     continue
                 if task is None:
-                    if self.backend.heartbeat(self.worker_id, None, self.settings.lease_s):
-                        self.draining = True
                     time.sleep(self.settings.worker_poll_s)
                     continue
                 self.execute(task)
@@ -102,11 +102,22 @@ class Worker:
         if outcome.lost:
             log.warning("task_lease_lost worker=%s task=%s", self.worker_id, task.task_id)
             return
-        try:
-            finished = self.backend.finish(task.task_id, self.worker_id, result=outcome.result, error=outcome.error)
-        except LeaseLost:
-            log.warning("task_lease_lost worker=%s task=%s", self.worker_id, task.task_id)
-            return
+        # The outcome is worth retrying for: until the lease would run out, a store outage only delays it.
+        deadline = time.monotonic() + self.settings.lease_s
+        while True:
+            try:
+                finished = self.backend.finish(task.task_id, self.worker_id, result=outcome.result,
+                                               error=outcome.error)
+                break
+            except LeaseLost:
+                log.warning("task_lease_lost worker=%s task=%s", self.worker_id, task.task_id)
+                return
+            except BackendUnavailable as exc:
+                if time.monotonic() > deadline:
+                    log.error("finish_failed worker=%s task=%s error=%s", self.worker_id, task.task_id, exc.message)
+                    return
+                log.warning("finish_retry worker=%s task=%s error=%s", self.worker_id, task.task_id, exc.message)
+                time.sleep(1.0)
         log.info("task_finished worker=%s task=%s state=%s%s", self.worker_id, task.task_id, finished.state.value,
                  f" code={outcome.error.code}" if outcome.error else "")
 
