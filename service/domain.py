@@ -93,6 +93,16 @@ class TaskInfo:
 
 
 @dataclass(frozen=True)
+class SubmitItem:
+    """A validated request to clone an algorithm's template for one scan."""
+
+    algorithm: str
+    scan_id: str
+    params: dict[str, Any]
+    output_uri: str
+
+
+@dataclass(frozen=True)
 class Submission:
     task: TaskInfo
     created: bool  # False when the (algorithm, scan_id) pair already had a task

@@ -33,6 +33,12 @@ def system_resolver(host: str) -> list[str]:
     return sorted({info[4][0] for info in infos})
 
 
+def needs_resolution(uri: str) -> bool:
+    """True when validating ``uri`` means a DNS lookup (an http(s) host that is not an IP literal)."""
+    parts = urlsplit(uri.strip())
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and not _is_ip(parts.hostname or "")
+
+
 def validate_scan_uri(
     uri: str,
     *,

@@ -298,3 +298,30 @@ def test_token_scopes_and_prefixes() -> None:
     assert auth.scopes_for("") is None
     assert auth.scopes_for("é-not-ascii") is None
     assert TokenAuth({}).scopes_for("anything") is None
+
+
+def test_concurrent_posts_share_commits_and_each_gets_its_answer(api, backend, make_video) -> None:
+    """Group commit: 60 concurrent POSTs (new scans, repeats, unknown algorithms) → the right answer each."""
+    import asyncio
+
+    make_video("batch.mp4", frames=12)
+
+    async def post_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=api.url, headers={"Authorization": f"Bearer {TOKEN}"},
+                                     timeout=30) as client:
+            bodies = [{"scan_id": f"b-{i}", "scan_uri": "batch.mp4"} for i in range(40)]
+            bodies += [{"scan_id": f"b-{i}", "scan_uri": "batch.mp4"} for i in range(10)]  # repeats
+            bodies += [{"scan_id": f"x-{i}", "scan_uri": "batch.mp4", "algorithm": "nope"} for i in range(10)]
+            return await asyncio.gather(*(client.post("/v1/scans", json=b) for b in bodies))
+
+    responses = asyncio.run(post_all())
+    statuses = [r.status_code for r in responses]
+    assert statuses[50:] == [422] * 10
+    assert all(r.json()["error"]["code"] == "unknown_algorithm" for r in responses[50:])
+    assert statuses[:40].count(202) + statuses[:50].count(200) >= 40
+    first_ids = {r.json()["scan_id"]: r.json()["task_id"] for r in responses[:50]}
+    assert len(first_ids) == 40
+    for r in responses[:50]:
+        assert r.json()["task_id"] == first_ids[r.json()["scan_id"]]
+    assert sum(r.json()["created"] for r in responses[:50]) == 40
+    assert backend.queue_stats("default").pending == 40

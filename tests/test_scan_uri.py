@@ -13,7 +13,7 @@ import pytest
 
 from service.backends.base import TaskBackend
 from service.domain import JobState, ScanRequest
-from service.enqueue import output_uri_for, submit_scan
+from service.enqueue import Enqueuer, submit_scan
 from service.errors import ForbiddenScanUri, InvalidScanUri, ScantideError, UnknownAlgorithm
 from service.scan_uri import validate_scan_uri
 from service.settings import Settings
@@ -268,7 +268,7 @@ def test_submit_scan_stores_the_normalised_uri(backend: TaskBackend, settings: S
     assert task.params["scan_uri"] == str((data_root / "scan.mp4").resolve())
     assert task.params["scan_id"] == "scan-1"
     assert task.params["metadata"] == {"patient": "p-7"}
-    assert task.output_uri == output_uri_for(settings, settings.default_algorithm, "scan-1")
+    assert task.output_uri == Enqueuer.from_settings(settings).output_uri(settings.default_algorithm, "scan-1")
     assert task.params["output_uri"] == task.output_uri
 
     again = submit_scan(backend, settings, request, resolver=no_dns)

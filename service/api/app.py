@@ -6,15 +6,18 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Response
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from service.api.auth import TokenAuth
+from service.api.batching import SubmitBatcher
 from service.api.errors import install_error_handlers
 from service.api.limits import BodySizeLimit
 from service.backends import open_backend
 from service.backends.base import TaskBackend
 from service.domain import ScanRequest, TaskInfo
-from service.enqueue import submit_scan
+from service.enqueue import Enqueuer, log_submission
 from service.errors import BackendUnavailable, ScanNotFound
+from service.scan_uri import needs_resolution
 from service.settings import Settings
 
 
@@ -49,6 +52,8 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
     """The API over ``backend`` (opened from settings when not given)."""
     backend = backend or open_backend(settings)
     auth = TokenAuth(settings.api_tokens)
+    enqueuer = Enqueuer.from_settings(settings)
+    batcher = SubmitBatcher(backend)
     app = FastAPI(
         title="scantide",
         version="0.1.0",
@@ -63,8 +68,13 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
     @app.post("/v1/scans", status_code=202, response_model=SubmitResponse,
               dependencies=[Depends(auth.require("enqueue"))],
               summary="Enqueue a scan (idempotent on algorithm + scan_id)")
-    def post_scan(request: ScanRequest, response: Response) -> SubmitResponse:
-        submission = submit_scan(backend, settings, request)
+    async def post_scan(request: ScanRequest, response: Response) -> SubmitResponse:
+        if needs_resolution(request.scan_uri):  # a DNS lookup must not block the event loop
+            item = await run_in_threadpool(enqueuer.prepare, request)
+        else:
+            item = enqueuer.prepare(request)
+        submission = await batcher.submit(item)
+        log_submission(submission)
         task = submission.task
         if not submission.created:
             response.status_code = 200

@@ -10,7 +10,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from service.domain import ChangePage, JobState, QueueStats, Submission, TaskError, TaskInfo, Template, WorkerInfo
+from service.domain import (
+    ChangePage,
+    JobState,
+    QueueStats,
+    Submission,
+    SubmitItem,
+    TaskError,
+    TaskInfo,
+    Template,
+    WorkerInfo,
+)
+from service.errors import ScantideError
 
 
 class TaskBackend(ABC):
@@ -35,6 +46,19 @@ class TaskBackend(ABC):
         Idempotent on ``(algorithm, scan_id)``: a repeat returns the existing task with
         ``created=False`` and changes nothing.
         """
+
+    def submit_many(self, items: list[SubmitItem]) -> list[Submission | ScantideError]:
+        """``submit`` for several items; each gets its submission or its error, in order.
+
+        Backends that can should do this in one round trip (the API batches concurrent requests).
+        """
+        out: list[Submission | ScantideError] = []
+        for item in items:
+            try:
+                out.append(self.submit(item.algorithm, item.scan_id, item.params, item.output_uri))
+            except ScantideError as exc:
+                out.append(exc)
+        return out
 
     @abstractmethod
     def get_task(self, task_id: str) -> TaskInfo:

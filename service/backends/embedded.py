@@ -26,12 +26,21 @@ from service.domain import (
     JobState,
     QueueStats,
     Submission,
+    SubmitItem,
     TaskError,
     TaskInfo,
     Template,
     WorkerInfo,
 )
-from service.errors import BackendUnavailable, ConfigError, InvalidRequest, LeaseLost, TaskNotFound, UnknownAlgorithm
+from service.errors import (
+    BackendUnavailable,
+    ConfigError,
+    InvalidRequest,
+    LeaseLost,
+    ScantideError,
+    TaskNotFound,
+    UnknownAlgorithm,
+)
 
 # Bump SCHEMA_VERSION with every schema change and add the statements that upgrade the previous
 # version to MIGRATIONS[new version]; SCHEMA always holds the newest schema in full.
@@ -178,27 +187,46 @@ class EmbeddedBackend(TaskBackend):
 
     # -- platform side ---------------------------------------------------------------------
     def submit(self, algorithm: str, scan_id: str, params: dict[str, Any], output_uri: str) -> Submission:
-        template = self.get_template(algorithm)
+        (outcome,) = self.submit_many([SubmitItem(algorithm, scan_id, params, output_uri)])
+        if isinstance(outcome, ScantideError):
+            raise outcome
+        return outcome
+
+    def submit_many(self, items: list[SubmitItem]) -> list[Submission | ScantideError]:
+        """All items in one transaction: one durable commit for the whole batch."""
         now = time.time()
-        task_id = uuid.uuid4().hex
-        merged = {**template.params, **params}
-        try:
-            encoded = json.dumps(merged)
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest(f"task parameters are not JSON-serialisable: {exc}") from exc
+        out: list[Submission | ScantideError] = []
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO tasks (id, algorithm, scan_id, queue, state, params, output_uri, created_at, queued_at)"
-                " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT (algorithm, scan_id) DO NOTHING",
-                (task_id, algorithm, scan_id, template.queue, encoded, output_uri, now, now),
-            )
-            created = cur.rowcount == 1
-            if created:
-                _record(db, task_id, JobState.queued, 0, now)
-            row = db.execute(
-                f"SELECT {TASK_COLUMNS} FROM tasks WHERE algorithm = ? AND scan_id = ?", (algorithm, scan_id)
-            ).fetchone()
-        return Submission(task=_task(row), created=created)
+            templates: dict[str, Template | None] = {}
+            for item in items:
+                if item.algorithm not in templates:
+                    row = db.execute("SELECT * FROM templates WHERE name = ?", (item.algorithm,)).fetchone()
+                    templates[item.algorithm] = _template(row) if row else None
+                template = templates[item.algorithm]
+                if template is None:
+                    known = ", ".join(r[0] for r in db.execute("SELECT name FROM templates ORDER BY name")) or "none"
+                    out.append(UnknownAlgorithm(f"unknown algorithm {item.algorithm!r}; registered: {known}"))
+                    continue
+                try:
+                    encoded = json.dumps({**template.params, **item.params})
+                except (TypeError, ValueError) as exc:
+                    out.append(InvalidRequest(f"task parameters are not JSON-serialisable: {exc}"))
+                    continue
+                task_id = uuid.uuid4().hex
+                row = db.execute(
+                    "INSERT INTO tasks (id, algorithm, scan_id, queue, state, params, output_uri, created_at,"
+                    " queued_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT (algorithm, scan_id) DO NOTHING"
+                    f" RETURNING {TASK_COLUMNS}",
+                    (task_id, item.algorithm, item.scan_id, template.queue, encoded, item.output_uri, now, now),
+                ).fetchone()
+                if row is not None:
+                    _record(db, task_id, JobState.queued, 0, now)
+                    out.append(Submission(task=_task(row), created=True))
+                    continue
+                row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE algorithm = ? AND scan_id = ?",
+                                 (item.algorithm, item.scan_id)).fetchone()
+                out.append(Submission(task=_task(row), created=False))
+        return out
 
     def get_task(self, task_id: str) -> TaskInfo:
         with self._tx(write=False) as db:

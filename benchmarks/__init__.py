@@ -1,0 +1,1 @@
+"""Benchmarks: ``python benchmarks/enqueue.py`` (or ``make bench``)."""

@@ -1,0 +1,182 @@
+"""A real webhook receiver for the monitor's tests: Starlette served by uvicorn on a free loopback port.
+
+It verifies every request with ``service.verify_signature``, records each one in arrival order and
+answers as the test tells it at runtime: 200, a given status, 429 with ``Retry-After``, after a
+delay (so a delivery stays in flight), or not at all (the server is down; ``up()`` brings it
+back on the same port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service import SignatureError, verify_signature
+from service.signing import EVENT_ID_HEADER
+from tests.conftest import free_port
+
+PATH = "/hooks/scantide"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """How to answer one request: a status, an optional Retry-After value and a delay, seconds."""
+
+    status: int = 200
+    retry_after: str | None = None
+    delay_s: float = 0.0
+
+
+@dataclass
+class Received:
+    event_id: str | None  # the Scantide-Event-Id header
+    body: dict[str, Any] | None  # the parsed JSON body
+    raw: bytes
+    headers: dict[str, str]
+    arrived_at: float  # time.monotonic() when the request was read
+    status: int  # what the receiver answered (or was about to, when the sender went away)
+    signature_error: str | None  # SignatureError.code, or None when the signature is genuine
+    answered_at: float | None = None  # time.monotonic() when the answer was handed to the server
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def type(self) -> str | None:
+        return self.body.get("type") if self.body else None
+
+
+@dataclass
+class _Behaviour:
+    default: Reply = field(default_factory=Reply)
+    queued: deque[Reply] = field(default_factory=deque)  # one-shot replies, used before the default
+
+    def next(self) -> Reply:
+        return self.queued.popleft() if self.queued else self.default
+
+
+class Receiver:
+    def __init__(self, secret: str, tolerance_s: float = 300.0) -> None:
+        self.secret = secret
+        self.tolerance_s = tolerance_s
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}{PATH}"
+        self._lock = threading.Lock()
+        self._records: list[Received] = []
+        self._behaviour = _Behaviour()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.app = Starlette(routes=[Route(PATH, self._handle, methods=["POST"])])
+
+    # -- what it answers -------------------------------------------------------------------
+    def answer_ok(self, delay_s: float = 0.0) -> None:
+        self._set(Reply(200, delay_s=delay_s))
+
+    def fail(self, status: int, delay_s: float = 0.0) -> None:
+        self._set(Reply(status, delay_s=delay_s))
+
+    def throttle(self, retry_after: str) -> None:
+        self._set(Reply(429, retry_after=retry_after))
+
+    def delay(self, seconds: float) -> None:
+        """Answer 200 after ``seconds``, so each delivery stays in flight that long."""
+        self._set(Reply(200, delay_s=seconds))
+
+    def respond_next(self, *replies: Reply) -> None:
+        """Answer the next requests with ``replies``, one each, then go back to the default."""
+        with self._lock:
+            self._behaviour.queued.extend(replies)
+
+    def _set(self, reply: Reply) -> None:
+        with self._lock:
+            self._behaviour.default = reply
+            self._behaviour.queued.clear()
+
+    # -- up and down -----------------------------------------------------------------------
+    @property
+    def is_up(self) -> bool:
+        return self._server is not None
+
+    def up(self) -> None:
+        """Serve on ``self.port`` (the same port every time)."""
+        if self._server is not None:
+            return
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=1, lifespan="off")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name=f"receiver-{self.port}", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"the webhook receiver did not start on port {self.port}")
+            time.sleep(0.01)
+        self._server, self._thread = server, thread
+
+    def down(self) -> None:
+        """Stop serving: senders get connection refused until ``up()``."""
+        if self._server is None:
+            return
+        self._server.should_exit = True
+        assert self._thread is not None
+        self._thread.join(timeout=15)
+        if self._thread.is_alive():
+            raise RuntimeError("the webhook receiver did not stop")
+        self._server = self._thread = None
+
+    # -- what it got -----------------------------------------------------------------------
+    def records(self) -> list[Received]:
+        with self._lock:
+            return list(self._records)
+
+    def accepted(self) -> list[Received]:
+        return [r for r in self.records() if r.accepted]
+
+    def received_ids(self) -> list[str]:
+        """Ids of the events it accepted (2xx), in arrival order, repeats included."""
+        return [r.event_id for r in self.accepted() if r.event_id is not None]
+
+    def events_for(self, scan_id: str) -> list[Received]:
+        """Accepted requests about one scan, in arrival order."""
+        return [r for r in self.accepted() if r.body and r.body.get("data", {}).get("scan_id") == scan_id]
+
+    def attempts_for(self, event_id: str) -> list[Received]:
+        """Every request that carried ``event_id``, whatever it was answered."""
+        return [r for r in self.records() if r.event_id == event_id]
+
+    # -- the endpoint ----------------------------------------------------------------------
+    async def _handle(self, request: Request) -> JSONResponse:
+        raw = await request.body()
+        arrived = time.monotonic()
+        headers = dict(request.headers)
+        try:
+            verify_signature(self.secret, request.headers, raw, self.tolerance_s)
+            problem = None
+        except SignatureError as exc:
+            problem = exc.code
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        with self._lock:
+            reply = self._behaviour.next() if problem is None else Reply(401)
+            record = Received(event_id=request.headers.get(EVENT_ID_HEADER), body=body, raw=raw, headers=headers,
+                              arrived_at=arrived, status=reply.status, signature_error=problem)
+            self._records.append(record)
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        record.answered_at = time.monotonic()
+        extra = {"Retry-After": reply.retry_after} if reply.retry_after is not None else None
+        return JSONResponse({"status": reply.status}, status_code=reply.status, headers=extra)
