@@ -50,7 +50,7 @@ def list_events(
     if as_json:
         for e in entries:
             console.print_json(json.dumps({"id": e.id, "type": e.type, "state": e.state, "attempts": e.attempts,
-                                           "last_error": e.last_error, "body": json.loads(e.body)}))
+                                           "last_error": e.last_error, "body": json.loads(e.body)}), indent=None)
         return
     table = Table(title=f"events ({', '.join(f'{k} {v}' for k, v in outbox.counts().items())})")
     for col in ("id", "type", "about", "state", "attempts", "created", "last error"):

@@ -111,18 +111,29 @@ class Outbox:
 
     # -- delivery --------------------------------------------------------------------------
     def due(self, now: float, limit: int = 100, exclude_keys: set[str] | frozenset[str] = frozenset()) -> list[Entry]:
-        """The oldest pending event of each key whose retry time has come, oldest first."""
+        """The oldest pending event of each key whose retry time has come, longest due first (then oldest).
+
+        Ordered as the ``events_due`` index is, so the query stops after ``limit`` rows instead of
+        reading and sorting every pending event (3,000 pending: 13 ms a call, once per finished send).
+        """
         rows = self._conn().execute(
             "SELECT e.* FROM events e WHERE e.state = 'pending' AND e.next_attempt_at <= ?"
             " AND e.seq = (SELECT MIN(seq) FROM events p WHERE p.key = e.key AND p.state = 'pending')"
-            " ORDER BY e.seq LIMIT ?",
+            " ORDER BY e.next_attempt_at, e.seq LIMIT ?",
             (now, limit + len(exclude_keys)),
         ).fetchall()
         return [_entry(r) for r in rows if r["key"] not in exclude_keys][:limit]
 
-    def next_due_at(self) -> float | None:
-        row = self._conn().execute("SELECT MIN(next_attempt_at) FROM events WHERE state = 'pending'").fetchone()
-        return row[0]
+    def next_due_at(self, exclude_keys: set[str] | frozenset[str] = frozenset()) -> float | None:
+        """When the first event ``due()`` can offer comes due: only a key's oldest pending event counts
+        (a later one waits for it however early its own time), and keys in ``exclude_keys`` do not."""
+        rows = self._conn().execute(
+            "SELECT e.key, e.next_attempt_at FROM events e WHERE e.state = 'pending'"
+            " AND e.seq = (SELECT MIN(seq) FROM events p WHERE p.key = e.key AND p.state = 'pending')"
+            " ORDER BY e.next_attempt_at LIMIT ?",
+            (len(exclude_keys) + 1,),
+        ).fetchall()
+        return next((r["next_attempt_at"] for r in rows if r["key"] not in exclude_keys), None)
 
     def mark_delivered(self, event_id: str) -> None:
         with self._tx() as db:

@@ -113,9 +113,9 @@ class Deliverer:
 
     def run(self, idle_wait_s: float = 1.0) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # before step(): a send finishing from here on still wakes the wait below
             self.step()
             self._wake.wait(self._wait_s(idle_wait_s))
-            self._wake.clear()
         self._pool.shutdown(wait=True)
 
     def step(self) -> int:
@@ -141,7 +141,12 @@ class Deliverer:
             time.sleep(0.01)
 
     def _wait_s(self, idle_wait_s: float) -> float:
-        nxt = self.outbox.next_due_at()
+        # A finished send wakes the loop, so keys in flight and a full pool need no polling; counting
+        # them (or a key's later events, which wait for its head) would spin while a send is slow.
+        busy = {k for k, f in self._in_flight.items() if not f.done()}
+        if len(busy) >= self.policy.concurrency:
+            return idle_wait_s
+        nxt = self.outbox.next_due_at(exclude_keys=busy)
         if nxt is None:
             return idle_wait_s
         return max(0.0, min(idle_wait_s, nxt - time.time()))

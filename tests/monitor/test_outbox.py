@@ -1,4 +1,4 @@
-"""The outbox's delivery order and the deliverer's waiting, without HTTP."""
+"""The outbox's per-scan delivery order, and the deliverer waiting (not polling) while a scan is held back."""
 
 from __future__ import annotations
 

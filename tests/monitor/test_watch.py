@@ -23,7 +23,6 @@ from service.settings import Settings
 from tests.conftest import Workers, wait_for, wait_terminal
 from tests.monitor.conftest import (
     QUEUE,
-    SECRET,
     WORKER,
     InProcessMonitor,
     complete,
@@ -54,6 +53,11 @@ class CountingBackend:
         return getattr(self.inner, name)
 
 
+def watcher_over(backend: Any, outbox: Outbox, settings: Settings, page_size: int = 500) -> Watcher:
+    """A Watcher over any object with the backend's methods (the counting proxy)."""
+    return Watcher(backend, outbox, alert_config(settings), page_size=page_size)
+
+
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
     points = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals], key=lambda p: (p[0], p[1]))
     best = now = 0
@@ -77,14 +81,14 @@ def test_5000_changes_between_polls(backend: TaskBackend, monitor_settings: Sett
 
     counting = CountingBackend(backend)
     outbox = outbox_for(monitor_settings)
-    watcher = Watcher(counting, outbox, alert_config(monitor_settings), page_size=500)  # type: ignore[arg-type]
+    watcher = watcher_over(counting, outbox, monitor_settings, page_size=500)
     assert watcher.poll_changes() == n
     pages = math.ceil(total / 500)
     assert pages <= counting.changes_calls <= pages + 1  # grows with pages, not with tasks
     last = backend.changes(None, 100_000).cursor
     # A restarted monitor resumes from the saved cursor: one call, from the last change, nothing new.
     restarted = CountingBackend(backend)
-    assert Watcher(restarted, outbox_for(monitor_settings), alert_config(monitor_settings)).poll_changes() == 0  # type: ignore[arg-type]
+    assert watcher_over(restarted, outbox_for(monitor_settings), monitor_settings).poll_changes() == 0
     assert restarted.cursors == [last]
 
     stored = entries(outbox)
@@ -94,7 +98,7 @@ def test_5000_changes_between_polls(backend: TaskBackend, monitor_settings: Sett
     # A second watcher with bigger pages over its own outbox builds the very same events.
     other = CountingBackend(backend)
     twin = Outbox(monitor_settings.state_dir / "twin.db")
-    assert Watcher(other, twin, alert_config(monitor_settings), page_size=1000).poll_changes() == n  # type: ignore[arg-type]
+    assert watcher_over(other, twin, monitor_settings, page_size=1000).poll_changes() == n
     assert math.ceil(total / 1000) <= other.changes_calls <= math.ceil(total / 1000) + 1
     assert [(e.id, e.body) for e in entries(twin)] == [(e.id, e.body) for e in stored]
 
