@@ -34,6 +34,11 @@ class InvalidRequest(ScantideError):
     status = 422
 
 
+class MalformedJson(InvalidRequest):
+    code = "malformed_json"
+    status = 400
+
+
 class InvalidScanUri(InvalidRequest):
     code = "invalid_scan_uri"
 

@@ -11,6 +11,7 @@ workers fetch internal resources.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from collections.abc import Callable
@@ -115,11 +116,12 @@ def _is_ip(host: str) -> bool:
 
 def _validate_local(raw: str, data_root: Path) -> str:
     _reject_traversal(raw)
-    root = data_root.resolve()
-    path = Path(raw)
-    candidate = (path if path.is_absolute() else root / path).resolve()
-    if not candidate.is_relative_to(root):
+    # os.path rather than pathlib: this runs on every enqueue. realpath follows symlinks, so a link
+    # inside the root that points outside it is caught too.
+    root = os.path.realpath(data_root)
+    candidate = os.path.realpath(os.path.join(root, raw))  # an absolute raw replaces the root
+    if candidate != root and not candidate.startswith(root + os.sep):
         raise ForbiddenScanUri(f"local scan paths must be under the data root {root}; got {raw!r}")
-    if not candidate.is_file():
+    if not os.path.isfile(candidate):
         raise InvalidScanUri(f"no scan file at {candidate}", code="scan_missing")
-    return str(candidate)
+    return candidate

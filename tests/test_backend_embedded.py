@@ -432,3 +432,58 @@ def test_a_second_backend_on_the_same_file_sees_everything(store: EmbeddedBacken
         assert store.claim(QUEUE, "w1", lease_s=30) is None
     finally:
         other.close()
+
+
+V1_SCHEMA = """
+CREATE TABLE templates (name TEXT PRIMARY KEY, entry_point TEXT NOT NULL, queue TEXT NOT NULL,
+    params TEXT NOT NULL, max_runtime_s REAL NOT NULL);
+CREATE TABLE tasks (id TEXT PRIMARY KEY, algorithm TEXT NOT NULL, scan_id TEXT NOT NULL, queue TEXT NOT NULL,
+    state TEXT NOT NULL, params TEXT NOT NULL, output_uri TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0,
+    worker_id TEXT, lease_until REAL, created_at REAL NOT NULL, queued_at REAL, started_at REAL,
+    finished_at REAL, result TEXT, error TEXT, progress REAL, heartbeat_at REAL, UNIQUE (algorithm, scan_id));
+CREATE INDEX tasks_by_queue ON tasks (queue, state, queued_at);
+CREATE INDEX tasks_by_scan ON tasks (scan_id);
+CREATE INDEX tasks_running ON tasks (state, lease_until);
+CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL, state TEXT NOT NULL,
+    attempt INTEGER NOT NULL, at REAL NOT NULL);
+CREATE TABLE workers (id TEXT PRIMARY KEY, queue TEXT NOT NULL, task_id TEXT, last_seen REAL NOT NULL,
+    idle_since REAL, draining INTEGER NOT NULL DEFAULT 0);
+INSERT INTO templates VALUES ('video_summary', 'algorithms.entry', 'default', '{}', 60);
+INSERT INTO tasks (id, algorithm, scan_id, queue, state, params, output_uri, created_at, queued_at)
+    VALUES ('old-task', 'video_summary', 'old-scan', 'default', 'queued', '{}', '/out', 1, 1);
+INSERT INTO changes (task_id, state, attempt, at) VALUES ('old-task', 'queued', 0, 1);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_store_is_upgraded_in_place(tmp_path) -> None:
+    import sqlite3
+
+    from service.backends.embedded import SCHEMA_VERSION
+
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA)
+    conn.close()
+    b = EmbeddedBackend(path)
+    assert b.get_task("old-task").scan_id == "old-scan"
+    assert b.submit("video_summary", "old-scan", {}, "/out").created is False  # the key still holds
+    assert b.submit("video_summary", "new-scan", {}, "/out").created is True
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"tasks_scan", "tasks_lease"} <= indexes and "tasks_by_scan" not in indexes
+    conn.close()
+
+
+def test_a_store_from_a_newer_scantide_is_refused(tmp_path) -> None:
+    import sqlite3
+
+    from service.errors import ConfigError
+
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 999")
+    conn.close()
+    with pytest.raises(ConfigError, match="newer"):
+        EmbeddedBackend(path)

@@ -22,18 +22,22 @@ class TokenAuth:
                 found = scopes
         return found
 
+    def check(self, request: Request, scope: str) -> None:
+        """Raise unless the request's bearer token carries ``scope``."""
+        header = request.headers.get("authorization", "")
+        kind, _, presented = header.partition(" ")
+        if kind.lower() != "bearer" or not presented.strip():
+            raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
+        scopes = self.scopes_for(presented.strip())
+        if scopes is None:
+            raise AuthError("invalid bearer token", code="invalid_token")
+        if scope not in scopes:
+            raise Forbidden(f"this token lacks the {scope!r} scope")
+
     def require(self, scope: str):
         """A FastAPI dependency that admits requests whose token carries ``scope``."""
 
         async def dependency(request: Request) -> None:  # pure CPU: no thread hop
-            header = request.headers.get("authorization", "")
-            kind, _, presented = header.partition(" ")
-            if kind.lower() != "bearer" or not presented.strip():
-                raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
-            scopes = self.scopes_for(presented.strip())
-            if scopes is None:
-                raise AuthError("invalid bearer token", code="invalid_token")
-            if scope not in scopes:
-                raise Forbidden(f"this token lacks the {scope!r} scope")
+            self.check(request, scope)
 
         return dependency

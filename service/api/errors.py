@@ -20,7 +20,8 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def _describe(errors: list[dict]) -> str:
+def describe(errors: list[dict]) -> str:
+    """A one-line summary of pydantic validation errors, for a person."""
     parts = []
     for e in errors[:5]:
         loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
@@ -41,7 +42,7 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "malformed_json", "request body is not valid JSON")
-        return error_response(422, "invalid_request", f"invalid request: {_describe(errors)}")
+        return error_response(422, "invalid_request", f"invalid request: {describe(errors)}")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-import uuid
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
@@ -44,8 +44,14 @@ from service.errors import (
 
 # Bump SCHEMA_VERSION with every schema change and add the statements that upgrade the previous
 # version to MIGRATIONS[new version]; SCHEMA always holds the newest schema in full.
-SCHEMA_VERSION = 1
-MIGRATIONS: dict[int, list[str]] = {}
+SCHEMA_VERSION = 2
+MIGRATIONS: dict[int, list[str]] = {
+    # v2: fewer indexes to write per submit (the old inline UNIQUE stays in migrated stores).
+    2: ["CREATE UNIQUE INDEX IF NOT EXISTS tasks_scan ON tasks (scan_id, algorithm)",
+        "DROP INDEX IF EXISTS tasks_by_scan",
+        "DROP INDEX IF EXISTS tasks_running",
+        "CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE state = 'running'"],
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS templates (
@@ -58,11 +64,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempt INTEGER NOT NULL DEFAULT 0, worker_id TEXT, lease_until REAL,
     created_at REAL NOT NULL, queued_at REAL, started_at REAL, finished_at REAL,
     result TEXT, error TEXT, progress REAL, heartbeat_at REAL,
-    UNIQUE (algorithm, scan_id)
+    UNIQUE (scan_id, algorithm)  -- the idempotency key, and the index for lookups by scan
 );
 CREATE INDEX IF NOT EXISTS tasks_by_queue ON tasks (queue, state, queued_at);
-CREATE INDEX IF NOT EXISTS tasks_by_scan ON tasks (scan_id);
-CREATE INDEX IF NOT EXISTS tasks_running ON tasks (state, lease_until);
+-- Partial: inserting a queued task does not touch it; reaping reads only running tasks.
+CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE state = 'running';
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL, state TEXT NOT NULL,
     attempt INTEGER NOT NULL, at REAL NOT NULL
@@ -139,9 +145,8 @@ class EmbeddedBackend(TaskBackend):
                 raise ConfigError(f"task store {self.path} has schema version {version}, newer than this "
                                   f"scantide's {SCHEMA_VERSION}: upgrade scantide")
             if version == 0:
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in _statements(SCHEMA):
+                    db.execute(statement)
             else:
                 for v in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in MIGRATIONS[v]:
@@ -212,10 +217,10 @@ class EmbeddedBackend(TaskBackend):
                 except (TypeError, ValueError) as exc:
                     out.append(InvalidRequest(f"task parameters are not JSON-serialisable: {exc}"))
                     continue
-                task_id = uuid.uuid4().hex
+                task_id = new_task_id()
                 row = db.execute(
                     "INSERT INTO tasks (id, algorithm, scan_id, queue, state, params, output_uri, created_at,"
-                    " queued_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT (algorithm, scan_id) DO NOTHING"
+                    " queued_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT (scan_id, algorithm) DO NOTHING"
                     f" RETURNING {TASK_COLUMNS}",
                     (task_id, item.algorithm, item.scan_id, template.queue, encoded, item.output_uri, now, now),
                 ).fetchone()
@@ -413,6 +418,18 @@ class EmbeddedBackend(TaskBackend):
             db.execute("UPDATE workers SET task_id = NULL WHERE id = ? AND task_id = ?", (task.worker_id, task.task_id))
             changed.append(_task(new))
         return changed
+
+
+def _statements(script: str) -> list[str]:
+    """Split a schema script into statements (``--`` comments dropped: no literal in it holds one)."""
+    code = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+    return [s for s in code.split(";") if s.strip()]
+
+
+def new_task_id() -> str:
+    """32 hex characters: milliseconds since the epoch, then 80 random bits. Ids sort by creation,
+    so inserts append to the primary-key B-tree instead of landing all over it."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
 
 
 def _record(db: sqlite3.Connection, task_id: str, state: JobState, attempt: int, now: float) -> None:
