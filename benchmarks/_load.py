@@ -72,12 +72,14 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool
 
 async def run_load(
     host: str, port: int, make_request: RequestFactory, *, concurrency: int, duration_s: float,
-    numbers: itertools.count | None = None,
+    numbers: itertools.count | None = None, rate_per_s: float | None = None,
 ) -> LoadResult:
     """``concurrency`` connections, each sending its next request as soon as the last is answered,
     until ``duration_s`` seconds have passed; requests in flight at the deadline are still counted.
 
     ``numbers`` hands out request numbers (shared across runs to keep them distinct).
+    ``rate_per_s`` makes it an open loop: request k is due at start + k / rate, and its latency
+    counts from that due time (a late send is the server's delay too: no coordinated omission).
     """
     numbers = numbers if numbers is not None else itertools.count()
     latencies: list[float] = []
@@ -92,7 +94,14 @@ async def run_load(
         try:
             while perf() < deadline:
                 request = make_request(next(numbers))
-                t0 = perf()
+                if rate_per_s is None:
+                    t0 = perf()
+                else:
+                    t0 = start + next(slots) / rate_per_s
+                    if t0 >= deadline:
+                        break
+                    if t0 > perf():
+                        await asyncio.sleep(t0 - perf())
                 try:
                     # One request in flight per connection: the write buffer never grows, no drain.
                     writer.write(request)
@@ -116,6 +125,7 @@ async def run_load(
         finally:
             writer.close()
 
+    slots = itertools.count()
     cpu0 = time.process_time()
     start = perf()
     deadline = start + duration_s

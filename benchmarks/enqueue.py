@@ -6,9 +6,11 @@ driven by the same closed-loop raw-socket client (``_load.py``) with the same co
 keep-alive connections. Ours is the real app from ``service.api.create_app`` over a real
 ``EmbeddedBackend`` SQLite file in a temporary state dir, so every request is a distinct scan_id
 and a durable insert (WAL, synchronous=FULL); its scan_uri names one small file under the data
-root. The bare endpoint gets the very same requests.
+root. The bare endpoint gets the very same requests. A third run offers ours a fixed rate
+(open loop, ``--rate``) and reports its latency there: at 64 closed-loop connections latency is
+64 / throughput by construction, which says little about how fast one request is served.
 
-    python benchmarks/enqueue.py [--duration 8] [--concurrency 64]
+    python benchmarks/enqueue.py [--duration 8] [--concurrency 64] [--rate 300]
 
 Prints a table, a ratio line, a saturation line per run and, last, one JSON object. Exits 1 if
 any request failed.
@@ -216,7 +218,7 @@ class Run:
 
 
 def measure(server: Server, make: RequestFactory, numbers: itertools.count, *, concurrency: int, duration_s: float,
-            warmup_s: float) -> Run:
+            warmup_s: float, rate_per_s: float | None = None) -> Run:
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         warm = runner.run(run_load(HOST, server.port, make, concurrency=concurrency, duration_s=warmup_s,
                                    numbers=numbers))
@@ -224,7 +226,7 @@ def measure(server: Server, make: RequestFactory, numbers: itertools.count, *, c
             raise RuntimeError(f"warm-up failed: {warm.errors} errors, e.g. {warm.error_samples}")
         cpu0, busy0 = server.cpu_s(), _busy_cores_s()
         load = runner.run(run_load(HOST, server.port, make, concurrency=concurrency, duration_s=duration_s,
-                                   numbers=numbers))
+                                   numbers=numbers, rate_per_s=rate_per_s))
         cpu1, busy1 = server.cpu_s(), _busy_cores_s()
     return Run(load, _delta(cpu0, cpu1), _delta(busy0, busy1))
 
@@ -250,7 +252,7 @@ def _bound(run: Run) -> str:
     return f"{cpus} -> {verdict}"
 
 
-def report(runs: dict[str, Run], *, concurrency: int, duration_s: float) -> dict[str, Any]:
+def report(runs: dict[str, Run], at_rate: Run, rate: float, *, concurrency: int, duration_s: float) -> dict[str, Any]:
     ours, bare = runs["ours"].load, runs["bare"].load
     print(f"uvicorn loop={LOOP} http={HTTP}, 1 process each, {concurrency} keep-alive connections, "
           f"{duration_s:g} s per server, {os.cpu_count()} CPUs")
@@ -264,6 +266,9 @@ def report(runs: dict[str, Run], *, concurrency: int, duration_s: float) -> dict
     met = ratio >= GOAL_RATIO and p99 <= GOAL_P99_MS
     print(f"ratio ours/bare = {ratio:.2f} (goal >= {GOAL_RATIO}), ours p99 = {p99:.1f} ms (goal <= {GOAL_P99_MS:g}): "
           f"{'goal met' if met else 'GOAL NOT MET'}")
+    fixed = at_rate.load
+    print(f"{ROWS['ours']} at a fixed {rate:g} req/s offered (open loop, latency from each request's due time): "
+          f"p50 {fixed.percentile_ms(50):.2f} ms, p99 {fixed.percentile_ms(99):.2f} ms, {fixed.errors} errors")
     for kind, run in runs.items():
         print(f"{ROWS[kind]}: {_bound(run)}")
         for sample in run.load.error_samples:
@@ -272,7 +277,9 @@ def report(runs: dict[str, Run], *, concurrency: int, duration_s: float) -> dict
         "ratio": round(ratio, 3), "rps": round(ours.rps, 1), "bare_rps": round(bare.rps, 1),
         "p50_ms": round(ours.percentile_ms(50), 2), "p99_ms": round(p99, 2),
         "bare_p50_ms": round(bare.percentile_ms(50), 2), "bare_p99_ms": round(bare.percentile_ms(99), 2),
-        "concurrency": concurrency, "duration_s": duration_s, "errors": ours.errors + bare.errors,
+        "concurrency": concurrency, "duration_s": duration_s, "errors": ours.errors + bare.errors + fixed.errors,
+        "rate_per_s": rate, "p50_ms_at_rate": round(fixed.percentile_ms(50), 2),
+        "p99_ms_at_rate": round(fixed.percentile_ms(99), 2),
         "goal_met": met,
         "cpu_ms_per_req": _round(runs["ours"].server_cpu_ms_per_request(), 3),
         "bare_cpu_ms_per_req": _round(runs["bare"].server_cpu_ms_per_request(), 3),
@@ -287,7 +294,7 @@ def _round(x: float | None, digits: int = 2) -> float | None:
     return None if x is None else round(x, digits)
 
 
-def bench(*, concurrency: int, duration_s: float, warmup_s: float) -> dict[str, Any]:
+def bench(*, concurrency: int, duration_s: float, warmup_s: float, rate: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="scantide-bench-enqueue-") as tmp:
         state_dir = Path(tmp) / "state"
         data_root = state_dir / "data"
@@ -301,7 +308,10 @@ def bench(*, concurrency: int, duration_s: float, warmup_s: float) -> dict[str, 
             with running(kind, state_dir, Path(tmp) / f"{kind}.log") as server:
                 runs[kind] = measure(server, make, numbers, concurrency=concurrency, duration_s=duration_s,
                                      warmup_s=warmup_s)
-        return report(runs, concurrency=concurrency, duration_s=duration_s)
+                if kind == "ours":
+                    at_rate = measure(server, make, numbers, concurrency=concurrency, duration_s=duration_s / 2,
+                                      warmup_s=0.2, rate_per_s=rate)
+        return report(runs, at_rate, rate, concurrency=concurrency, duration_s=duration_s)
 
 
 def _sigterm_as_ctrl_c(signum: int, frame: object) -> None:
@@ -314,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per server (default 8)")
     parser.add_argument("--concurrency", type=int, default=64, help="keep-alive connections (default 64)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per server (default 1)")
+    parser.add_argument("--rate", type=float, default=300.0,
+                        help="offered req/s of the open-loop latency run of ours (default 300)")
     parser.add_argument("--serve", choices=ROWS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--state-dir", type=Path, help=argparse.SUPPRESS)
@@ -326,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _sigterm_as_ctrl_c)
     try:
-        summary = bench(concurrency=args.concurrency, duration_s=args.duration, warmup_s=args.warmup)
+        summary = bench(concurrency=args.concurrency, duration_s=args.duration, warmup_s=args.warmup, rate=args.rate)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
