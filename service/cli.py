@@ -48,20 +48,26 @@ def root(
 @app.command()
 def up(
     ctx: typer.Context,
-    workers: Optional[int] = typer.Option(None, help="Worker processes (default SCANTIDE_WORKERS)."),
-    queue: Optional[str] = typer.Option(None, help="Queue the workers serve (default SCANTIDE_DEFAULT_QUEUE)."),
+    workers: Optional[int] = typer.Option(None, help="Most workers at once (default SCANTIDE_WORKERS)."),
+    fixed: bool = typer.Option(False, "--fixed", help="Keep that many workers running instead of autoscaling."),
 ) -> None:
-    """Run the API and the workers on this machine under one supervisor (embedded mode)."""
+    """Run the API, the monitor and the autoscaler (which starts workers on demand, from zero)."""
     from service.supervisor import Child, Supervisor, cli_argv
 
     settings = with_local_token(_settings(ctx))
-    n = settings.workers if workers is None else workers
-    q = queue or settings.default_queue
+    if workers is not None:
+        settings = settings.model_copy(update={"workers": workers})
     children = [Child("api", cli_argv("api")), Child("monitor", cli_argv("monitor"))]
-    children += [Child(f"worker-{i}", cli_argv("worker", "--queue", q)) for i in range(n)]
+    if fixed:
+        q = settings.default_queue
+        children += [Child(f"worker-{i}", cli_argv("worker", "--queue", q)) for i in range(settings.workers)]
+        fleet = f"{settings.workers} fixed worker(s) on queue {q!r}"
+    else:
+        children.append(Child("autoscaler", cli_argv("autoscaler")))
+        fleet = f"autoscaler (0 to {settings.workers} workers)"
     token_at = settings.token_file if settings.token_file.exists() else "SCANTIDE_API_TOKENS"
     err_console.print(f"scantide up: API on http://{settings.api_host}:{settings.api_port} (docs at /docs), "
-                      f"monitor, {n} worker(s) on queue {q!r}; API token in {token_at}")
+                      f"monitor, {fleet}; API token in {token_at}")
     raise typer.Exit(Supervisor(settings, open_backend(settings), children).run())
 
 
@@ -85,12 +91,13 @@ def worker(
     ctx: typer.Context,
     queue: Optional[str] = typer.Option(None, help="Queue to serve (default SCANTIDE_DEFAULT_QUEUE)."),
     max_tasks: Optional[int] = typer.Option(None, help="Exit after this many tasks."),
+    worker_id: Optional[str] = typer.Option(None, help="Register under this id (the autoscaler's instance id)."),
 ) -> None:
     """Claim and run tasks from a queue until SIGTERM (which drains)."""
     from service.worker import Worker
 
     settings = _settings(ctx)
-    w = Worker(open_backend(settings), settings, queue or settings.default_queue)
+    w = Worker(open_backend(settings), settings, queue or settings.default_queue, worker_id=worker_id)
     w.install_signal_handlers()
     raise typer.Exit(w.run(max_tasks=max_tasks))
 

@@ -49,7 +49,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(2, ge=1, description="Runs per task before an expired lease fails it (worker_lost).")
     task_timeout_s: float = Field(1800.0, gt=0, description="Hard limit on one run of the algorithm, seconds.")
     worker_poll_s: float = Field(0.5, gt=0, description="Idle worker's pause between claims, seconds.")
-    workers: int = Field(2, ge=0, description="Worker processes `scantide up` starts (embedded).")
+    workers: int = Field(2, ge=0, description="Most local workers the embedded autoscaler runs at once.")
+    local_idle_timeout_s: float = Field(30.0, gt=0, description="An idle local worker is stopped after this long.")
+    autoscaler_config: Path | None = Field(None, description="TOML file of pools; unset: one local pool.")
+    autoscaler_tick_s: float | None = Field(None, gt=0, description="Tick; default 15 s (config file), 1 s (local).")
 
     webhook_url: str | None = Field(None, description="Where the monitor posts events; unset: kept, not sent.")
     webhook_secret: str | None = Field(None, description="HMAC secret for Scantide-Signature (16+ characters).")

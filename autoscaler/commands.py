@@ -1,0 +1,77 @@
+"""``scantide autoscaler`` (the daemon) and ``scantide fleet``, registered through an entry point."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import threading
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("autoscaler")(autoscaler)
+    app.command("fleet")(fleet)
+
+
+def autoscaler(ctx: typer.Context, once: bool = typer.Option(False, "--once", help="Run one tick and exit.")) -> None:
+    """Start and stop workers to follow the queues (until SIGTERM)."""
+    from autoscaler.runner import build, run_forever
+    from service.backends import open_backend
+
+    settings = ctx.obj
+    built = build(settings, open_backend(settings))
+    if once:
+        for action in built.autoscaler.tick():
+            console.print(f"{type(action).__name__} {action.pool}: {action.reason}")
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run_forever(built, stop)
+    shutdown = getattr(built.provider, "shutdown", None)
+    if shutdown is not None:  # local workers stop with the embedded stack; EC2 instances do not
+        shutdown()
+
+
+def fleet(ctx: typer.Context, decisions: int = typer.Option(15, help="Recent decisions to show.")) -> None:
+    """The fleet per pool (from the provider, the truth) and the autoscaler's recent decisions."""
+    import time
+
+    from autoscaler.runner import build
+    from service.backends import open_backend
+
+    settings = ctx.obj
+    built = build(settings, open_backend(settings))
+    snapshot = built.autoscaler.observe(time.time())
+    for name, pool in snapshot.pools.items():
+        table = Table(title=f"pool {name}: {pool.pending} queued, {pool.running} running, "
+                            f"oldest queued {pool.oldest_queued_age_s:.0f}s")
+        for col in ("instance", "state", "type", "market", "$/h", "for", "task"):
+            table.add_column(col)
+        for i in pool.instances:
+            table.add_row(i.id, i.state.value, i.option.instance_type, i.option.market.value,
+                          f"{i.option.price_per_hour:.2f}", f"{snapshot.now - i.state_since:.0f}s", i.task_id or "")
+        console.print(table)
+    table = Table(title="recent decisions")
+    for col in ("at", "pool", "decision", "reason", "detail"):
+        table.add_column(col)
+    for entry in built.autoscaler.journal.tail(decisions):
+        table.add_row(dt.datetime.fromtimestamp(entry["at"]).strftime("%H:%M:%S"), entry["pool"], entry["kind"],
+                      entry["reason"], _detail(entry))
+    console.print(table)
+
+
+def _detail(entry: dict) -> str:
+    parts = []
+    if "count" in entry:
+        parts.append(f"{entry['count']} ×")
+    if "option" in entry:
+        parts.append(f"{entry['option']['instance_type']} {entry['option']['market']}")
+    if "instances" in entry:
+        parts.append(", ".join(entry["instances"]))
+    return " ".join(parts)
