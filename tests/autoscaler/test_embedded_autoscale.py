@@ -1,0 +1,97 @@
+"""Embedded end to end: ``scantide up`` starts at zero workers, scales out for a burst of scans,
+completes them all and returns to zero after the idle timeout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from service.backends import open_backend
+from service.domain import JobState
+from service.settings import Settings
+from service.supervisor import cli_argv, settings_env
+from tests.conftest import TOKEN, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _fleet_dir(settings: Settings):
+    return settings.state_dir / "fleet" / "local"
+
+
+def _instances(settings: Settings) -> list[str]:
+    folder = _fleet_dir(settings)
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []
+
+
+def _worker_pids(settings: Settings) -> list[int]:
+    """Live `scantide worker` processes of this test's state dir."""
+    pids = []
+    for proc in os.listdir("/proc"):
+        if not proc.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{proc}/cmdline", "rb").read().split(b"\0")
+            environ = open(f"/proc/{proc}/environ", "rb").read()
+        except OSError:
+            continue
+        if b"worker" in cmd and b"--worker-id" in cmd and str(settings.state_dir).encode() in environ:
+            status = open(f"/proc/{proc}/status").read()
+            if "\nState:\tZ" not in status:
+                pids.append(int(proc))
+    return pids
+
+
+def test_up_scales_from_zero_and_back(settings: Settings, make_video) -> None:
+    settings = settings.model_copy(update={"workers": 3, "local_idle_timeout_s": 3.0})
+    make_video("burst.mp4", frames=24)
+    env = {**os.environ, **settings_env(settings)}
+    log = open(settings.state_dir / "up.log", "wb") if settings.state_dir.exists() else None
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    log = log or open(settings.state_dir / "up.log", "wb")
+    up = subprocess.Popen(cli_argv("up"), env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    backend = open_backend(settings)
+    try:
+        base = f"http://127.0.0.1:{settings.api_port}"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, 60, what="the API")
+        time.sleep(2.0)  # a few autoscaler ticks with an empty queue
+        assert _instances(settings) == [], "the fleet starts at zero"
+        assert _worker_pids(settings) == []
+
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as http:
+            ids = [http.post("/v1/scans", json={"scan_id": f"burst-{i}", "scan_uri": "burst.mp4"}).json()["task_id"]
+                   for i in range(10)]
+
+        peak = 0
+
+        def all_done() -> bool:
+            nonlocal peak
+            peak = max(peak, len(_instances(settings)))
+            return all(backend.get_task(t).state.terminal for t in ids)
+
+        wait_for(all_done, 180, interval_s=0.2, what="10 scans to finish")
+        assert [backend.get_task(t).state for t in ids] == [JobState.completed] * 10
+        assert 1 <= peak <= 3, f"scale-out stays within max_instances (peak {peak})"
+
+        # Idle workers are drained and stopped: the fleet returns to zero.
+        wait_for(lambda: not _instances(settings) and not _worker_pids(settings), 60, what="the fleet to reach zero")
+        journal = (settings.state_dir / "autoscaler" / "journal.jsonl").read_text()
+        assert '"kind": "launch"' in journal and '"kind": "drain"' in journal
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=90)
+        log.close()
+        backend.close()
+    assert _worker_pids(settings) == [], "stopping the stack stops its workers"
