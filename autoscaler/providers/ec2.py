@@ -35,14 +35,11 @@ import logging
 import math
 import random
 import re
-import string
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -60,7 +57,12 @@ from autoscaler.providers.ec2_client import (
     aws_error_code,
     aws_error_message,
 )
+from autoscaler.providers.ec2_spec import Ec2PoolSpec, render_user_data
 from service.errors import ConfigError
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from autoscaler.config import AutoscalerConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,96 +71,9 @@ TAG_MANAGED = "scantide:managed"
 TAG_PRICE = "scantide:price"
 TAG_SUBNET = "scantide:subnet"
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
-USER_DATA_LIMIT_BYTES = 16 * 1024  # EC2's limit on raw (pre-base64) user data
-USER_DATA_TEMPLATE = Path(__file__).with_name("user_data.sh")
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
-_SSM_PREFIX = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _INSTANCE_ID = re.compile(r"\bi-[0-9a-f]{8,17}\b")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Ec2PoolSpec:
-    """How to launch one pool's instances.
-
-    subnets: tried in order (one per AZ gives capacity fallback across zones), unless an option
-    pins its own. ssm_prefix: SSM Parameter Store path holding ``CLEARML_API_HOST``,
-    ``CLEARML_API_ACCESS_KEY`` and ``CLEARML_API_SECRET_KEY``, readable by the instance profile.
-    volume_size_gb: root volume in GiB (gp3, encrypted), None for the AMI's default.
-    root_device_name: the AMI's root device (``/dev/sda1`` on Ubuntu, ``/dev/xvda`` on AL2023).
-    """
-
-    ami: str
-    subnets: Sequence[str]
-    security_group_ids: Sequence[str]
-    queue: str
-    region: str
-    ssm_prefix: str
-    instance_profile_arn: str | None = None
-    instance_profile_name: str | None = None
-    key_name: str | None = None
-    extra_tags: Mapping[str, str] = field(default_factory=dict)
-    volume_size_gb: int | None = 100
-    root_device_name: str = "/dev/sda1"
-
-    def __post_init__(self) -> None:
-        # Accept lists from callers but keep the spec immutable.
-        object.__setattr__(self, "subnets", tuple(self.subnets))
-        object.__setattr__(self, "security_group_ids", tuple(self.security_group_ids))
-        object.__setattr__(self, "extra_tags", dict(self.extra_tags))
-        object.__setattr__(self, "ssm_prefix", self.ssm_prefix.rstrip("/"))
-        problems = []
-        if not self.ami:
-            problems.append("ami is empty")
-        if not self.subnets:
-            problems.append("needs at least one subnet")
-        if not _NAME.match(self.queue):
-            problems.append(f"queue {self.queue!r} has characters other than letters, digits and _.:@-")
-        if not _REGION.match(self.region):
-            problems.append(f"region {self.region!r} is not a region name")
-        if not _SSM_PREFIX.match(self.ssm_prefix):
-            problems.append(f"ssm_prefix {self.ssm_prefix!r} must look like /path/to/params")
-        if bool(self.instance_profile_arn) == bool(self.instance_profile_name):
-            problems.append("give exactly one of instance_profile_arn and instance_profile_name "
-                            "(the instance reads its ClearML credentials from SSM with it)")
-        reserved = [k for k in self.extra_tags if k.startswith(("scantide:", "aws:")) or k == "Name"]
-        if reserved:
-            problems.append(f"extra_tags may not set {reserved}")
-        if self.volume_size_gb is not None and self.volume_size_gb < 8:
-            problems.append("volume_size_gb must be at least 8")
-        if problems:
-            raise ConfigError("invalid EC2 pool spec: " + "; ".join(problems))
-
-
-# -- user data ---------------------------------------------------------------------------------
-class _UserDataTemplate(string.Template):
-    """``$name`` placeholders are lower-case only, so the script's upper-case shell variables,
-    ``$(...)``, ``$1`` and ``$$`` pass through untouched; a misspelt placeholder raises KeyError."""
-
-    flags = 0
-    pattern = r"""
-        \$(?:
-          (?P<escaped>(?!))                     # no escape: "$$" is the shell's, not ours
-        | (?P<named>[a-z][a-z0-9_]*)
-        | \{(?P<braced>[a-z][a-z0-9_]*)\}
-        | (?P<invalid>(?!))
-        )
-    """
-
-
-def render_user_data(spec: Ec2PoolSpec, pool: str) -> str:
-    """The boot script for ``pool``'s instances: no secrets, only where to fetch them."""
-    if not _NAME.match(pool):
-        raise ConfigError(f"pool name {pool!r} has characters other than letters, digits and _.:@-")
-    text = _UserDataTemplate(USER_DATA_TEMPLATE.read_text()).substitute(
-        pool=pool, queue=spec.queue, region=spec.region, ssm_prefix=spec.ssm_prefix)
-    size = len(text.encode())
-    if size > USER_DATA_LIMIT_BYTES:
-        raise ConfigError(f"user data for pool {pool!r} is {size} bytes; EC2 accepts {USER_DATA_LIMIT_BYTES}")
-    return text
 
 
 # -- provider ----------------------------------------------------------------------------------
@@ -424,3 +339,19 @@ class Ec2Provider(ComputeProvider):
             raise CapacityError(f"EC2 has no capacity to start {sorted(rejected)}: "
                                 f"{sorted(set(rejected.values()))}")
         return started
+
+
+def from_config(config: AutoscalerConfig, settings: Settings) -> Ec2Provider:
+    """The provider for an autoscaler config whose pools each have an ``[pools.ec2]`` table."""
+    specs, endpoints = {}, set()
+    for pool in config.pools:
+        raw = dict(config.provider_specs.get(pool.name) or {})
+        endpoints.add(raw.pop("endpoint_url", None))
+        try:
+            specs[pool.name] = Ec2PoolSpec(queue=pool.queue, **raw)
+        except TypeError as exc:
+            raise ConfigError(f"pool {pool.name!r}: bad [pools.ec2] table: {exc}") from exc
+    regions = {s.region for s in specs.values()}
+    if len(regions) != 1 or len(endpoints) != 1:
+        raise ConfigError(f"one autoscaler serves one region and endpoint; pools name {sorted(regions)}")
+    return Ec2Provider(specs, Ec2Client.create(regions.pop(), endpoint_url=endpoints.pop()))

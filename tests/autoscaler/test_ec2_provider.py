@@ -18,14 +18,8 @@ from botocore.exceptions import ClientError
 from autoscaler.daemon import Autoscaler
 from autoscaler.model import Action, InstanceOption, InstanceState, Launch, Market, PoolConfig, Snapshot
 from autoscaler.providers.base import CapacityError
-from autoscaler.providers.ec2 import (
-    TAG_MANAGED,
-    TAG_POOL,
-    USER_DATA_LIMIT_BYTES,
-    Ec2PoolSpec,
-    Ec2Provider,
-    render_user_data,
-)
+from autoscaler.providers.ec2 import TAG_MANAGED, TAG_POOL, Ec2Provider
+from autoscaler.providers.ec2_spec import USER_DATA_LIMIT_BYTES, Ec2PoolSpec, render_user_data
 from autoscaler.providers.ec2_client import Ec2Client, Ec2Error, Ec2Throttled
 from service.backends.embedded import EmbeddedBackend
 from service.domain import Template

@@ -1,0 +1,99 @@
+"""EC2 launch settings per pool, and the user data that boots an instance's agent."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.errors import ConfigError
+
+USER_DATA_LIMIT_BYTES = 16 * 1024  # EC2's limit on raw (pre-base64) user data
+USER_DATA_TEMPLATE = Path(__file__).with_name("user_data.sh")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+_SSM_PREFIX = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+
+
+@dataclass(frozen=True)
+class Ec2PoolSpec:
+    """How to launch one pool's instances.
+
+    subnets: tried in order (one per AZ gives capacity fallback across zones), unless an option
+    pins its own. ssm_prefix: SSM Parameter Store path holding ``CLEARML_API_HOST``,
+    ``CLEARML_API_ACCESS_KEY`` and ``CLEARML_API_SECRET_KEY``, readable by the instance profile.
+    volume_size_gb: root volume in GiB (gp3, encrypted), None for the AMI's default.
+    root_device_name: the AMI's root device (``/dev/sda1`` on Ubuntu, ``/dev/xvda`` on AL2023).
+    """
+
+    ami: str
+    subnets: Sequence[str]
+    security_group_ids: Sequence[str]
+    queue: str
+    region: str
+    ssm_prefix: str
+    instance_profile_arn: str | None = None
+    instance_profile_name: str | None = None
+    key_name: str | None = None
+    extra_tags: Mapping[str, str] = field(default_factory=dict)
+    volume_size_gb: int | None = 100
+    root_device_name: str = "/dev/sda1"
+
+    def __post_init__(self) -> None:
+        # Accept lists from callers but keep the spec immutable.
+        object.__setattr__(self, "subnets", tuple(self.subnets))
+        object.__setattr__(self, "security_group_ids", tuple(self.security_group_ids))
+        object.__setattr__(self, "extra_tags", dict(self.extra_tags))
+        object.__setattr__(self, "ssm_prefix", self.ssm_prefix.rstrip("/"))
+        problems = []
+        if not self.ami:
+            problems.append("ami is empty")
+        if not self.subnets:
+            problems.append("needs at least one subnet")
+        if not _NAME.match(self.queue):
+            problems.append(f"queue {self.queue!r} has characters other than letters, digits and _.:@-")
+        if not _REGION.match(self.region):
+            problems.append(f"region {self.region!r} is not a region name")
+        if not _SSM_PREFIX.match(self.ssm_prefix):
+            problems.append(f"ssm_prefix {self.ssm_prefix!r} must look like /path/to/params")
+        if bool(self.instance_profile_arn) == bool(self.instance_profile_name):
+            problems.append("give exactly one of instance_profile_arn and instance_profile_name "
+                            "(the instance reads its ClearML credentials from SSM with it)")
+        reserved = [k for k in self.extra_tags if k.startswith(("scantide:", "aws:")) or k == "Name"]
+        if reserved:
+            problems.append(f"extra_tags may not set {reserved}")
+        if self.volume_size_gb is not None and self.volume_size_gb < 8:
+            problems.append("volume_size_gb must be at least 8")
+        if problems:
+            raise ConfigError("invalid EC2 pool spec: " + "; ".join(problems))
+
+
+# -- user data ---------------------------------------------------------------------------------
+class _UserDataTemplate(string.Template):
+    """``$name`` placeholders are lower-case only, so the script's upper-case shell variables,
+    ``$(...)``, ``$1`` and ``$$`` pass through untouched; a misspelt placeholder raises KeyError."""
+
+    flags = 0
+    pattern = r"""
+        \$(?:
+          (?P<escaped>(?!))                     # no escape: "$$" is the shell's, not ours
+        | (?P<named>[a-z][a-z0-9_]*)
+        | \{(?P<braced>[a-z][a-z0-9_]*)\}
+        | (?P<invalid>(?!))
+        )
+    """
+
+
+def render_user_data(spec: Ec2PoolSpec, pool: str) -> str:
+    """The boot script for ``pool``'s instances: no secrets, only where to fetch them."""
+    if not _NAME.match(pool):
+        raise ConfigError(f"pool name {pool!r} has characters other than letters, digits and _.:@-")
+    text = _UserDataTemplate(USER_DATA_TEMPLATE.read_text()).substitute(
+        pool=pool, queue=spec.queue, region=spec.region, ssm_prefix=spec.ssm_prefix)
+    size = len(text.encode())
+    if size > USER_DATA_LIMIT_BYTES:
+        raise ConfigError(f"user data for pool {pool!r} is {size} bytes; EC2 accepts {USER_DATA_LIMIT_BYTES}")
+    return text
