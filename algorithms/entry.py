@@ -2,7 +2,14 @@
 
 Embedded workers run ``python -m algorithms.entry --spec spec.json``; the spec names the task's
 params, output location and where to write the outcome (``{"result": …}`` or ``{"error": …}``).
-Exit status: 0 completed, 2 the algorithm refused the input, 1 anything unexpected.
+Exit status: 0 completed, 2 the algorithm refused the input (or the scan could not be fetched, or
+the outputs stored), 1 anything unexpected.
+
+Local scans are read in place and local outputs swapped into place. Remote scans (``s3://``,
+``https://``) are downloaded to a temporary directory first; remote outputs (``s3://``) are
+written to a temporary directory and uploaded under the output prefix, and the result is recorded
+only after every file is up. Remote URIs need the settings (``SCANTIDE_*``: S3 endpoint, size cap,
+allowed hosts); they are loaded only then.
 """
 
 from __future__ import annotations
@@ -15,13 +22,19 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
+from service.errors import InvalidRequest, ScantideError
+from service.settings import Settings, load_settings
+from service.storage import is_remote, storage_for
+
 log = logging.getLogger("algorithms.entry")
 
 _ALGORITHM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 
 
 class EntryError(Exception):
@@ -50,27 +63,75 @@ def local_scan_path(scan_uri: str) -> Path:
     return path
 
 
-def run_task(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one task described by ``spec``; returns the result recorded on the task."""
+def fetch_scan(scan_uri: str, work_dir: Path, settings: Settings) -> Path:
+    """Download a remote scan into ``work_dir`` (under the size cap); returns the local file."""
+    suffix = Path(scan_uri.split("?", 1)[0]).suffix
+    dest = work_dir / ("scan" + (suffix if _SUFFIX.match(suffix) else ""))  # keep .mp4 etc. for the decoder
+    try:
+        size = storage_for(scan_uri, settings).fetch(scan_uri, dest, max_bytes=settings.max_scan_bytes)
+    except ScantideError as exc:
+        raise EntryError(exc.code if isinstance(exc, InvalidRequest) else "fetch_failed", exc.message) from exc
+    log.info("scan_fetched uri=%s bytes=%d", scan_uri, size)
+    return dest
+
+
+def upload_outputs(out_dir: Path, output_uri: str, settings: Settings) -> None:
+    """Store every file of ``out_dir`` under the ``output_uri`` prefix."""
+    try:
+        written = storage_for(output_uri, settings).put_dir(out_dir, output_uri)
+    except ScantideError as exc:
+        raise EntryError("upload_failed", exc.message) from exc
+    log.info("outputs_uploaded uri=%s files=%d", output_uri, len(written))
+
+
+def run_task(spec: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
+    """Run one task described by ``spec``; returns the result recorded on the task.
+
+    settings: needed only for remote scan or output URIs; loaded from the environment when None.
+    """
     params = spec["params"]
     algorithm = load_algorithm(spec["algorithm"])
-    scan = local_scan_path(params["scan_uri"])
-    out_dir = Path(spec["output_uri"])
+    scan_uri, output_uri = params["scan_uri"], spec["output_uri"]
     progress_path = Path(spec["progress_path"]) if spec.get("progress_path") else None
 
     def progress(fraction: float) -> None:
         if progress_path is not None:
             _write_atomic(progress_path, f"{fraction:.3f}")
 
+    if not (is_remote(scan_uri) or is_remote(output_uri)):
+        return _run_local(algorithm, local_scan_path(scan_uri), params, Path(output_uri), progress)
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ScantideError as exc:
+            raise EntryError(exc.code, exc.message) from exc
+    with tempfile.TemporaryDirectory(prefix="scantide-task-") as tmp:
+        work = Path(tmp)
+        scan = fetch_scan(scan_uri, work, settings) if is_remote(scan_uri) else local_scan_path(scan_uri)
+        if not is_remote(output_uri):
+            return _run_local(algorithm, scan, params, Path(output_uri), progress)
+        out_dir = work / "outputs"
+        out_dir.mkdir()
+        result = _run_algorithm(algorithm, scan, params, out_dir, progress)
+        upload_outputs(out_dir, output_uri, settings)
+    return describe_result(result.summary, result.files, output_uri.rstrip("/"),
+                           getattr(algorithm, "VERSION", None), params.get("model_version"))
+
+
+def _run_algorithm(algorithm: Any, scan: Path, params: dict[str, Any], out_dir: Path, progress: Any) -> Any:
+    try:
+        return algorithm.run(scan, params, out_dir, progress=progress)
+    except algorithm.AlgorithmError as exc:
+        raise EntryError(exc.code, exc.message) from exc
+
+
+def _run_local(algorithm: Any, scan: Path, params: dict[str, Any], out_dir: Path, progress: Any) -> dict[str, Any]:
     # Write into a fresh directory and swap it in, so a retried attempt never mixes its files
     # with a dead attempt's.
     staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.partial"
     staging.mkdir(parents=True)
     try:
-        try:
-            result = algorithm.run(scan, params, staging, progress=progress)
-        except algorithm.AlgorithmError as exc:
-            raise EntryError(exc.code, exc.message) from exc
+        result = _run_algorithm(algorithm, scan, params, staging, progress)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)

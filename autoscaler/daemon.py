@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -82,8 +83,9 @@ class _Ewma:
         self.alpha = alpha
         self.value: float | None = None
 
-    def add(self, x: float) -> None:
-        self.value = x if self.value is None else self.alpha * x + (1 - self.alpha) * self.value
+    def add(self, x: float, alpha: float | None = None) -> None:
+        a = self.alpha if alpha is None else alpha
+        self.value = x if self.value is None else a * x + (1 - a) * self.value
 
 
 @dataclass
@@ -100,6 +102,7 @@ class _PoolMemory:
 
     def __post_init__(self) -> None:
         self.arrival_rate = _Ewma(0.3)
+        self.arrival_rate.value = 0.0  # a first busy tick must not read as a sustained rate
         self.service = _Ewma(0.2)
         self.boot = _Ewma(0.3)
         self.busy_since = {}
@@ -129,7 +132,7 @@ class Autoscaler:
         workers = {w.worker_id: w for w in self.queues.workers(pool.queue)}
         instances = tuple(self._classify(pool, p, workers.get(p.id), now)
                           for p in self.provider.list_instances(pool.name))
-        self._learn(mem, stats, instances, now)
+        self._learn(mem, stats, instances, now, pool.arrival_window_s)
         with self._lock:
             in_flight = mem.launches_in_flight
         return PoolSnapshot(
@@ -160,10 +163,13 @@ class Autoscaler:
             return make(InstanceState.busy, worker.last_seen)
         return make(InstanceState.idle, worker.idle_since or worker.last_seen)
 
-    def _learn(self, mem: _PoolMemory, stats: QueueStats, instances: tuple[Instance, ...], now: float) -> None:
+    def _learn(self, mem: _PoolMemory, stats: QueueStats, instances: tuple[Instance, ...], now: float,
+               window_s: float) -> None:
         total = stats.enqueued_total
         if total is not None and mem.last_enqueued is not None and mem.last_at is not None and now > mem.last_at:
-            mem.arrival_rate.add(max(0, total - mem.last_enqueued) / (now - mem.last_at))
+            dt = now - mem.last_at
+            # smoothed over a time constant, not a number of ticks, so the rate means the same at any tick
+            mem.arrival_rate.add(max(0, total - mem.last_enqueued) / dt, alpha=1 - math.exp(-dt / window_s))
         mem.last_enqueued, mem.last_at = total, now
         seen = {}
         for inst in instances:
@@ -198,8 +204,11 @@ class Autoscaler:
             self.queues.request_drain(action.worker_id)
             self.journal.record(now, "drain", pool.name, action.reason, instance=action.instance_id)
         elif isinstance(action, (Terminate, Stop)):
-            by_id = {i.id: i for i in snapshot.pools[pool.name].instances}
-            safe = [i for i in action.instance_ids if not (by_id.get(i) and by_id[i].task_id)]
+            # Read the workers again (one may have claimed a task since the snapshot). A lost worker's
+            # task is orphaned already: its lease runs out and the task is re-queued.
+            busy = {w.worker_id for w in self.queues.workers(pool.queue)
+                    if w.task_id is not None and now - w.last_seen <= pool.lost_after_s}
+            safe = [i for i in action.instance_ids if i not in busy]
             refused = sorted(set(action.instance_ids) - set(safe))
             if refused:
                 self.journal.record(now, "refused", pool.name, "worker holds a task", instances=refused)

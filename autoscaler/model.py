@@ -59,6 +59,11 @@ class PoolConfig:
     idle_policy: str = "breakeven"  # "breakeven" or "fixed"
     idle_timeout_s: float = 900.0  # for idle_policy="fixed", and the breakeven ceiling
     warm_pool: WarmPoolConfig = field(default_factory=WarmPoolConfig)
+    expected_start_s: float = 60.0  # prior for a warm start (stopped → worker registered), seconds
+    # What one scan waiting an hour costs, $: the break-even weighs an idle instance's price
+    # against the boot it saves plus the wait it saves at this price.
+    wait_cost_per_hour: float = 2.0
+    arrival_window_s: float = 600.0  # time constant of the daemon's arrival-rate smoothing, seconds
 
     def __post_init__(self) -> None:
         if not self.options:
@@ -67,6 +72,8 @@ class PoolConfig:
             raise ValueError(f"pool {self.name!r}: need 0 <= min_instances <= max_instances")
         if self.idle_policy not in ("breakeven", "fixed"):
             raise ValueError(f"pool {self.name!r}: idle_policy must be 'breakeven' or 'fixed'")
+        if self.arrival_window_s <= 0 or self.wait_cost_per_hour < 0:
+            raise ValueError(f"pool {self.name!r}: need arrival_window_s > 0 and wait_cost_per_hour >= 0")
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.domain import Change, JobState, TaskInfo, iso
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 EVENT_TYPES = ("scan.completed", "scan.failed", "scan.stalled", "queue.backlog", "fleet.launch_failed")
 
@@ -23,6 +26,20 @@ Linker = Callable[[str], str]  # output file URI → a link the platform can fet
 def local_link(uri: str) -> str:
     """Local outputs are linked as file:// URLs; anything with a scheme is passed through."""
     return uri if "://" in uri else Path(uri).as_uri()
+
+
+def linker_for(settings: Settings) -> Linker:
+    """s3:// outputs become presigned GET URLs valid ``settings.presign_ttl_s`` seconds (one S3 client
+    per process); everything else is linked as ``local_link`` does. A link is made when its event is
+    built and stored in the outbox, so the TTL counts from then, retries included."""
+    from service.storage import storage_for
+
+    def link(uri: str) -> str:
+        if uri.startswith("s3://"):
+            return storage_for(uri, settings).link(uri, settings.presign_ttl_s)
+        return local_link(uri)
+
+    return link
 
 
 @dataclass(frozen=True)

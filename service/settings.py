@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 ENV_PREFIX = "SCANTIDE_"
@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     backend: Literal["embedded", "clearml"] = "embedded"
     state_dir: Path = Field(Path(".scantide"), description="SQLite store, tokens and logs (embedded).")
     data_root: Path | None = Field(None, description="Local scans must live under it; default <state_dir>/data.")
-    output_root: Path | None = Field(None, description="Where outputs go; default <state_dir>/outputs.")
+    output_root: Path | str | None = Field(
+        None, description="Where outputs go: a local path, or a URL prefix such as s3://bucket/outputs; "
+        "default <state_dir>/outputs.")
 
     default_algorithm: str = "video_summary"
     default_queue: str = "default"
@@ -54,6 +56,12 @@ class Settings(BaseSettings):
     autoscaler_config: Path | None = Field(None, description="TOML file of pools; unset: one local pool.")
     autoscaler_tick_s: float | None = Field(None, gt=0, description="Tick; default 15 s (config file), 1 s (local).")
 
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint override (moto, MinIO); unset: AWS's own.")
+    presign_ttl_s: int = Field(7 * 24 * 3600, ge=1, le=7 * 24 * 3600,
+                               description="Lifetime of presigned output links in webhooks, seconds (SigV4: 7 days "
+                               "at most; links signed with temporary credentials die with them).")
+    max_scan_bytes: int = Field(4 * 1024**3, ge=1, description="Largest scan a worker downloads, bytes.")
+
     webhook_url: str | None = Field(None, description="Where the monitor posts events; unset: kept, not sent.")
     webhook_secret: str | None = Field(None, description="HMAC secret for Scantide-Signature (16+ characters).")
     webhook_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout of a webhook POST, seconds.")
@@ -65,6 +73,20 @@ class Settings(BaseSettings):
     stall_no_heartbeat_s: float = Field(60.0, gt=0, description="A running task silent this long is scan.stalled.")
     max_queue_wait_s: float = Field(1800.0, gt=0, description="A task queued this long is scan.stalled.")
     backlog_slo_s: float = Field(600.0, gt=0, description="Oldest queued task older than this: queue.backlog.")
+
+    # ClearML mode (backend = "clearml"). Server and credentials come from the SDK's own chain:
+    # CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY or clearml.conf.
+    clearml_project: str = Field("scantide", min_length=1, description="ClearML project of templates and tasks.")
+    clearml_timeout_s: float = Field(10.0, gt=0, description="Read timeout of one ClearML API request, seconds.")
+    clearml_retries: int = Field(2, ge=0, description="Retries of a failed ClearML request before giving up (503).")
+
+    @field_validator("output_root", mode="before")
+    @classmethod
+    def _output_root_kind(cls, value: Any) -> Any:
+        # A URL prefix stays a string (Path would fold "s3://" into "s3:/"); anything else is a path.
+        if isinstance(value, str) and "://" not in value:
+            return Path(value)
+        return value
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

@@ -311,7 +311,9 @@ class EmbeddedBackend(TaskBackend):
         with self._tx() as db:
             db.execute(
                 "INSERT INTO workers (id, queue, last_seen, idle_since) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET queue = excluded.queue, last_seen = excluded.last_seen",
+                # A worker registering again (an instance started from the warm pool) starts afresh.
+                " ON CONFLICT (id) DO UPDATE SET queue = excluded.queue, last_seen = excluded.last_seen,"
+                " idle_since = excluded.idle_since, task_id = NULL, draining = 0",
                 (worker_id, queue, now, now),
             )
 

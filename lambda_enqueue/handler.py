@@ -1,0 +1,274 @@
+"""AWS Lambda entry point: S3 uploads, API Gateway requests and SQS messages become enqueued scans.
+
+``handler(event, context)`` accepts:
+
+- **S3 ``ObjectCreated:*`` notifications** (direct invocation; any number of records). Each object
+  becomes a ``ScanRequest`` for ``s3://<bucket>/<key>`` (keys arrive URL-encoded and are decoded
+  with ``unquote_plus``) whose ``scan_id`` is derived from the key (``scan_id_for_key``) and whose
+  metadata names the object. Other event names, folder markers and ``s3:TestEvent`` are ignored;
+  invalid records are logged and dropped (a retry would not fix them). A transient failure (task
+  store unreachable) is raised after the other records are done, so Lambda retries the event.
+- **API Gateway proxy events**, REST (v1) and HTTP (v2 payload): the body is a ``ScanRequest``
+  JSON; the answer is the HTTP API's (202 created / 200 existing) or its error shape
+  ``{"error": {"code", "message"}}`` with the matching status. Authentication is API Gateway's
+  (IAM or an authorizer), not ours.
+- **SQS batches**: each body is an S3 notification (also wrapped in an SNS envelope) or a
+  ``ScanRequest`` JSON. Failed messages are returned as ``{"batchItemFailures": [...]}`` (enable
+  ``ReportBatchItemFailures`` on the event source mapping), so only they are redelivered and, past
+  ``maxReceiveCount``, land in the dead-letter queue. On a FIFO queue every message after the
+  first failure is returned too, to keep the order.
+
+Every effect is idempotent on ``(algorithm, scan_id)``: a Lambda retry or a redelivered message
+returns the existing task and never creates a second one. The settings (``SCANTIDE_*``), the task
+backend and the ``Enqueuer`` are built on the first invocation and kept for the life of the
+container; importing this module reads no environment and imports neither torch nor OpenCV.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+from urllib.parse import unquote_plus
+
+from pydantic import ValidationError
+
+from service.backends import open_backend
+from service.backends.base import TaskBackend
+from service.domain import SCAN_ID_PATTERN, ScanRequest, Submission
+from service.enqueue import Enqueuer, log_submission
+from service.errors import InvalidRequest, MalformedJson, PayloadTooLarge, ScantideError
+from service.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+# -- clients, built once per container ------------------------------------------------------
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    backend: TaskBackend
+    enqueuer: Enqueuer
+
+    def submit(self, request: ScanRequest) -> Submission:
+        """Validate and enqueue one request (the one enqueue path, as the HTTP API runs it)."""
+        item = self.enqueuer.prepare(request)
+        submission = self.backend.submit(item.algorithm, item.scan_id, item.params, item.output_uri)
+        log_submission(submission)
+        return submission
+
+
+@cache
+def runtime() -> Runtime:
+    """Settings, backend and enqueuer: built on the first invocation, then reused by every warm one."""
+    settings = load_settings()
+    return Runtime(settings, open_backend(settings), Enqueuer.from_settings(settings))
+
+
+# -- dispatch ---------------------------------------------------------------------------------
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """Lambda entry point; see the module docstring for the events and answers."""
+    records = event.get("Records") if isinstance(event, dict) else None
+    if isinstance(records, list) and records and isinstance(records[0], dict):
+        source = records[0].get("eventSource")
+        if source == "aws:sqs":
+            return handle_sqs(records)
+        if source == "aws:s3":
+            return handle_s3(records)
+    if isinstance(event, dict) and "requestContext" in event and ("httpMethod" in event or "routeKey" in event):
+        return handle_http(event)
+    if isinstance(event, dict) and event.get("Event") == "s3:TestEvent":
+        log.info("s3_test_event_ignored")
+        return {"submitted": 0, "existing": 0, "rejected": 0, "ignored": 1}
+    raise InvalidRequest("unrecognised event: expected S3 ObjectCreated, API Gateway or SQS")
+
+
+# -- S3 -------------------------------------------------------------------------------------------
+_SCAN_ID = re.compile(SCAN_ID_PATTERN)
+_CLEAN_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]+")
+_HASH_CHARS = 12
+
+
+def scan_id_for_key(key: str) -> str:
+    """The scan_id of an uploaded object: its (decoded) key without the file extension, with ``/``
+    written as ``:``. ``scans/abc123.mp4`` → ``scans:abc123``.
+
+    Keys with other characters (spaces, ``:``, non-ASCII …) or too long for a scan_id are
+    sanitised (runs of disallowed characters become ``-``, cut to 115 characters) and get ``-`` and
+    12 hex digits of the SHA-256 of the extension-less key appended, so distinct keys keep distinct
+    ids: ``uploads/patient 7/scan (1).mp4`` → ``uploads:patient-7:scan-1-<12 hex>``. The id is a
+    pure function of the key, which makes a retried event idempotent; the same key uploaded again
+    (or ``a.mp4`` beside ``a.mov``) maps to the same scan and is not analysed twice.
+    """
+    head, _, name = key.rpartition("/")
+    if "." in name.lstrip("."):
+        name = name.rsplit(".", 1)[0]
+    base = f"{head}/{name}" if head else name
+    readable = base.replace("/", ":")
+    if _CLEAN_KEY.match(base) and _SCAN_ID.match(readable):
+        return readable
+    digest = hashlib.sha256(base.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_CHARS]
+    cleaned = _UNSAFE.sub("-", readable).strip("-._:")[:115].rstrip("-._:")
+    return f"{cleaned}-{digest}" if cleaned else digest
+
+
+def scan_request_from_s3(record: dict[str, Any]) -> ScanRequest | None:
+    """The request an S3 notification record stands for; None for records that are not uploads."""
+    if not str(record.get("eventName", "")).startswith("ObjectCreated:"):
+        return None
+    try:
+        bucket = record["s3"]["bucket"]["name"]
+        obj = record["s3"]["object"]
+        key = unquote_plus(obj["key"])
+    except (KeyError, TypeError) as exc:
+        raise InvalidRequest(f"malformed S3 record: missing {exc}") from None
+    if key.endswith("/"):
+        return None  # a "folder" placeholder, not a scan
+    if "?" in key or "#" in key:
+        # An s3:// URI is parsed as a URL on the way to the worker; these would cut the key short.
+        raise InvalidRequest(f"S3 keys with '?' or '#' are not supported: {key!r}", code="invalid_scan_uri")
+    metadata = {"source": "s3", "bucket": bucket, "key": key, "size": obj.get("size"), "etag": obj.get("eTag")}
+    return validated({"scan_id": scan_id_for_key(key), "scan_uri": f"s3://{bucket}/{key}", "metadata": metadata})
+
+
+def handle_s3(records: list[dict[str, Any]]) -> dict[str, Any]:
+    counts = {"submitted": 0, "existing": 0, "rejected": 0, "ignored": 0}
+    retry: Exception | None = None
+    for record in records:
+        try:
+            outcome = submit_s3_record(record)
+        except InvalidRequest as exc:
+            counts["rejected"] += 1
+            log.warning("s3_record_rejected code=%s message=%s", exc.code, exc.message)
+            continue
+        except Exception as exc:  # noqa: BLE001 - finish the other records, then let Lambda retry
+            log.exception("s3_record_failed")
+            retry = retry or exc
+            continue
+        counts[outcome] += 1
+    if retry is not None:
+        raise retry
+    return counts
+
+
+def submit_s3_record(record: dict[str, Any]) -> str:
+    """One S3 record: "submitted", "existing" or "ignored"."""
+    request = scan_request_from_s3(record)
+    if request is None:
+        return "ignored"
+    return "submitted" if runtime().submit(request).created else "existing"
+
+
+# -- API Gateway --------------------------------------------------------------------------------
+def handle_http(event: dict[str, Any]) -> dict[str, Any]:
+    method = event.get("httpMethod") or (event.get("requestContext") or {}).get("http", {}).get("method", "")
+    if method.upper() != "POST":
+        return http_response(405, {"error": {"code": "method_not_allowed", "message": f"{method} is not allowed; "
+                                             "POST a scan request"}})
+    try:
+        rt = runtime()
+        submission = rt.submit(parse_scan_request(http_body(event, rt.settings.max_body_bytes)))
+    except ScantideError as exc:
+        if exc.status >= 500:
+            log.warning("request_failed code=%s message=%s", exc.code, exc.message)
+        return http_response(exc.status, {"error": exc.to_dict()})
+    except Exception:  # noqa: BLE001 - the caller gets our error shape, the log gets the traceback
+        log.exception("unhandled_error")
+        return http_response(500, {"error": {"code": "internal_error",
+                                             "message": "internal error; the function log has the details"}})
+    task = submission.task
+    body = {"task_id": task.task_id, "scan_id": task.scan_id, "algorithm": task.algorithm, "state": task.state.value,
+            "created": submission.created,
+            "links": {"task": f"/v1/tasks/{task.task_id}", "scan": f"/v1/scans/{task.scan_id}"}}
+    return http_response(202 if submission.created else 200, body)
+
+
+def http_body(event: dict[str, Any], max_bytes: int) -> bytes:
+    raw = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise MalformedJson("request body is not valid base64") from None
+    else:
+        data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"request body is over {max_bytes} bytes")
+    return data
+
+
+def http_response(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {"statusCode": status, "headers": JSON_HEADERS, "body": json.dumps(body), "isBase64Encoded": False}
+
+
+# -- SQS ------------------------------------------------------------------------------------------
+def handle_sqs(records: list[dict[str, Any]]) -> dict[str, Any]:
+    failures: list[dict[str, str]] = []
+    for record in records:
+        message_id = str(record.get("messageId", ""))
+        if failures and str(record.get("eventSourceARN", "")).endswith(".fifo"):
+            failures.append({"itemIdentifier": message_id})  # keep FIFO order: nothing after a failure
+            continue
+        try:
+            handle_sqs_message(record.get("body") or "")
+        except InvalidRequest as exc:
+            log.warning("sqs_message_rejected message_id=%s code=%s message=%s", message_id, exc.code, exc.message)
+            failures.append({"itemIdentifier": message_id})
+        except Exception:  # noqa: BLE001 - one bad message must not fail the batch
+            log.exception("sqs_message_failed message_id=%s", message_id)
+            failures.append({"itemIdentifier": message_id})
+    return {"batchItemFailures": failures}
+
+
+def handle_sqs_message(body: str) -> None:
+    """One SQS message: an S3 notification (possibly inside an SNS envelope) or a ScanRequest."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise MalformedJson("message body is not valid JSON") from None
+    if isinstance(payload, dict) and payload.get("Type") == "Notification" and isinstance(payload.get("Message"), str):
+        return handle_sqs_message(payload["Message"])  # S3 → SNS → SQS
+    if isinstance(payload, dict) and payload.get("Event") == "s3:TestEvent":
+        return None
+    if isinstance(payload, dict) and isinstance(payload.get("Records"), list):
+        for record in payload["Records"]:
+            submit_s3_record(record)
+        return None
+    runtime().submit(validated(payload))
+    return None
+
+
+# -- parsing ------------------------------------------------------------------------------------
+def parse_scan_request(body: bytes) -> ScanRequest:
+    """A ScanRequest from JSON bytes; raises ``MalformedJson`` or ``InvalidRequest``."""
+    try:
+        return ScanRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def validated(data: Any) -> ScanRequest:
+    try:
+        return ScanRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> InvalidRequest:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return MalformedJson("request body is not valid JSON")
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()))
+        parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+    return InvalidRequest(f"invalid request: {'; '.join(parts)}")

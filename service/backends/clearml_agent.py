@@ -1,0 +1,221 @@
+"""The agent side over ClearML, so ``scantide worker`` can stand in for a ``clearml-agent`` and
+the ``TaskBackend`` contract holds for it: workers register and report like agents do, claim by
+popping the queue, and record outcomes the way scantide reads them.
+
+- register / heartbeat: ``workers.register`` / ``workers.status_report`` (which also names the
+  worker's task, as an agent's report does); the registration lapses ``worker_timeout_s`` after the
+  last report, as an agent's does.
+- claim: ``queues.get_next_task`` pops the oldest entry atomically (two workers never get the same
+  task), then runtime properties ``worker``, ``attempt``, ``lease_until``, … and ``tasks.started``.
+- heartbeat extends ``lease_until`` and records ``progress``; it raises ``LeaseLost`` once the task
+  is no longer in progress under this worker.
+- finish: the result as output artifact ``scantide-result`` and then ``tasks.completed`` (so a
+  completed task always has its result), or the error as runtime property ``error`` and then
+  ``tasks.failed`` (``status_reason`` = error code, ``status_message`` = message).
+- reap_expired: best effort, for stand-in workers only (tasks whose ``lease_until`` passed):
+  ``tasks.reset`` and enqueue again, keeping ``attempt``, or fail ``worker_lost`` after
+  ``max_attempts`` runs. Tasks run by real agents carry no lease; ClearML's own watchdog stops
+  those when their agent goes silent (``stopped``, read back as ``worker_lost``).
+- drain: ClearML has no drain. A request is recorded in the metadata of the worker's queues
+  (``scantide-drain-<hash>``, type ``scantide.drain``); a stand-in worker sees it on its next claim
+  or heartbeat, takes no new task and exits. A real ``clearml-agent`` ignores it: the autoscaler
+  keeps a draining agent's instance until it reports no task, then terminates it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+from clearml.backend_api.services.v2_23 import queues, tasks, workers
+
+from service.backends.clearml_client import ClearMLRefused
+from service.backends.clearml_store import (
+    FAILED_CHANGING_STATUS,
+    INVALID_QUEUE_ID,
+    INVALID_TASK_ID,
+    INVALID_TASK_STATUS,
+    INVALID_WORKER_ID,
+    WORKER_NOT_REGISTERED,
+    WORKER_TAG,
+    ClearMLStore,
+    refused,
+)
+from service.backends.clearml_tasks import result_artifact, seconds, task_info
+from service.domain import TaskError, TaskInfo
+from service.errors import LeaseLost
+
+log = logging.getLogger(__name__)
+
+
+class ClearMLAgent:
+    def __init__(self, store: ClearMLStore, *, max_attempts: int = 2, worker_timeout_s: int = 600,
+                 reap_every_s: float = 5.0) -> None:
+        self.store = store
+        self.max_attempts = max_attempts
+        self.worker_timeout_s = worker_timeout_s
+        self.reap_every_s = reap_every_s
+        self._queues: dict[str, str] = {}  # worker id → the queue it registered for (this process)
+        self._last_reap = 0.0
+
+    # -- workers -----------------------------------------------------------------------------
+    def register_worker(self, worker_id: str, queue: str) -> None:
+        qid = self.store.queue_id(queue, create=True)
+        assert qid is not None
+        self.store.send(workers.RegisterRequest(worker=worker_id, timeout=self.worker_timeout_s, queues=[qid],
+                                                tags=[WORKER_TAG]))
+        self._queues[worker_id] = queue
+
+    def unregister_worker(self, worker_id: str) -> None:
+        qids = self._queue_ids(worker_id)
+        try:
+            self.store.send(workers.UnregisterRequest(worker=worker_id))
+        except ClearMLRefused as exc:
+            if not refused(exc, WORKER_NOT_REGISTERED):
+                raise
+        for qid in qids:
+            self.store.clear_drain(qid, worker_id)
+        self._queues.pop(worker_id, None)
+
+    def _queue_ids(self, worker_id: str) -> list[str]:
+        name = self._queues.get(worker_id)
+        if name is not None:
+            qid = self.store.queue_id(name)
+            return [qid] if qid else []
+        for doc in self.store.worker_docs():  # registered by another process
+            if doc.get("id") == worker_id:
+                return [q["id"] for q in doc.get("queues") or [] if q.get("id")]
+        return []
+
+    def _report(self, worker_id: str, task_id: str | None, qids: list[str]) -> None:
+        try:
+            self.store.report_worker(worker_id, task_id, qids)
+        except ClearMLRefused as exc:  # the registration lapsed (or the server forgot it): register again
+            if not refused(exc, INVALID_WORKER_ID) or worker_id not in self._queues:
+                raise
+            self.register_worker(worker_id, self._queues[worker_id])
+            self.store.report_worker(worker_id, task_id, qids)
+
+    # -- tasks -------------------------------------------------------------------------------
+    def claim(self, queue: str, worker_id: str, lease_s: float) -> TaskInfo | None:
+        if time.monotonic() - self._last_reap > self.reap_every_s:
+            self.reap_expired()
+        qid = self.store.queue_id(queue)
+        if qid is None or worker_id in self.store.drained([qid]):
+            return None
+        try:
+            entry = self.store.send(queues.GetNextTaskRequest(queue=qid)).get("entry")
+        except ClearMLRefused as exc:
+            if refused(exc, INVALID_QUEUE_ID):
+                self.store.forget_queue(queue)
+                return None
+            raise
+        if not entry:
+            return None
+        task_id, now = entry["task"], time.time()
+        doc = self.store.task_doc(task_id)
+        if doc is None:  # deleted after it was queued
+            return None
+        runtime = {k: v for k, v in (doc.get("runtime") or {}).items() if k != "error"}
+        attempt = int(float(runtime.get("attempt") or 0)) + 1
+        runtime.update(worker=worker_id, attempt=str(attempt), lease_until=repr(now + lease_s), heartbeat_at=repr(now),
+                       progress="0", queued_at=repr(seconds(entry.get("added")) or now))
+        try:
+            self.store.send(tasks.EditRequest(task=task_id, force=True, runtime=runtime))
+            self.store.send(tasks.StartedRequest(task=task_id, status_reason="claimed by a scantide worker"))
+        except ClearMLRefused as exc:  # stopped or deleted meanwhile
+            if refused(exc, INVALID_TASK_ID, INVALID_TASK_STATUS, FAILED_CHANGING_STATUS):
+                log.warning("claim_skipped task=%s worker=%s error=%s", task_id, worker_id, exc.message)
+                return None
+            raise
+        self._report(worker_id, task_id, [qid])
+        return task_info(self.store.task_doc(task_id) or doc)
+
+    def _held(self, task_id: str, worker_id: str) -> dict:
+        doc = self.store.task_doc(task_id)
+        if doc is None or doc.get("status") != "in_progress" or (doc.get("runtime") or {}).get("worker") != worker_id:
+            raise LeaseLost(f"worker {worker_id} no longer holds task {task_id}")
+        return doc
+
+    def heartbeat(self, worker_id: str, task_id: str | None, lease_s: float, progress: float | None = None) -> bool:
+        qids = self._queue_ids(worker_id)
+        if task_id is not None:
+            doc = self._held(task_id, worker_id)
+            now = time.time()
+            runtime = {**(doc.get("runtime") or {}), "lease_until": repr(now + lease_s), "heartbeat_at": repr(now)}
+            if progress is not None:
+                runtime["progress"] = repr(float(progress))
+            self.store.send(tasks.EditRequest(task=task_id, force=True, runtime=runtime))
+        self._report(worker_id, task_id, qids)
+        return worker_id in self.store.drained(qids)
+
+    def finish(self, task_id: str, worker_id: str, *, result: dict[str, Any] | None = None,
+               error: TaskError | None = None) -> TaskInfo:
+        if (result is None) == (error is None):
+            raise ValueError("finish() takes exactly one of result or error")
+        doc = self._held(task_id, worker_id)
+        runtime = dict(doc.get("runtime") or {})
+        try:  # the outcome is written before the status changes, so a finished task always shows it
+            if result is not None:
+                runtime["progress"] = "1.0"
+                self.store.send(tasks.AddOrUpdateArtifactsRequest(task=task_id, artifacts=[
+                    result_artifact(result, time.time())], force=True))
+                self.store.send(tasks.EditRequest(task=task_id, force=True, runtime=runtime))
+                self.store.send(tasks.CompletedRequest(task=task_id, status_reason="completed"))
+            else:
+                assert error is not None
+                runtime["error"] = json.dumps(asdict(error))
+                self.store.send(tasks.EditRequest(task=task_id, force=True, runtime=runtime))
+                self.store.send(tasks.FailedRequest(task=task_id, status_reason=error.code,
+                                                    status_message=error.message))
+        except ClearMLRefused as exc:  # the task moved on (stopped, reset, deleted) under us
+            if refused(exc, INVALID_TASK_ID, INVALID_TASK_STATUS, FAILED_CHANGING_STATUS):
+                raise LeaseLost(f"worker {worker_id} no longer holds task {task_id}; its outcome was not "
+                                f"recorded") from exc
+            raise
+        self._report(worker_id, None, self._queue_ids(worker_id))
+        done = self.store.task_doc(task_id)
+        if done is None:
+            raise LeaseLost(f"task {task_id} was deleted as it finished")
+        return task_info(done)
+
+    def reap_expired(self) -> list[TaskInfo]:
+        self._last_reap = time.monotonic()
+        now = time.time()
+        changed = []
+        for doc in self.store.find_tasks(status=["in_progress"]):
+            runtime = doc.get("runtime") or {}
+            try:
+                lease_until = float(runtime["lease_until"])
+            except (KeyError, TypeError, ValueError):
+                continue  # not a stand-in's task: ClearML watches real agents itself
+            if lease_until >= now:
+                continue
+            try:
+                self._expire(doc, int(float(runtime.get("attempt") or 1)))
+            except ClearMLRefused as exc:  # another reaper (or the worker's own finish) got there first
+                log.info("reap_skipped task=%s error=%s", doc["id"], exc.message)
+                continue
+            new = self.store.task_doc(doc["id"])
+            if new is not None:
+                changed.append(task_info(new))
+        return changed
+
+    def _expire(self, doc: dict, attempt: int) -> None:
+        info = task_info(doc)
+        log.warning("lease_expired task=%s worker=%s attempt=%d", info.task_id, info.worker_id, attempt)
+        if attempt < self.max_attempts:
+            self.store.send(tasks.ResetRequest(task=info.task_id, force=True, status_reason="lease expired"))
+            self.store.send(tasks.EditRequest(task=info.task_id, runtime={"attempt": str(attempt)}))
+            self.store.send(tasks.EnqueueRequest(task=info.task_id, queue_name=info.queue,
+                                                 status_reason="re-queued: lease expired"))
+            return
+        err = TaskError.make("worker_lost", f"the worker running this task stopped responding (attempt {attempt} "
+                                            f"of {self.max_attempts}); the task was not retried again")
+        runtime = {**(doc.get("runtime") or {}), "error": json.dumps(asdict(err))}
+        runtime.pop("lease_until", None)
+        self.store.send(tasks.EditRequest(task=info.task_id, force=True, runtime=runtime))
+        self.store.send(tasks.FailedRequest(task=info.task_id, status_reason=err.code, status_message=err.message))

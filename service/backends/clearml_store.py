@@ -1,0 +1,146 @@
+"""Typed access to the ClearML objects scantide uses (its project, queues, scan tasks, workers),
+shared by the platform side (``clearml``) and the agent side (``clearml_agent``).
+
+Every list is read page by page until a short page: the server caps a page at its
+``max_page_size`` (500 by default) and the SDK's ``Task.get_tasks`` silently stops there.
+``page_size`` must not exceed the server's cap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from typing import Any
+
+from clearml.backend_api.services.v2_23 import projects, queues, tasks, workers
+
+from service.backends.clearml_client import ClearMLClient, ClearMLRefused
+from service.backends.clearml_tasks import SCAN_TAG, TASK_FIELDS
+
+DRAIN_TYPE = "scantide.drain"
+WORKER_TAG = "scantide-worker"
+# Server result subcodes (clearml-server apiserver/apierrors/errors.conf)
+INVALID_TASK_ID, INVALID_TASK_STATUS, FAILED_CHANGING_STATUS = 101, 110, 121
+INVALID_QUEUE_ID, TASK_ALREADY_QUEUED, EXPECTED_UNIQUE = 701, 706, 801
+INVALID_WORKER_ID, WORKER_NOT_REGISTERED = 1001, 1004
+
+
+def refused(exc: Exception, *subcodes: int) -> bool:
+    return isinstance(exc, ClearMLRefused) and exc.subcode in subcodes
+
+
+class ClearMLStore:
+    def __init__(self, client: ClearMLClient, project: str, *, page_size: int = 500) -> None:
+        self.client = client
+        self.project = project
+        self.page_size = page_size
+        self._project_id: str | None = None
+        self._queue_ids: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def send(self, request: Any) -> dict[str, Any]:
+        return self.client.send(request)
+
+    # -- project and queues ------------------------------------------------------------------
+    def project_id(self, create: bool = False) -> str | None:
+        """Our project's id (created on request), or None when it does not exist yet."""
+        if self._project_id is None:
+            found = self.send(projects.GetAllRequest(name=_exactly(self.project), only_fields=["id", "name"]))
+            ids = [p["id"] for p in found.get("projects", []) if p.get("name") == self.project]
+            if not ids and create:
+                try:
+                    ids = [self.send(projects.CreateRequest(name=self.project, description="scantide"))["id"]]
+                except ClearMLRefused as exc:  # created by someone else meanwhile
+                    if not refused(exc, EXPECTED_UNIQUE):
+                        raise
+                    return self.project_id()
+            self._project_id = ids[0] if ids else None
+        return self._project_id
+
+    def queue_id(self, name: str, create: bool = False) -> str | None:
+        with self._lock:
+            if name in self._queue_ids:
+                return self._queue_ids[name]
+        found = self.send(queues.GetAllRequest(name=_exactly(name), only_fields=["id", "name"]))
+        ids = [q["id"] for q in found.get("queues", []) if q.get("name") == name]
+        if not ids and create:
+            try:
+                ids = [self.send(queues.CreateRequest(name=name))["id"]]
+            except ClearMLRefused as exc:
+                if not refused(exc, EXPECTED_UNIQUE):
+                    raise
+                return self.queue_id(name)
+        if not ids:
+            return None
+        with self._lock:
+            self._queue_ids[name] = ids[0]
+        return ids[0]
+
+    def forget_queue(self, name: str) -> None:
+        """Drop a cached id the server no longer knows (the queue was deleted and made again)."""
+        with self._lock:
+            self._queue_ids.pop(name, None)
+
+    # -- tasks -------------------------------------------------------------------------------
+    def find_tasks(self, *, limit: int | None = None, order_by: list[str] | None = None,
+                   **filters: Any) -> list[dict]:
+        """Scan tasks of our project matching ``filters`` (``tasks.get_all`` fields), every page."""
+        pid = self.project_id()
+        if pid is None:
+            return []
+        extra = {k.replace("__", "."): v for k, v in filters.items() if "__" in k}  # e.g. execution__queue
+        plain = {k: v for k, v in filters.items() if "__" not in k}
+        plain.setdefault("tags", [SCAN_TAG])
+        out: list[dict] = []
+        page = 0
+        while True:
+            size = self.page_size if limit is None else min(self.page_size, limit - len(out))
+            rows = self.send(tasks.GetAllRequest(
+                project=[pid], only_fields=TASK_FIELDS, order_by=order_by or ["created"], page=page, page_size=size,
+                _allow_extra_fields_=bool(extra), **plain, **extra))["tasks"]
+            out.extend(rows)
+            if len(rows) < size or (limit is not None and len(out) >= limit):
+                return out
+            page += 1
+
+    def task_doc(self, task_id: str) -> dict | None:
+        found = self.find_tasks(id=[task_id], limit=1)
+        return found[0] if found else None
+
+    # -- workers and drain requests -----------------------------------------------------------
+    def worker_docs(self) -> list[dict]:
+        # last_seen=0: every registered worker; the server drops one silent past its timeout
+        return self.send(workers.GetAllRequest(last_seen=0)).get("workers", [])
+
+    def report_worker(self, worker_id: str, task_id: str | None, queue_ids: list[str]) -> None:
+        """``workers.status_report``: keeps the worker registered and names its task."""
+        self.send(workers.StatusReportRequest(worker=worker_id, timestamp=int(time.time() * 1000), task=task_id,
+                                              queue=queue_ids[0] if task_id and queue_ids else None,
+                                              queues=queue_ids or None))
+
+    def drained(self, queue_ids: list[str]) -> set[str]:
+        """Workers asked to drain, recorded in the metadata of these queues."""
+        if not queue_ids:
+            return set()
+        found = self.send(queues.GetAllRequest(id=queue_ids, only_fields=["id", "metadata"])).get("queues", [])
+        return {m.get("value") for q in found for m in (q.get("metadata") or {}).values()
+                if m.get("type") == DRAIN_TYPE}
+
+    def record_drain(self, queue_id: str, worker_id: str) -> None:
+        item = {"key": drain_key(worker_id), "type": DRAIN_TYPE, "value": worker_id}
+        self.send(queues.AddOrUpdateMetadataRequest(queue=queue_id, metadata=[item]))
+
+    def clear_drain(self, queue_id: str, worker_id: str) -> None:
+        self.send(queues.DeleteMetadataRequest(queue=queue_id, keys=[drain_key(worker_id)]))
+
+
+def drain_key(worker_id: str) -> str:
+    """A metadata key for a worker: worker ids hold dots (host names), which keys must not."""
+    return "scantide-drain-" + hashlib.sha256(worker_id.encode()).hexdigest()[:16]
+
+
+def _exactly(name: str) -> str:
+    """Names are regular expressions on the server: this one matches ``name`` only."""
+    return f"^{re.escape(name)}$"

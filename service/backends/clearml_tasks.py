@@ -1,0 +1,228 @@
+"""How scantide's templates and tasks are written in ClearML, and read back: pure functions over
+the API's task documents.
+
+A template is a task named ``template/<algorithm>`` tagged ``scantide-template`` in the project
+``settings.clearml_project``; it stays ``created`` and is only ever cloned. A scan task is a clone
+tagged ``scantide-scan``, ``scan:<scan_id>`` and ``alg:<algorithm>`` (the idempotency key).
+
+- Hyperparameter section ``Args``: the algorithm's parameters (the template's, then the scan's:
+  ``scan_id``, ``scan_uri``, ``output_uri``, ``model_version``, ``metadata``). ClearML stores
+  strings: other values are written as JSON with their Python type name in ``type``.
+- Section ``properties`` (ClearML's user properties): ``algorithm``, ``queue``, ``max_runtime_s``,
+  ``entry_point``; a scan task adds ``scan_id`` and ``output_uri``.
+- The result: output artifact ``scantide-result`` (type JSON, the result in ``type_data.preview``).
+- Runtime properties, written by the stand-in agent (``scantide worker``; see ``clearml_agent``):
+  ``worker``, ``attempt``, ``lease_until``, ``heartbeat_at``, ``progress``, ``queued_at``, ``error``.
+
+States (DESIGN.md): created/queued → queued, in_progress → running, completed/published/closed →
+completed only with a result artifact (else failed, ``no_result``: an agent killed by SIGTERM
+marks its task completed), failed → failed, stopped → stopped.
+
+Attempt: ClearML keeps no run counter. The stand-in agent counts its claims in the runtime
+property ``attempt`` (a lease re-queue keeps it, the next claim adds one); a task run by a real
+``clearml-agent`` has no such property and counts 1 once it started, else 0.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from service.domain import JobState, TaskError, TaskInfo, Template
+from service.errors import InvalidRequest
+
+TEMPLATE_TAG = "scantide-template"
+SCAN_TAG = "scantide-scan"
+RESULT_ARTIFACT = "scantide-result"
+ARGS = "Args"
+PROPERTIES = "properties"
+TASK_TYPE = "inference"
+TEMPLATE_PREFIX = "template/"
+# What every read asks the server for (a task's console log and metrics are never needed here).
+TASK_FIELDS = ["id", "name", "status", "status_reason", "status_message", "status_changed", "created", "started",
+               "completed", "last_worker", "last_worker_report", "tags", "hyperparams", "runtime",
+               "execution.queue", "execution.artifacts"]
+EPOCH = "1970-01-01T00:00:00+00:00"
+
+_QUEUED = ("created", "queued")
+_DONE = ("completed", "published", "publishing", "closed")
+NO_RESULT = "the task ended as completed but recorded no result"
+
+
+def scan_tags(algorithm: str, scan_id: str) -> list[str]:
+    return [f"scan:{scan_id}", f"alg:{algorithm}"]
+
+
+# -- parameters ----------------------------------------------------------------------------------
+def encode_section(section: str, values: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Values → a hyperparameter section (``{name: {section, name, value, type}}``); raises
+    ``InvalidRequest`` for values that are not JSON."""
+    out = {}
+    for name, value in values.items():
+        try:
+            text = value if isinstance(value, str) else json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"task parameter {name!r} is not JSON-serialisable: {exc}") from exc
+        out[name] = {"section": section, "name": name, "value": text, "type": type(value).__name__}
+    return out
+
+
+def decode_section(doc: dict, section: str) -> dict[str, Any]:
+    items = ((doc.get("hyperparams") or {}).get(section) or {}).values()
+    return {item["name"]: _decode(item) for item in items if "name" in item}
+
+
+def _decode(item: dict) -> Any:
+    text, kind = item.get("value") or "", item.get("type") or "str"
+    if kind == "str":
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text.strip().lower() == "true" if kind == "bool" else text
+
+
+def template_hyperparams(template: Template) -> dict[str, dict]:
+    return {ARGS: encode_section(ARGS, template.params),
+            PROPERTIES: encode_section(PROPERTIES, {"algorithm": template.name, "queue": template.queue,
+                                                    "max_runtime_s": float(template.max_runtime_s),
+                                                    "entry_point": template.entry_point})}
+
+
+def template_from_doc(doc: dict) -> Template:
+    props = decode_section(doc, PROPERTIES)
+    return Template(name=props.get("algorithm") or doc["name"].removeprefix(TEMPLATE_PREFIX),
+                    entry_point=props.get("entry_point", "algorithms.entry"), queue=props.get("queue", "default"),
+                    params=decode_section(doc, ARGS), max_runtime_s=float(props.get("max_runtime_s", 1800.0)))
+
+
+def scan_hyperparams(template_doc: dict, scan_id: str, params: dict[str, Any], output_uri: str) -> dict:
+    """The template's sections with the scan's parameters merged into ``Args``."""
+    hyper = dict(template_doc.get("hyperparams") or {})
+    hyper[ARGS] = {**(hyper.get(ARGS) or {}), **encode_section(ARGS, params)}
+    hyper[PROPERTIES] = {**(hyper.get(PROPERTIES) or {}),
+                         **encode_section(PROPERTIES, {"scan_id": scan_id, "output_uri": output_uri})}
+    return hyper
+
+
+def result_artifact(result: dict[str, Any], now: float) -> dict[str, Any]:
+    return {"key": RESULT_ARTIFACT, "type": "JSON", "mode": "output", "timestamp": int(now),
+            "type_data": {"preview": json.dumps(result, sort_keys=True), "content_type": "application/json"}}
+
+
+# -- reading tasks -------------------------------------------------------------------------------
+def task_info(doc: dict) -> TaskInfo:
+    props = decode_section(doc, PROPERTIES)
+    runtime = doc.get("runtime") or {}
+    tags = doc.get("tags") or []
+    result = _result(doc)
+    state, error = _state(doc, result, runtime)
+    status = doc.get("status")
+    attempt = int(_float(runtime.get("attempt")) or (1 if doc.get("started") else 0))
+    queued_at = _float(runtime.get("queued_at"))
+    if queued_at is None and status == "queued":
+        queued_at = seconds(doc.get("status_changed"))
+    finished_at = seconds(doc.get("completed")) if state in (JobState.completed, JobState.failed) else None
+    if state is JobState.stopped or (finished_at is None and state.terminal):
+        finished_at = seconds(doc.get("status_changed"))
+    return TaskInfo(
+        task_id=doc["id"],
+        algorithm=str(props.get("algorithm") or _tag(tags, "alg:")),
+        scan_id=str(props.get("scan_id") or _tag(tags, "scan:")),
+        queue=str(props.get("queue") or ""),
+        state=state,
+        params=decode_section(doc, ARGS),
+        output_uri=str(props.get("output_uri") or ""),
+        attempt=attempt,
+        worker_id=runtime.get("worker") or doc.get("last_worker"),
+        created_at=seconds(doc.get("created")),
+        queued_at=queued_at,
+        started_at=seconds(doc.get("started")),
+        finished_at=finished_at,
+        result=result,
+        error=error,
+        progress=_float(runtime.get("progress")),
+        heartbeat_at=_float(runtime.get("heartbeat_at")) or seconds(doc.get("last_worker_report")),
+    )
+
+
+def _state(doc: dict, result: dict | None, runtime: dict) -> tuple[JobState, TaskError | None]:
+    status = doc.get("status")
+    reason, message = doc.get("status_reason") or "", doc.get("status_message") or ""
+    if status in _QUEUED:
+        return JobState.queued, None
+    if status == "in_progress":
+        return JobState.running, None
+    if status in _DONE:
+        return (JobState.completed, None) if result is not None else (JobState.failed, TaskError("no_result", NO_RESULT))
+    if status == "stopped":
+        code = "worker_lost" if "non-responsive" in f"{reason} {message}" else "stopped"
+        return JobState.stopped, TaskError.make(code, message or reason or "the task was stopped")
+    recorded = _json(runtime.get("error"))
+    if isinstance(recorded, dict) and recorded.get("code"):
+        return JobState.failed, TaskError(code=str(recorded["code"]), message=str(recorded.get("message", "")),
+                                          log_tail=str(recorded.get("log_tail", "")))
+    what = "failed" if status == "failed" else f"is in the unknown ClearML status {status!r}"
+    return JobState.failed, TaskError.make("task_failed", message or reason or f"the task {what}")
+
+
+def _result(doc: dict) -> dict | None:
+    for artifact in (doc.get("execution") or {}).get("artifacts") or []:
+        if artifact.get("key") == RESULT_ARTIFACT and artifact.get("mode", "output") == "output":
+            value = _json((artifact.get("type_data") or {}).get("preview"))
+            return value if isinstance(value, dict) else {"uri": artifact.get("uri")}
+    return None
+
+
+def _tag(tags: list[str], prefix: str) -> str:
+    return next((t[len(prefix):] for t in tags if t.startswith(prefix)), "")
+
+
+def _json(text: Any) -> Any:
+    try:
+        return json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+# -- time and the change cursor ------------------------------------------------------------------
+def parse_time(value: str) -> dt.datetime:
+    when = dt.datetime.fromisoformat(value)
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def seconds(value: str | None) -> float | None:
+    """A server timestamp (ISO-8601; naive means UTC) → unix seconds."""
+    return parse_time(value).timestamp() if value else None
+
+
+ChangeKey = tuple[dt.datetime, str]
+
+
+def change_key(doc: dict) -> ChangeKey:
+    return parse_time(doc["status_changed"]), doc["id"]
+
+
+def encode_cursor(doc: dict) -> str:
+    return f"{doc['status_changed']}|{doc['id']}"
+
+
+def decode_cursor(cursor: str | None) -> tuple[str, ChangeKey] | None:
+    """``"<status_changed>|<task id>"`` → (the timestamp as the server wrote it, its sort key)."""
+    if cursor in (None, ""):
+        return None
+    stamp, sep, task_id = cursor.rpartition("|")
+    try:
+        if not sep or not task_id:
+            raise ValueError(cursor)
+        return stamp, (parse_time(stamp), task_id)
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid change cursor {cursor!r}") from exc

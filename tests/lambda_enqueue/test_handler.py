@@ -1,0 +1,224 @@
+"""The Lambda handler against a real embedded backend (SQLite in a tmp dir), fed the sample events
+under tests/events/. Settings come from SCANTIDE_* variables, as they do in Lambda."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lambda_enqueue import handler as lam
+from service.domain import SCAN_ID_PATTERN, TaskInfo
+
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+REPO = Path(__file__).resolve().parents[2]
+OUTPUT_ROOT = "s3://scantide-outputs/results"
+
+
+def load_event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())
+
+
+@pytest.fixture
+def rt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[lam.Runtime]:
+    """A fresh container: SCANTIDE_* env over a tmp state dir, the runtime cache cleared."""
+    for name in list(os.environ):
+        if name.startswith("SCANTIDE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SCANTIDE_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("SCANTIDE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("SCANTIDE_OUTPUT_ROOT", OUTPUT_ROOT)
+    lam.runtime.cache_clear()
+    runtime = lam.runtime()
+    yield runtime
+    runtime.backend.close()
+    lam.runtime.cache_clear()
+
+
+def only_task(rt: lam.Runtime, scan_id: str) -> TaskInfo:
+    tasks = rt.backend.tasks_for_scan(scan_id)
+    assert len(tasks) == 1, f"{scan_id}: {tasks}"
+    return tasks[0]
+
+
+def all_tasks(rt: lam.Runtime) -> list[TaskInfo]:
+    return rt.backend.list_tasks(limit=1000)
+
+
+# -- S3 -------------------------------------------------------------------------------------------
+def test_s3_put_enqueues_every_object(rt: lam.Runtime) -> None:
+    out = lam.handler(load_event("s3_put.json"), None)
+
+    assert out == {"submitted": 2, "existing": 0, "rejected": 0, "ignored": 0}
+    plain = only_task(rt, "scans:clinic-7:scan-0001")
+    assert plain.params["scan_uri"] == "s3://scantide-scans/scans/clinic-7/scan-0001.mp4"
+    assert plain.output_uri == f"{OUTPUT_ROOT}/video_summary/scans:clinic-7:scan-0001"
+    assert plain.params["metadata"]["etag"] == "0123456789abcdef0123456789abcdef"
+
+    # "scans/clinic+7/patient+42+%28upper+arch%29.mp4" is the URL-encoded "…/clinic 7/patient 42 (upper arch).mp4"
+    key = "scans/clinic 7/patient 42 (upper arch).mp4"
+    spaced = only_task(rt, lam.scan_id_for_key(key))
+    assert spaced.params["scan_uri"] == f"s3://scantide-scans/{key}"
+    assert spaced.params["metadata"]["key"] == key
+    assert re.fullmatch(r"scans:clinic-7:patient-42-upper-arch-[0-9a-f]{12}", spaced.scan_id)
+
+
+def test_s3_retry_creates_no_second_task(rt: lam.Runtime) -> None:
+    event = load_event("s3_put.json")
+    lam.handler(event, None)
+    before = {t.task_id for t in all_tasks(rt)}
+
+    again = lam.handler(event, None)  # Lambda's retry of the same event
+
+    assert again == {"submitted": 0, "existing": 2, "rejected": 0, "ignored": 0}
+    assert {t.task_id for t in all_tasks(rt)} == before
+
+
+def test_s3_skips_what_is_not_an_upload(rt: lam.Runtime) -> None:
+    event = load_event("s3_put.json")
+    good, _ = event["Records"]
+    removed = {**good, "eventName": "ObjectRemoved:Delete"}
+    folder = {**good, "s3": {**good["s3"], "object": {**good["s3"]["object"], "key": "scans/new-folder/"}}}
+    hashed = {**good, "s3": {**good["s3"], "object": {**good["s3"]["object"], "key": "scans/a%23b.mp4"}}}
+
+    out = lam.handler({"Records": [removed, folder, hashed, good]}, None)
+
+    assert out == {"submitted": 1, "existing": 0, "rejected": 1, "ignored": 2}
+    assert len(all_tasks(rt)) == 1
+    assert lam.handler({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "scantide-scans"}, None)[
+        "ignored"] == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("scans/abc123.mp4", "scans:abc123"),
+        ("abc123.mp4", "abc123"),
+        ("a/b.c/scan.v2.mov", "a:b.c:scan.v2"),
+        ("no-extension", "no-extension"),
+    ],
+)
+def test_scan_id_for_clean_keys(key: str, expected: str) -> None:
+    assert lam.scan_id_for_key(key) == expected
+
+
+def test_scan_id_for_awkward_keys() -> None:
+    keys = ["a b.mp4", "a-b.mp4", "a:b.mp4", "a/b.mp4", "ünïcode/scan.mp4", "_leading.mp4", "x" * 300 + ".mp4",
+            "x" * 300 + "y.mp4", "!!!.mp4", ".mp4", "a//b.mp4"]
+    ids = [lam.scan_id_for_key(k) for k in keys]
+    assert all(re.fullmatch(SCAN_ID_PATTERN, i) for i in ids), ids
+    assert len(set(ids)) == len(keys), ids  # distinct keys, distinct scans
+    assert ids == [lam.scan_id_for_key(k) for k in keys]  # a pure function: retries map to the same scan
+
+
+# -- API Gateway --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["apigw_v1.json", "apigw_v2.json"])
+def test_api_gateway_enqueues(rt: lam.Runtime, name: str) -> None:
+    event = load_event(name)
+
+    first = lam.handler(event, None)
+    again = lam.handler(event, None)
+
+    assert first["statusCode"] == 202
+    assert first["headers"]["Content-Type"] == "application/json"
+    body = json.loads(first["body"])
+    task = only_task(rt, body["scan_id"])
+    assert body["task_id"] == task.task_id and body["created"] is True and body["state"] == "queued"
+    raw = event["body"] if not event["isBase64Encoded"] else base64.b64decode(event["body"]).decode()
+    assert task.params["scan_uri"] == json.loads(raw)["scan_uri"]
+    assert again["statusCode"] == 200
+    assert json.loads(again["body"])["task_id"] == task.task_id
+    assert len(all_tasks(rt)) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"scan_id": "bad id!", "scan_uri": "s3://scantide-scans/x.mp4"}, 422, "invalid_request"),
+        ({"scan_id": "ok", "scan_uri": "s3://scantide-scans/x.mp4", "extra": 1}, 422, "invalid_request"),
+        ({"scan_id": "ok", "scan_uri": "ftp://example.com/x.mp4"}, 422, "invalid_scan_uri"),
+        ({"scan_id": "ok", "scan_uri": "https://169.254.169.254/latest/meta-data"}, 422, "forbidden_scan_uri"),
+        ("{not json", 400, "malformed_json"),
+        (None, 400, "malformed_json"),
+        ({"scan_id": "ok", "scan_uri": "s3://b/" + "x" * 70_000}, 413, "payload_too_large"),
+    ],
+)
+def test_api_gateway_bad_body(rt: lam.Runtime, body: Any, status: int, code: str) -> None:
+    event = load_event("apigw_v1.json")
+    event["body"] = body if body is None or isinstance(body, str) else json.dumps(body)
+
+    out = lam.handler(event, None)
+
+    assert out["statusCode"] == status
+    error = json.loads(out["body"])
+    assert set(error) == {"error"} and error["error"]["code"] == code and error["error"]["message"]
+    assert all_tasks(rt) == []
+
+
+def test_api_gateway_refuses_other_methods(rt: lam.Runtime) -> None:
+    event = load_event("apigw_v2.json")
+    event["requestContext"]["http"]["method"] = "GET"
+
+    out = lam.handler(event, None)
+
+    assert out["statusCode"] == 405
+    assert json.loads(out["body"])["error"]["code"] == "method_not_allowed"
+
+
+# -- SQS ------------------------------------------------------------------------------------------
+def test_sqs_partial_batch_failure(rt: lam.Runtime) -> None:
+    event = load_event("sqs_batch.json")
+    good, bad = event["Records"]
+
+    out = lam.handler(event, None)
+
+    assert out == {"batchItemFailures": [{"itemIdentifier": bad["messageId"]}]}
+    task = only_task(rt, "scans:sqs:scan-0002")
+    assert task.params["scan_uri"] == "s3://scantide-scans/scans/sqs/scan-0002.mp4"
+    # The redelivered good message is a no-op.
+    assert lam.handler({"Records": [good]}, None) == {"batchItemFailures": []}
+    assert len(all_tasks(rt)) == 1
+
+
+def test_sqs_scan_request_and_sns_envelope(rt: lam.Runtime) -> None:
+    good = load_event("sqs_batch.json")["Records"][0]
+    request = {**good, "messageId": "m-request",
+               "body": json.dumps({"scan_id": "from-sqs", "scan_uri": "s3://scantide-scans/from-sqs.mp4"})}
+    sns = {**good, "messageId": "m-sns", "body": json.dumps({"Type": "Notification", "Message": good["body"]})}
+    broken = {**good, "messageId": "m-broken", "body": "{"}
+
+    out = lam.handler({"Records": [request, sns, broken]}, None)
+
+    assert out == {"batchItemFailures": [{"itemIdentifier": "m-broken"}]}
+    assert only_task(rt, "from-sqs").params["scan_uri"] == "s3://scantide-scans/from-sqs.mp4"
+    only_task(rt, "scans:sqs:scan-0002")
+
+
+def test_sqs_fifo_fails_everything_after_the_first_failure(rt: lam.Runtime) -> None:
+    good, bad = load_event("sqs_batch.json")["Records"]
+    arn = "arn:aws:sqs:us-east-1:123456789012:scantide-uploads.fifo"
+    event = {"Records": [{**bad, "eventSourceARN": arn}, {**good, "eventSourceARN": arn}]}
+
+    out = lam.handler(event, None)
+
+    assert out == {"batchItemFailures": [{"itemIdentifier": bad["messageId"]},
+                                         {"itemIdentifier": good["messageId"]}]}
+    assert all_tasks(rt) == []
+
+
+# -- cold start -----------------------------------------------------------------------------------
+def test_import_is_light_and_pure() -> None:
+    code = ("import lambda_enqueue.handler, sys; "
+            "heavy = sorted({'cv2', 'torch', 'numpy', 'boto3', 'fastapi'} & set(sys.modules)); "
+            "assert not heavy, heavy; "
+            "assert lambda_enqueue.handler.runtime.cache_info().currsize == 0")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCANTIDE_")}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, timeout=60)
