@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from monitor.alerts import AlertConfig
+from monitor.events import linker_for
 from monitor.outbox import Outbox
 from monitor.watch import Watcher
 from monitor.webhook import Deliverer, DeliveryPolicy
@@ -43,7 +44,7 @@ class MonitorDaemon:
     def __init__(self, backend: TaskBackend, settings: Settings) -> None:
         self.settings = settings
         self.outbox = outbox_for(settings)
-        self.watcher = Watcher(backend, self.outbox, alert_config(settings))
+        self.watcher = Watcher(backend, self.outbox, alert_config(settings), link=linker_for(settings))
         policy = delivery_policy(settings)
         self.deliverer = Deliverer(self.outbox, policy) if policy else None
         self._stop = threading.Event()
