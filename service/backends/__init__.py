@@ -28,10 +28,15 @@ def open_backend(settings: Settings) -> TaskBackend:
         backend = EmbeddedBackend(settings.db_path, max_attempts=settings.max_attempts)
         backend.ensure_templates(default_templates(settings))
         return backend
-    if settings.backend == "clearml":
-        from service.backends.clearml import ClearMLBackend  # the SDK loads only in ClearML mode
-
-        return ClearMLBackend.from_settings(settings)
     from service.errors import ConfigError
+
+    if settings.backend == "clearml":
+        try:
+            from service.backends.clearml import ClearMLBackend  # the SDK loads only in ClearML mode
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("clearml"):
+                raise
+            raise ConfigError("backend 'clearml' needs the ClearML SDK: pip install 'scantide[clearml]'") from exc
+        return ClearMLBackend.from_settings(settings)
 
     raise ConfigError(f"backend {settings.backend!r} is not available in this build")

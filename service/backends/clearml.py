@@ -10,12 +10,16 @@ candidates. A submit that finds none clones the template (``tasks.clone``, with 
 (or, having cloned nothing, the oldest candidate: a submit that died between clone and enqueue
 leaves one) and lists the candidates again. When two submits raced and both enqueued, the queue
 decides: the task taken from the queue already, else the one ahead in it, wins; each submit that
-lost deletes its own clone. "Already queued" answers count as success. So two concurrent submits
-of one scan end with one task enqueued, and both return it.
+lost deletes its own clone. "Already queued" answers count as success. The first clone ever
+enqueued is at the head of the queue among its scan's tasks and in every later listing, so every
+submit settles on it: two concurrent submits of one scan end with one task enqueued, and both
+return it. This relies on one listing being one snapshot of the scan's tasks, which holds while
+they fit in one server page (500 on a default server; more racing submits than that is no real case).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
@@ -131,7 +135,8 @@ class ClearMLBackend(TaskBackend):
         if not found:
             known = ", ".join(t.name for t in self.templates()) or "none"
             raise UnknownAlgorithm(f"unknown algorithm {algorithm!r}; registered in ClearML project "
-                                   f"{self.store.project!r}: {known} (add one with `scantide clearml register-template`)")
+                                   f"{self.store.project!r}: {known} "
+                                   "(add one with `scantide clearml register-template`)")
         return found[0]
 
     def get_template(self, algorithm: str) -> Template:
@@ -162,7 +167,17 @@ class ClearMLBackend(TaskBackend):
         return Submission(task=task_info(winner), created=winner["id"] == mine)
 
     def _candidates(self, tags: list[str]) -> list[dict]:
-        return self.store.find_tasks(tags=["__$all", *tags], order_by=["created"])
+        """Every task of the scan, oldest first. More than a page of them (only on a server with a
+        tiny page cap) is read again until a pass finds nothing new, since a loser deleting its clone
+        while we page shifts the later ones back past a page boundary; such a listing is no snapshot,
+        so the race is then settled on a best-effort basis."""
+        found: dict[str, dict] = {}
+        while True:
+            rows = self.store.find_tasks(tags=["__$all", *tags], order_by=["created"])
+            new = [r["id"] for r in rows if r["id"] not in found]
+            found.update((r["id"], r) for r in rows)
+            if len(rows) < self.store.page_size or not new:
+                return sorted(found.values(), key=lambda d: (d.get("created", ""), d["id"]))
 
     def _settle(self, tags: list[str], queue: str, mine: str | None, docs: list[dict]) -> dict:
         """The one task of this scan that stays enqueued; deletes ``mine`` when it is not that one."""
@@ -200,7 +215,9 @@ class ClearMLBackend(TaskBackend):
         def rank(doc: dict) -> tuple:
             if doc.get("status") != "queued":
                 return 0, 0, doc.get("created", ""), doc["id"]
-            return (1, position[doc["id"]], "", "") if doc["id"] in position else (2, 0, doc.get("created", ""), doc["id"])
+            if doc["id"] in position:
+                return 1, position[doc["id"]], "", ""
+            return 2, 0, doc.get("created", ""), doc["id"]
 
         return min(active, key=rank)
 
@@ -229,9 +246,9 @@ class ClearMLBackend(TaskBackend):
         if state not in (JobState.completed, JobState.failed):  # the server's status decides alone
             docs = self.store.find_tasks(limit=limit, order_by=["-created", "-id"], **statuses)
             return [task_info(d) for d in docs]
-        found = [t for t in map(task_info, self.store.find_tasks(order_by=["-created", "-id"], **statuses))
-                 if t.state is state]
-        return found[:limit]
+        matching = (t for t in map(task_info, self.store.iter_tasks(order_by=["-created", "-id"], **statuses))
+                    if t.state is state)  # read only as many pages as it takes
+        return list(itertools.islice(matching, limit))
 
     def changes(self, cursor: str | None, limit: int = 500) -> ChangePage:
         decode_cursor(cursor)  # refuse a bad cursor even before the project exists
@@ -279,6 +296,8 @@ class ClearMLBackend(TaskBackend):
         drained = self.store.drained(sorted({q["id"] for d in docs for q in d.get("queues") or [] if q.get("id")}))
         now, out = time.time(), []
         with self._lock:
+            if queue is None:  # forget workers that are gone
+                self._idle_since = {w: t for w, t in self._idle_since.items() if w in {d["id"] for d in docs}}
             for doc in sorted(docs, key=lambda d: d["id"]):
                 task_id = (doc.get("task") or {}).get("id")
                 idle_since = None if task_id else self._idle_since.setdefault(doc["id"], now)

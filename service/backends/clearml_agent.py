@@ -5,8 +5,10 @@ popping the queue, and record outcomes the way scantide reads them.
 - register / heartbeat: ``workers.register`` / ``workers.status_report`` (which also names the
   worker's task, as an agent's report does); the registration lapses ``worker_timeout_s`` after the
   last report, as an agent's does.
-- claim: ``queues.get_next_task`` pops the oldest entry atomically (two workers never get the same
-  task), then runtime properties ``worker``, ``attempt``, ``lease_until``, … and ``tasks.started``.
+- claim: ``queues.peek_task``, then ``queues.get_next_task`` for that task, which pops it only while
+  it is still the head (two workers never get the same task; a task that is not scantide's is left
+  for a real agent), then runtime properties ``worker``, ``attempt``, ``lease_until``, … and
+  ``tasks.started``.
 - heartbeat extends ``lease_until`` and records ``progress``; it raises ``LeaseLost`` once the task
   is no longer in progress under this worker.
 - finish: the result as output artifact ``scantide-result`` and then ``tasks.completed`` (so a
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 
 
 class ClearMLAgent:
+    """The agent-side ``TaskBackend`` methods over a ``ClearMLStore``."""
+
     def __init__(self, store: ClearMLStore, *, max_attempts: int = 2, worker_timeout_s: int = 600,
                  reap_every_s: float = 5.0) -> None:
         self.store = store
@@ -90,14 +94,17 @@ class ClearMLAgent:
                 return [q["id"] for q in doc.get("queues") or [] if q.get("id")]
         return []
 
-    def _report(self, worker_id: str, task_id: str | None, qids: list[str]) -> None:
+    def _report(self, worker_id: str, task_id: str | None, qids: list[str], queue: str | None = None) -> None:
+        """Report the worker alive (and its task); one never registered, or whose registration lapsed
+        or was lost with the server's state, registers (again) for its queue first."""
         try:
             self.store.report_worker(worker_id, task_id, qids)
-        except ClearMLRefused as exc:  # the registration lapsed (or the server forgot it): register again
-            if not refused(exc, INVALID_WORKER_ID) or worker_id not in self._queues:
+        except ClearMLRefused as exc:
+            queue = self._queues.get(worker_id) or queue
+            if not refused(exc, INVALID_WORKER_ID) or queue is None:
                 raise
-            self.register_worker(worker_id, self._queues[worker_id])
-            self.store.report_worker(worker_id, task_id, qids)
+            self.register_worker(worker_id, queue)
+            self.store.report_worker(worker_id, task_id, qids or self._queue_ids(worker_id))
 
     # -- tasks -------------------------------------------------------------------------------
     def claim(self, queue: str, worker_id: str, lease_s: float) -> TaskInfo | None:
@@ -107,18 +114,23 @@ class ClearMLAgent:
         if qid is None or worker_id in self.store.drained([qid]):
             return None
         try:
-            entry = self.store.send(queues.GetNextTaskRequest(queue=qid)).get("entry")
+            head = self.store.send(queues.PeekTaskRequest(queue=qid)).get("task")
         except ClearMLRefused as exc:
-            if refused(exc, INVALID_QUEUE_ID):
+            if refused(exc, INVALID_QUEUE_ID):  # the queue was deleted (and maybe made again)
                 self.store.forget_queue(queue)
                 return None
             raise
+        if not head:
+            return None
+        doc = self.store.task_doc(head)
+        if doc is None:  # not a scantide task: it waits for a clearml-agent, a stand-in never drops it
+            log.warning("claim_foreign_task queue=%s task=%s", queue, head)
+            return None
+        # Pop it only if it is still the head: two workers never get the same task.
+        entry = self.store.send(queues.GetNextTaskRequest(queue=qid, task=head)).get("entry")
         if not entry:
             return None
-        task_id, now = entry["task"], time.time()
-        doc = self.store.task_doc(task_id)
-        if doc is None:  # deleted after it was queued
-            return None
+        task_id, now = head, time.time()
         runtime = {k: v for k, v in (doc.get("runtime") or {}).items() if k != "error"}
         attempt = int(float(runtime.get("attempt") or 0)) + 1
         runtime.update(worker=worker_id, attempt=str(attempt), lease_until=repr(now + lease_s), heartbeat_at=repr(now),
@@ -131,7 +143,7 @@ class ClearMLAgent:
                 log.warning("claim_skipped task=%s worker=%s error=%s", task_id, worker_id, exc.message)
                 return None
             raise
-        self._report(worker_id, task_id, [qid])
+        self._report(worker_id, task_id, [qid], queue)
         return task_info(self.store.task_doc(task_id) or doc)
 
     def _held(self, task_id: str, worker_id: str) -> dict:
@@ -141,7 +153,7 @@ class ClearMLAgent:
         return doc
 
     def heartbeat(self, worker_id: str, task_id: str | None, lease_s: float, progress: float | None = None) -> bool:
-        qids = self._queue_ids(worker_id)
+        qids, queue = self._queue_ids(worker_id), None
         if task_id is not None:
             doc = self._held(task_id, worker_id)
             now = time.time()
@@ -149,7 +161,8 @@ class ClearMLAgent:
             if progress is not None:
                 runtime["progress"] = repr(float(progress))
             self.store.send(tasks.EditRequest(task=task_id, force=True, runtime=runtime))
-        self._report(worker_id, task_id, qids)
+            queue = task_info(doc).queue
+        self._report(worker_id, task_id, qids, queue)
         return worker_id in self.store.drained(qids)
 
     def finish(self, task_id: str, worker_id: str, *, result: dict[str, Any] | None = None,
@@ -176,7 +189,7 @@ class ClearMLAgent:
                 raise LeaseLost(f"worker {worker_id} no longer holds task {task_id}; its outcome was not "
                                 f"recorded") from exc
             raise
-        self._report(worker_id, None, self._queue_ids(worker_id))
+        self._report(worker_id, None, self._queue_ids(worker_id), task_info(doc).queue)
         done = self.store.task_doc(task_id)
         if done is None:
             raise LeaseLost(f"task {task_id} was deleted as it finished")

@@ -26,13 +26,15 @@ from clearml.backend_api import Session, load_config
 from clearml.backend_api.session import Request
 from clearml.backend_api.session.defs import MissingConfigError
 from clearml.backend_api.session.session import LoginError
+from clearml.backend_config import ConfigurationError
 
 from service.errors import BackendUnavailable, ConfigError, ScantideError
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "2.23"  # the request schemas used: clearml.backend_api.services.v2_23
 CONNECT_TIMEOUT_S = 5.0
+# The SDK's configuration parser (its bundled pyhocon) keeps global state: one session is set up at a time.
+_SETUP_LOCK = threading.Lock()
 
 
 class ClearMLRefused(ScantideError):
@@ -56,7 +58,8 @@ class _FailFastSession(Session):
 
 
 class ClearMLClient:
-    """Sends typed requests (``clearml.backend_api.services.v2_23``); thread-safe.
+    """Sends the SDK's typed requests (the API 2.23 schemas, ``clearml.backend_api.services.v2_23``:
+    the server must speak API 2.23 or later); thread-safe.
 
     timeout_s: read timeout of one HTTP request, seconds. retries: how many times the SDK retries a
     request that could not connect, timed out or got 502/503/429, before we give up.
@@ -70,19 +73,22 @@ class ClearMLClient:
     def session(self) -> Session:
         with self._lock:
             if self._session is None:
-                self._session = self._connect()
+                with _SETUP_LOCK:
+                    self._session = self._connect()
             return self._session
 
     def _connect(self) -> Session:
-        with warnings.catch_warnings():  # the SDK's bundled HOCON parser warns about pyparsing names
-            warnings.simplefilter("ignore", DeprecationWarning)
-            config = load_config()  # the SDK's API defaults, then clearml.conf (CLEARML_* variables win later)
-            config.set_overrides({"api": {"http": {"wait_on_maintenance_forever": False}}})
         retries = {"total": self.retries, "connect": self.retries, "read": self.retries, "redirect": 2,
                    "status": self.retries, "backoff_factor": self.backoff_s}
         try:
+            with warnings.catch_warnings():  # the SDK's bundled HOCON parser warns about pyparsing names
+                warnings.simplefilter("ignore", DeprecationWarning)
+                config = load_config()  # the SDK's API defaults, then clearml.conf; CLEARML_* variables win
+                config.set_overrides({"api": {"http": {"wait_on_maintenance_forever": False}}})
             return _FailFastSession(self.timeout_s, config=config, http_retries_config=retries,
                                     worker=socket.gethostname(), logger=log, verbose=False)
+        except ConfigurationError as exc:
+            raise ConfigError(f"cannot read the ClearML configuration: {exc}") from exc
         except MissingConfigError as exc:
             raise ConfigError("ClearML is not configured: set CLEARML_API_HOST, CLEARML_API_ACCESS_KEY and "
                               "CLEARML_API_SECRET_KEY (or write clearml.conf with `clearml-init`)") from exc

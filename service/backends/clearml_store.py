@@ -9,9 +9,11 @@ Every list is read page by page until a short page: the server caps a page at it
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from clearml.backend_api.services.v2_23 import projects, queues, tasks, workers
@@ -84,26 +86,27 @@ class ClearMLStore:
             self._queue_ids.pop(name, None)
 
     # -- tasks -------------------------------------------------------------------------------
-    def find_tasks(self, *, limit: int | None = None, order_by: list[str] | None = None,
-                   **filters: Any) -> list[dict]:
-        """Scan tasks of our project matching ``filters`` (``tasks.get_all`` fields), every page."""
+    def iter_tasks(self, *, order_by: list[str] | None = None, page_size: int | None = None,
+                   **filters: Any) -> Iterator[dict]:
+        """Scan tasks of our project matching ``filters`` (``tasks.get_all`` fields; ``a__b`` for
+        ``a.b``), page after page, until a short page."""
         pid = self.project_id()
         if pid is None:
-            return []
+            return
+        size = min(page_size or self.page_size, self.page_size)  # one size throughout: pages are offsets
         extra = {k.replace("__", "."): v for k, v in filters.items() if "__" in k}  # e.g. execution__queue
         plain = {k: v for k, v in filters.items() if "__" not in k}
         plain.setdefault("tags", [SCAN_TAG])
-        out: list[dict] = []
-        page = 0
-        while True:
-            size = self.page_size if limit is None else min(self.page_size, limit - len(out))
+        for page in itertools.count():
             rows = self.send(tasks.GetAllRequest(
                 project=[pid], only_fields=TASK_FIELDS, order_by=order_by or ["created"], page=page, page_size=size,
                 _allow_extra_fields_=bool(extra), **plain, **extra))["tasks"]
-            out.extend(rows)
-            if len(rows) < size or (limit is not None and len(out) >= limit):
-                return out
-            page += 1
+            yield from rows
+            if len(rows) < size:
+                return
+
+    def find_tasks(self, *, limit: int | None = None, **filters: Any) -> list[dict]:
+        return list(itertools.islice(self.iter_tasks(page_size=limit, **filters), limit))
 
     def task_doc(self, task_id: str) -> dict | None:
         found = self.find_tasks(id=[task_id], limit=1)

@@ -155,7 +155,9 @@ def _state(doc: dict, result: dict | None, runtime: dict) -> tuple[JobState, Tas
     if status == "in_progress":
         return JobState.running, None
     if status in _DONE:
-        return (JobState.completed, None) if result is not None else (JobState.failed, TaskError("no_result", NO_RESULT))
+        if result is None:
+            return JobState.failed, TaskError("no_result", NO_RESULT)
+        return JobState.completed, None
     if status == "stopped":
         code = "worker_lost" if "non-responsive" in f"{reason} {message}" else "stopped"
         return JobState.stopped, TaskError.make(code, message or reason or "the task was stopped")
@@ -168,7 +170,8 @@ def _state(doc: dict, result: dict | None, runtime: dict) -> tuple[JobState, Tas
 
 
 def _result(doc: dict) -> dict | None:
-    for artifact in (doc.get("execution") or {}).get("artifacts") or []:
+    artifacts = (doc.get("execution") or {}).get("artifacts") or []
+    for artifact in artifacts.values() if isinstance(artifacts, dict) else artifacts:  # old servers: a dict
         if artifact.get("key") == RESULT_ARTIFACT and artifact.get("mode", "output") == "output":
             value = _json((artifact.get("type_data") or {}).get("preview"))
             return value if isinstance(value, dict) else {"uri": artifact.get("uri")}

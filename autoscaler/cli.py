@@ -1,0 +1,65 @@
+"""``scantide simulate``, registered into the CLI through the ``scantide.cli`` entry point."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate)
+
+
+def simulate(
+    trace: str = typer.Option(..., help="grin-day, steady, burst, or a CSV file with columns arrival_s,service_s."),
+    policy: str = typer.Option("default", help="Policy to run: default or clearml."),
+    vs: Optional[str] = typer.Option(None, help="Also run this policy on the same machines and compare: clearml."),
+    warm_pool: bool = typer.Option(False, "--warm-pool",
+                                   help="Give the default policy a warm pool of stopped instances."),
+    seed: int = typer.Option(0, help="Seed for the built-in traces, boot times and dispatch."),
+    tick_s: float = typer.Option(15.0, min=1.0, help="The daemon's tick, seconds."),
+    capacity_error_p: float = typer.Option(0.0, min=0.0, max=1.0,
+                                           help="Probability a launch or start fails for capacity."),
+    png: Optional[Path] = typer.Option(None, help="Write queue depth and fleet size over time to this PNG."),
+) -> None:
+    """Replay a trace on a virtual clock through the real policy and daemon; print cost and queue waits."""
+    from dataclasses import replace
+
+    from autoscaler.sim.provider import BootModel
+    from autoscaler.sim.report import COLUMNS, rows
+    from autoscaler.sim.traces import TraceError
+    from autoscaler.sim.world import POLICIES
+    from autoscaler.simulate import SimSettings
+    from autoscaler.simulate import simulate as run_simulation
+
+    for name, value in (("--policy", policy), ("--vs", vs)):
+        if value is not None and value not in POLICIES:
+            raise typer.BadParameter(f"{name} must be one of {', '.join(POLICIES)}, got {value!r}")
+    settings = SimSettings(tick_s=tick_s, boot=replace(BootModel(), capacity_error_p=capacity_error_p))
+    logging.getLogger("autoscaler").setLevel(logging.WARNING)  # a day of launches would drown the table
+    try:
+        result = run_simulation(trace, policy=policy, vs=vs, warm_pool=warm_pool, seed=seed, settings=settings)
+    except TraceError as exc:
+        console.print(f"[red]bad trace[/red]: {exc}")
+        raise typer.Exit(2) from None
+
+    t = result.trace
+    table = Table(title=f"{t.name}: {len(t.jobs)} scans over {t.duration_s / 3600:.1f} h, seed {seed}, "
+                        f"tick {tick_s:.0f}s")
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
+    for row in rows(result.summaries):
+        table.add_row(*row)
+    Console(width=max(console.width, 140)).print(table)  # never squeeze the table into 80 columns
+    if png is not None:
+        result.plot(png)
+        console.print(f"plot written to {png}")
+    typer.echo(json.dumps(result.record()))

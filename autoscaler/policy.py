@@ -1,0 +1,297 @@
+"""The default scaling policy: a pure function of a fleet snapshot and the time; no I/O.
+
+Per pool, every tick:
+
+1. **Hygiene.** An instance booting past ``boot_timeout_s`` and one whose worker is ``lost`` are
+   terminated.
+2. **Finish drains.** An instance whose worker acknowledged a drain (state ``draining``) and holds
+   no task is stopped into the warm pool while the pool is short of its size, else terminated. No
+   other running instance is ever stopped or terminated: drain before terminate.
+3. **Scale out.** Queued tasks, then the arrivals expected at the smoothed rate while a cold boot
+   and one service run go by, are placed first-come first-served on the capacity there is (idle
+   workers now, busy ones after about half a service time, booting instances and launches in
+   flight when their boot should end). New capacity is added one instance at a time, warm starts
+   of stopped instances before cold launches, while the waiting it saves, priced at
+   ``wait_cost_per_hour``, pays for its boot; the first task at zero capacity always gets one
+   (activation on the first tick). A backlog of short tasks therefore gets fewer instances than
+   tasks, never one per task. ``max_instances`` and ``max_cost_per_hour`` cap the fleet.
+4. **Keep or drain idle instances (break-even).** The n-th warm instance (busy ones counted
+   first) is kept while the arrivals that would find the other n-1 busy, at the smoothed arrival
+   rate, are worth its price: each such arrival served warm saves the replacement's boot billing,
+   the drain round trip and the wait a boot would cause (priced at ``wait_cost_per_hour``). The
+   replacement is a warm start when the warm pool is on, a cold boot otherwise. Idle instances
+   beyond that are drained, longest idle first; none is kept past ``idle_timeout_s``; never below
+   ``min_instances``. With ``idle_policy="fixed"`` an instance is drained after ``idle_timeout_s``.
+5. **Warm pool.** Its size follows the arrival rate: enough stopped instances for the instances
+   a rate-``λ`` stream keeps busy over a service time plus a cold boot (99th percentile of a
+   Poisson count, at least one), between the pool's ``min_size`` and ``max_size``. Stopped
+   instances bill no compute, so only those beyond ``max_size`` are terminated. Below
+   ``min_size``, instances are launched to be initialised, drained and stopped.
+
+Every action carries the reason the daemon journals.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+from autoscaler.model import (
+    Action,
+    Drain,
+    Instance,
+    InstanceState,
+    Launch,
+    PoolConfig,
+    PoolSnapshot,
+    Snapshot,
+    Start,
+    Stop,
+    Terminate,
+)
+
+# Billed seconds a scale-in costs beyond the idle time: the drain waits a tick for the
+# worker's acknowledgement before the instance is stopped or terminated.
+DRAIN_ROUND_TRIP_S = 20.0
+
+
+def decide(snapshot: Snapshot, now: float, config: dict[str, PoolConfig]) -> list[Action]:
+    """The actions for every configured pool in ``snapshot``."""
+    actions: list[Action] = []
+    for name in sorted(snapshot.pools):
+        if name in config:
+            actions.extend(decide_pool(snapshot.pools[name], now, config[name]))
+    return actions
+
+
+def decide_pool(ps: PoolSnapshot, now: float, pool: PoolConfig) -> list[Action]:
+    e = _Economics.of(ps, pool)
+    actions: list[Action] = []
+    gone: set[str] = set()
+
+    # 1. hygiene
+    for inst in ps.in_state(InstanceState.booting):
+        if now - inst.launched_at > pool.boot_timeout_s:
+            actions.append(Terminate(pool.name, f"booting for {now - inst.launched_at:.0f}s, past boot_timeout_s="
+                                                f"{pool.boot_timeout_s:.0f}", (inst.id,)))
+            gone.add(inst.id)
+    for inst in ps.in_state(InstanceState.lost):
+        actions.append(Terminate(pool.name, f"worker silent for {now - inst.state_since:.0f}s (lost_after_s="
+                                            f"{pool.lost_after_s:.0f})", (inst.id,)))
+        gone.add(inst.id)
+
+    stopped = sorted(ps.in_state(InstanceState.stopped), key=lambda i: i.id)
+    parked = len(stopped) + len(ps.in_state(InstanceState.stopping))
+    warm_target = _warm_target(pool, e)
+
+    # 2. finish drains: acknowledged, holding no task
+    drained = [i for i in ps.in_state(InstanceState.draining) if i.task_id is None]
+    to_stop = [i.id for i in drained[:max(0, warm_target - parked)]]
+    to_end = [i.id for i in drained if i.id not in to_stop]
+    if to_stop:
+        actions.append(Stop(pool.name, f"drained; into the warm pool ({parked} of {warm_target} stopped)",
+                            tuple(to_stop)))
+    if to_end:
+        why = "warm pool full" if pool.warm_pool.enabled else "warm pool off"
+        actions.append(Terminate(pool.name, f"drained, holds no task ({why})", tuple(to_end)))
+    gone.update(i.id for i in drained)
+
+    # what keeps serving the queue
+    idle = sorted(ps.in_state(InstanceState.idle), key=lambda i: i.state_since)
+    busy = ps.in_state(InstanceState.busy)
+    booting = [i for i in ps.in_state(InstanceState.booting) if i.id not in gone]
+    leaving_busy = [i for i in ps.in_state(InstanceState.draining) if i.task_id is not None]
+    fleet = len(idle) + len(busy) + len(booting) + len(leaving_busy) + ps.launches_in_flight
+    billed_price = sum(i.option.price_per_hour for i in (*idle, *busy, *booting, *leaving_busy))
+    billed_price += ps.launches_in_flight * e.option_price
+
+    # 3. scale out
+    usable_stopped = stopped if pool.warm_pool.enabled else []
+    n_start, n_launch = _scale_out(ps, now, pool, e, idle, busy, booting, len(usable_stopped), fleet, billed_price)
+    started = tuple(i.id for i in usable_stopped[:n_start])
+    if started:
+        actions.append(Start(pool.name, _scale_out_reason(ps, fleet, "warm start", n_start, e.start_s), started))
+    if n_launch:
+        actions.append(Launch(pool.name, _scale_out_reason(ps, fleet, "cold launch", n_launch, e.boot_s),
+                              pool.options[0], n_launch))
+
+    # 4. keep or drain idle instances
+    if ps.pending == 0 and idle:
+        actions.extend(_scale_in(now, pool, e, idle, len(busy) + len(booting) + ps.launches_in_flight,
+                                 billed_price))
+
+    # 5. warm pool upkeep
+    if not pool.warm_pool.enabled and stopped:
+        actions.append(Terminate(pool.name, "stopped, and the warm pool is off", tuple(i.id for i in stopped)))
+    elif pool.warm_pool.enabled:
+        # below min_size: launch instances to initialise; once idle they are drained and stopped
+        existing = fleet + parked + len(to_stop) + n_launch
+        fill = min(pool.warm_pool.min_size - existing,
+                   _room(pool, fleet + n_start + n_launch, billed_price + (n_start + n_launch) * e.option_price, e))
+        if fill > 0:
+            actions.append(Launch(pool.name, f"warm pool below min_size={pool.warm_pool.min_size} with {existing} "
+                                             f"instance(s): launching {fill} to initialise and stop",
+                                  pool.options[0], fill))
+        excess = parked + len(to_stop) - len(started) - pool.warm_pool.max_size
+        spare = sorted((i for i in stopped if i.id not in started), key=lambda i: i.state_since)
+        if excess > 0 and spare:
+            actions.append(Terminate(pool.name, f"warm pool above max_size={pool.warm_pool.max_size}",
+                                     tuple(i.id for i in spare[:excess])))
+    return actions
+
+
+class _Economics:
+    """Estimates (measured where the snapshot has them, the pool's priors otherwise) and prices per second."""
+
+    def __init__(self, pool: PoolConfig, rate: float, service_s: float, boot_s: float) -> None:
+        self.rate = rate  # arrivals per second, smoothed by the daemon
+        self.service_s = service_s
+        self.boot_s = boot_s
+        self.start_s = min(pool.expected_start_s, boot_s)
+        self.option_price = pool.options[0].price_per_hour
+        self.price_s = self.option_price / 3600.0
+        self.wait_price_s = pool.wait_cost_per_hour / 3600.0
+
+    @classmethod
+    def of(cls, ps: PoolSnapshot, pool: PoolConfig) -> _Economics:
+        return cls(pool, max(0.0, ps.arrival_rate_per_s), ps.service_time_s or pool.expected_service_s,
+                   ps.boot_time_s or pool.expected_boot_s)
+
+    def ready_at(self, inst: Instance, now: float, warm_pool: bool) -> float:
+        """When a booting instance should register. The snapshot does not say whether it was started
+        or launched: with the warm pool on, one booting for less than 1.5 warm starts is taken as a
+        warm start, any other as a cold boot."""
+        elapsed = now - inst.launched_at
+        warm = warm_pool and elapsed < 1.5 * self.start_s
+        return max(now, inst.launched_at + (self.start_s if warm else self.boot_s))
+
+    def replacement_value(self, warm: bool) -> float:
+        """$ saved when an arrival finds a warm instance instead of waiting for a replacement."""
+        ready_s = self.start_s if warm else self.boot_s
+        return self.price_s * (ready_s + DRAIN_ROUND_TRIP_S) + self.wait_price_s * ready_s
+
+    def worth_keeping(self, warm: bool, limit: int) -> int:
+        """How many warm instances (busy ones included) the break-even keeps, at most ``limit``."""
+        value, mu = self.replacement_value(warm), self.rate * self.service_s
+        n, below, term = 0, 0.0, math.exp(-mu)  # below = P(fewer than n of the others busy)
+        while n < limit and self.rate * max(0.0, 1.0 - below) * value >= self.price_s:
+            below += term
+            n += 1
+            term *= mu / n
+        return n
+
+
+def _warm_target(pool: PoolConfig, e: _Economics) -> int:
+    if not pool.warm_pool.enabled:
+        return 0
+    # at least one: a stopped instance bills only its volume, and without one the next scan waits a cold boot
+    need = max(1, _poisson_quantile(e.rate * (e.service_s + e.boot_s), 0.99))
+    return max(pool.warm_pool.min_size, min(pool.warm_pool.max_size, need))
+
+
+def _scale_out(ps: PoolSnapshot, now: float, pool: PoolConfig, e: _Economics, idle: list[Instance],
+               busy: list[Instance], booting: list[Instance], stopped: int, fleet: int,
+               billed_price: float) -> tuple[int, int]:
+    """(warm starts, cold launches) to add now."""
+    room = _room(pool, fleet, billed_price, e)
+    below_min = max(0, pool.min_instances - fleet)
+    if room <= 0 or (ps.pending == 0 and below_min == 0):
+        return 0, 0
+    slots = ([now] * len(idle) + [now + e.service_s / 2] * len(busy)
+             + [e.ready_at(i, now, pool.warm_pool.enabled) for i in booting]
+             + [now + e.boot_s] * ps.launches_in_flight)
+    # the queue now, then the arrivals expected while a cold boot and one service run go by
+    expected = int(e.rate * (e.boot_s + e.service_s)) if ps.pending else 0
+    releases = [now] * ps.pending + [now + (k + 0.5) / e.rate for k in range(expected)]
+    wait = _fifo_wait(slots, releases, e.service_s)
+    n_start = n_launch = 0
+    while n_start + n_launch < room:
+        warm = n_start < stopped
+        ready = now + (e.start_s if warm else e.boot_s)
+        after = _fifo_wait([*slots, ready], releases, e.service_s)
+        needed = n_start + n_launch < below_min or not slots
+        if not (needed or (ps.pending and (wait - after) * e.wait_price_s >= e.price_s * (ready - now))):
+            break
+        slots.append(ready)
+        wait = after
+        n_start, n_launch = (n_start + 1, n_launch) if warm else (n_start, n_launch + 1)
+    return n_start, n_launch
+
+
+def _room(pool: PoolConfig, fleet: int, billed_price: float, e: _Economics) -> int:
+    """Instances that can still be added under ``max_instances`` and ``max_cost_per_hour``."""
+    room = pool.max_instances - fleet
+    if pool.max_cost_per_hour is not None:
+        room = min(room, math.floor((pool.max_cost_per_hour - billed_price) / e.option_price + 1e-9))
+    return max(0, room)
+
+
+def _fifo_wait(slots: list[float], releases: list[float], service_s: float) -> float:
+    """Total seconds the jobs released at ``releases`` (ascending) wait when each, in order, goes to
+    the first free slot and holds it for ``service_s``."""
+    if not releases:
+        return 0.0
+    if not slots:
+        return math.inf
+    heap = list(slots)
+    heapq.heapify(heap)
+    total = 0.0
+    for release in releases:
+        start = max(release, heapq.heappop(heap))
+        total += start - release
+        heapq.heappush(heap, start + service_s)
+    return total
+
+
+def _scale_out_reason(ps: PoolSnapshot, fleet: int, how: str, n: int, ready_s: float) -> str:
+    if fleet == 0 and ps.pending:
+        return f"activation: {ps.pending} queued at zero capacity; {how} of {n} (ready in ~{ready_s:.0f}s)"
+    if not ps.pending:
+        return f"below min_instances with {fleet} instance(s); {how} of {n}"
+    return (f"{ps.pending} queued (oldest {ps.oldest_queued_age_s:.0f}s) for {fleet} instance(s); {how} of {n} "
+            f"(ready in ~{ready_s:.0f}s) saves more waiting than its boot costs")
+
+
+def _scale_in(now: float, pool: PoolConfig, e: _Economics, idle: list[Instance], others: int,
+              billed_price: float) -> list[Action]:
+    """Drain the idle instances not worth their price; ``idle`` is ordered longest idle first.
+
+    ``others``: busy and booting instances and launches in flight, which count as warm capacity first.
+    """
+    if pool.idle_policy == "fixed":
+        keep = len(idle)
+        why = f"fixed idle timeout {pool.idle_timeout_s:.0f}s"
+    else:
+        warm = pool.warm_pool.enabled
+        keep = max(0, e.worth_keeping(warm, others + len(idle)) - others)
+        why = (f"break-even keeps {keep} idle at {e.rate * 3600:.1f} arrivals/h "
+               f"(a {'warm start' if warm else 'cold boot'} costs ~${e.replacement_value(warm):.3f}, "
+               f"idling ${e.option_price:.2f}/h)")
+    floor = max(0, pool.min_instances - others)
+    keep = max(keep, floor)
+    if pool.max_cost_per_hour is not None and billed_price > pool.max_cost_per_hour:
+        over = math.ceil((billed_price - pool.max_cost_per_hour) / e.option_price - 1e-9)
+        keep = min(keep, max(floor, len(idle) - over))
+        why += f"; fleet over max_cost_per_hour={pool.max_cost_per_hour:.2f}"
+    actions: list[Action] = []
+    for rank, inst in enumerate(idle):  # the most recently idle are kept
+        idle_for = now - inst.state_since
+        kept, floored = rank >= len(idle) - keep, rank >= len(idle) - floor
+        if floored or (kept and idle_for < pool.idle_timeout_s):
+            continue
+        reason = why if not kept else f"idle past idle_timeout_s={pool.idle_timeout_s:.0f}"
+        actions.append(Drain(pool.name, f"idle {idle_for:.0f}s; {reason}", inst.id, inst.worker_id or inst.id))
+    return actions
+
+
+def _poisson_quantile(mu: float, q: float) -> int:
+    """Smallest n with P(Poisson(mu) <= n) >= q."""
+    n, term = 0, math.exp(-mu)
+    cdf = term
+    while cdf < q and n < 1000:
+        n += 1
+        term *= mu / n
+        cdf += term
+    return n
+
+

@@ -1,0 +1,188 @@
+"""A simulated ``ComputeProvider``: instances that take time to boot, start and stop, and a bill.
+
+Boot model (seconds, drawn per launch or start from seeded streams): an instance is ``pending``
+for ``pending_s`` and then ``running``; its worker registers ``cold_boot_s`` after a launch (the
+AMI boots, the agent installs and starts) or ``warm_start_s`` after a start of a stopped,
+pre-initialised instance. A stop takes ``stopping_s``. Each launch or start call fails with
+``CapacityError`` with probability ``capacity_error_p``.
+
+Billing follows EC2 on-demand Linux: per second from the moment the instance is ``running``
+(after a launch or a start) until the stop or terminate call, with a 60 s minimum each time;
+``pending``, ``stopping`` and ``stopped`` instances bill no compute (volume storage is left out).
+
+Each random quantity has its own stream, so the n-th launch draws the same boot time whichever
+policy drives the provider (common random numbers: two policies see the same machines).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from autoscaler.model import InstanceOption
+from autoscaler.providers.base import CapacityError, ComputeProvider, ProviderInstance
+from autoscaler.sim.clock import EventLoop
+
+MIN_BILLED_S = 60
+
+
+@dataclass(frozen=True)
+class BootModel:
+    """Uniform ranges, in seconds."""
+
+    cold_boot_s: tuple[float, float] = (90.0, 240.0)
+    warm_start_s: tuple[float, float] = (30.0, 90.0)
+    pending_s: tuple[float, float] = (10.0, 30.0)
+    stopping_s: float = 20.0
+    capacity_error_p: float = 0.0
+
+
+@dataclass
+class _Instance:
+    id: str
+    pool: str
+    option: InstanceOption
+    state: str  # pending | running | stopping | stopped
+    launched_at: float
+    running_at: float
+    generation: int = 0  # bumped on every state change that cancels scheduled events
+    billed_from: float | None = None
+
+
+@dataclass
+class Bill:
+    billed_s: int = 0
+    cost: float = 0.0
+    cold_launches: int = 0
+    warm_starts: int = 0
+    capacity_errors: int = 0
+    segments: list[tuple[str, float, float]] = field(default_factory=list)  # (instance, from, to)
+
+
+class SimProvider(ComputeProvider):
+    def __init__(self, loop: EventLoop, seed: int, boot: BootModel,
+                 on_ready: Callable[[str, str], None], on_gone: Callable[[str], None],
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        """``on_ready(instance_id, pool)`` registers the worker; ``on_gone(instance_id)`` removes it."""
+        self.loop = loop
+        self.boot = boot
+        self.bill = Bill()
+        self._on_ready, self._on_gone, self._on_change = on_ready, on_gone, on_change
+        self._streams = {name: random.Random(f"{seed}:{name}") for name in ("cold", "warm", "pending", "capacity")}
+        self._instances: dict[str, _Instance] = {}
+        self._ids = 0
+
+    # -- the ComputeProvider interface -----------------------------------------------------
+    def list_instances(self, pool: str) -> list[ProviderInstance]:
+        return [ProviderInstance(id=i.id, pool=i.pool, option=i.option, provider_state=i.state,
+                                 launched_at=i.launched_at)
+                for i in self._instances.values() if i.pool == pool]
+
+    def launch(self, pool: str, option: InstanceOption, count: int) -> list[str]:
+        self._maybe_capacity_error(f"launch of {count} {option.instance_type}")
+        ids = []
+        for _ in range(count):
+            self._ids += 1
+            inst = _Instance(id=f"i-{self._ids:05d}", pool=pool, option=option, state="pending",
+                             launched_at=0.0, running_at=0.0)
+            self._instances[inst.id] = inst
+            self._boot(inst, self._draw("cold", self.boot.cold_boot_s))
+            self.bill.cold_launches += 1
+            ids.append(inst.id)
+        return ids
+
+    def start(self, instance_ids: list[str]) -> list[str]:
+        ready = [i for i in instance_ids if i in self._instances and self._instances[i].state == "stopped"]
+        if ready:
+            self._maybe_capacity_error(f"start of {len(ready)} stopped instance(s)")
+        for iid in ready:
+            self._boot(self._instances[iid], self._draw("warm", self.boot.warm_start_s))
+            self.bill.warm_starts += 1
+        return ready
+
+    def stop(self, instance_ids: list[str]) -> None:
+        now = self.loop.now
+        for iid in instance_ids:
+            inst = self._instances.get(iid)
+            if inst is None or inst.state in ("stopping", "stopped"):
+                continue
+            self._end_billing(inst, now)
+            inst.state, inst.generation = "stopping", inst.generation + 1
+            self._on_gone(iid)
+            self._at(now + self.boot.stopping_s, inst, self._stopped)
+        self._on_change()
+
+    def terminate(self, instance_ids: list[str]) -> None:
+        now = self.loop.now
+        for iid in instance_ids:
+            inst = self._instances.pop(iid, None)
+            if inst is None:
+                continue
+            self._end_billing(inst, now)
+            inst.generation += 1
+            self._on_gone(iid)
+        self._on_change()
+
+    # -- what the simulator reads ----------------------------------------------------------
+    def running_at(self, instance_id: str) -> float:
+        """When the instance reaches (or reached) the provider state ``running``."""
+        return self._instances[instance_id].running_at
+
+    def billed_count(self) -> int:
+        """Instances launched or started and not yet stopping, stopped or terminated."""
+        return sum(1 for i in self._instances.values() if i.state in ("pending", "running"))
+
+    def close(self, now: float) -> Bill:
+        """End every open billing segment at ``now`` (the end of the simulation)."""
+        for inst in self._instances.values():
+            self._end_billing(inst, now)
+        return self.bill
+
+    # -- internals -------------------------------------------------------------------------
+    def _boot(self, inst: _Instance, boot_s: float) -> None:
+        now = self.loop.now
+        pending = min(self._draw("pending", self.boot.pending_s), boot_s)
+        inst.state, inst.launched_at, inst.running_at = "pending", now, now + pending
+        inst.generation += 1
+        self._at(now + pending, inst, self._running)
+        self._at(now + boot_s, inst, self._ready)
+        self._on_change()
+
+    def _at(self, t: float, inst: _Instance, fn: Callable[[_Instance], None]) -> None:
+        gen = inst.generation
+
+        def fire() -> None:
+            if self._instances.get(inst.id) is inst and inst.generation == gen:
+                fn(inst)
+
+        self.loop.at(t, fire)
+
+    def _running(self, inst: _Instance) -> None:
+        inst.state, inst.billed_from = "running", self.loop.now
+        self._on_change()
+
+    def _ready(self, inst: _Instance) -> None:
+        self._on_ready(inst.id, inst.pool)
+
+    def _stopped(self, inst: _Instance) -> None:
+        inst.state = "stopped"
+        self._on_change()
+
+    def _end_billing(self, inst: _Instance, now: float) -> None:
+        if inst.billed_from is None:
+            return
+        seconds = max(MIN_BILLED_S, math.ceil(now - inst.billed_from))
+        self.bill.billed_s += seconds
+        self.bill.cost += seconds * inst.option.price_per_hour / 3600.0
+        self.bill.segments.append((inst.id, inst.billed_from, now))
+        inst.billed_from = None
+
+    def _draw(self, stream: str, bounds: tuple[float, float]) -> float:
+        return self._streams[stream].uniform(*bounds)
+
+    def _maybe_capacity_error(self, what: str) -> None:
+        if self.boot.capacity_error_p > 0 and self._streams["capacity"].random() < self.boot.capacity_error_p:
+            self.bill.capacity_errors += 1
+            raise CapacityError(f"InsufficientInstanceCapacity (simulated) for {what}")

@@ -1,0 +1,117 @@
+"""A simulated task queue with its workers; it satisfies the daemon's ``QueueView`` protocol.
+
+FIFO. A registered worker that is idle and not draining takes the next task at once (when several
+are idle, one picked at random from a seeded stream, as polling agents race for the queue). A task
+runs for its trace service time. A worker asked to drain acknowledges at once, finishes its task
+and takes no new one. Workers heartbeat continuously (``last_seen`` is now) while their instance
+runs; a worker whose instance goes away gives its task back to the head of the queue.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from autoscaler.sim.clock import EventLoop
+from service.domain import QueueStats, WorkerInfo
+
+
+@dataclass
+class SimTask:
+    index: int
+    arrival_s: float
+    service_s: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker_id: str | None = None
+
+    @property
+    def wait_s(self) -> float | None:
+        return None if self.started_at is None else self.started_at - self.arrival_s
+
+
+@dataclass
+class _Worker:
+    id: str
+    task: SimTask | None = None
+    idle_since: float | None = None
+    draining: bool = False
+    generation: int = 0
+
+
+class SimQueue:
+    def __init__(self, loop: EventLoop, queue: str, seed: int, on_change: Callable[[], None] = lambda: None) -> None:
+        self.loop = loop
+        self.queue = queue
+        self.pending: deque[SimTask] = deque()
+        self.enqueued_total = 0
+        self.interrupted = 0  # tasks given back because their instance went away while running them
+        self.finished = 0
+        self.last_finish_s = 0.0
+        self._workers: dict[str, _Worker] = {}
+        self._rng = random.Random(f"{seed}:dispatch")
+        self._on_change = on_change
+
+    # -- the QueueView protocol ------------------------------------------------------------
+    def queue_stats(self, queue: str) -> QueueStats:
+        if queue != self.queue:
+            return QueueStats(queue=queue, pending=0, running=0, oldest_queued_age_s=0.0, enqueued_total=0)
+        oldest = self.loop.now - self.pending[0].arrival_s if self.pending else 0.0
+        running = sum(1 for w in self._workers.values() if w.task is not None)
+        return QueueStats(queue=queue, pending=len(self.pending), running=running, oldest_queued_age_s=oldest,
+                          enqueued_total=self.enqueued_total)
+
+    def workers(self, queue: str | None = None) -> list[WorkerInfo]:
+        if queue not in (None, self.queue):
+            return []
+        return [WorkerInfo(worker_id=w.id, queue=self.queue, task_id=f"t{w.task.index}" if w.task else None,
+                           last_seen=self.loop.now, idle_since=w.idle_since, draining=w.draining)
+                for w in self._workers.values()]
+
+    def request_drain(self, worker_id: str) -> None:
+        if worker_id in self._workers:
+            self._workers[worker_id].draining = True
+
+    # -- what the simulated world does -----------------------------------------------------
+    def submit(self, task: SimTask) -> None:
+        self.pending.append(task)
+        self.enqueued_total += 1
+        self._dispatch()
+
+    def register(self, worker_id: str) -> None:
+        self._workers[worker_id] = _Worker(id=worker_id, idle_since=self.loop.now)
+        self._dispatch()
+
+    def deregister(self, worker_id: str) -> None:
+        worker = self._workers.pop(worker_id, None)
+        if worker is not None and worker.task is not None:
+            worker.task.started_at = None
+            self.pending.appendleft(worker.task)
+            self.interrupted += 1
+            self._dispatch()
+
+    def busy_count(self) -> int:
+        return sum(1 for w in self._workers.values() if w.task is not None)
+
+    def _dispatch(self) -> None:
+        while self.pending:
+            idle = [w for w in self._workers.values() if w.task is None and not w.draining]
+            if not idle:
+                break
+            worker = self._rng.choice(sorted(idle, key=lambda w: w.id))
+            task = self.pending.popleft()
+            task.started_at, task.worker_id = self.loop.now, worker.id
+            worker.task, worker.idle_since = task, None
+            worker.generation += 1
+            self.loop.after(task.service_s, self._finish, worker, worker.generation)
+        self._on_change()
+
+    def _finish(self, worker: _Worker, generation: int) -> None:
+        if self._workers.get(worker.id) is not worker or worker.generation != generation or worker.task is None:
+            return
+        worker.task.finished_at = self.last_finish_s = self.loop.now
+        self.finished += 1
+        worker.task, worker.idle_since = None, self.loop.now
+        self._dispatch()

@@ -1,0 +1,216 @@
+"""The default policy, table-driven: a snapshot and the time in, actions out."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from autoscaler.model import (
+    Action,
+    Drain,
+    Instance,
+    InstanceOption,
+    InstanceState,
+    Launch,
+    PoolConfig,
+    PoolSnapshot,
+    Snapshot,
+    Start,
+    Stop,
+    Terminate,
+    WarmPoolConfig,
+)
+from autoscaler.policy import decide
+
+NOW = 100_000.0
+OPTION = InstanceOption("g5.xlarge", price_per_hour=1.0)
+POOL = PoolConfig(name="gpu", queue="scans", options=(OPTION,), expected_service_s=60.0, expected_boot_s=180.0)
+WARM = replace(POOL, warm_pool=WarmPoolConfig(enabled=True, min_size=0, max_size=4))
+PER_HOUR = 1 / 3600
+
+
+def inst(iid: str, state: InstanceState, since: float = 0.0, task: str | None = None,
+         launched: float | None = None) -> Instance:
+    """An instance in ``state`` for ``since`` seconds before NOW."""
+    has_worker = state not in (InstanceState.booting, InstanceState.stopped, InstanceState.stopping)
+    return Instance(id=iid, pool="gpu", option=OPTION, state=state,
+                    launched_at=NOW - (launched if launched is not None else since + 300),
+                    state_since=NOW - since, worker_id=iid if has_worker else None, task_id=task)
+
+
+def busy(iid: str) -> Instance:
+    return inst(iid, InstanceState.busy, task=f"t-{iid}")
+
+
+def snap(*instances: Instance, pending: int = 0, rate_per_h: float = 0.0, in_flight: int = 0,
+         oldest: float = 0.0) -> Snapshot:
+    ps = PoolSnapshot(pool="gpu", pending=pending, running=sum(1 for i in instances if i.task_id),
+                      oldest_queued_age_s=oldest, arrival_rate_per_s=rate_per_h * PER_HOUR,
+                      instances=tuple(instances), launches_in_flight=in_flight)
+    return Snapshot(now=NOW, pools={"gpu": ps})
+
+
+def run(s: Snapshot, pool: PoolConfig = POOL) -> list[Action]:
+    actions = decide(s, NOW, {"gpu": pool})
+    _check_invariants(s, actions)
+    return actions
+
+
+def _check_invariants(s: Snapshot, actions: list[Action]) -> None:
+    """Whatever the case: every action says why, and nothing busy or not yet drained is stopped or terminated."""
+    by_id = {i.id: i for i in s.pools["gpu"].instances}
+    for a in actions:
+        assert a.reason.strip(), a
+        if isinstance(a, (Terminate, Stop)):
+            for iid in a.instance_ids:
+                i = by_id[iid]
+                assert i.task_id is None or i.state is InstanceState.lost, (a, i)
+                assert i.state not in (InstanceState.idle, InstanceState.busy), (a, i)
+
+
+def launched(actions: list[Action]) -> int:
+    return sum(a.count for a in actions if isinstance(a, Launch))
+
+
+def of(actions: list[Action], kind: type) -> list[Action]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+# -- scale out ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("case, snapshot, pool, expect", [
+    ("activation: one job at zero", snap(pending=1), POOL, 1),
+    ("activation at zero even at a zero wait price", snap(pending=1), replace(POOL, wait_cost_per_hour=0.0), 1),
+    ("a booting instance covers one job", snap(inst("b", InstanceState.booting, launched=30), pending=1), POOL, 0),
+    ("a launch in flight covers one job", snap(pending=1, in_flight=1), POOL, 0),
+    ("an idle worker covers one job", snap(inst("i", InstanceState.idle), pending=1), POOL, 0),
+    ("nothing queued, nothing launched", snap(), POOL, 0),
+    ("max_instances caps the backlog", snap(busy("a"), pending=50, oldest=300), replace(POOL, max_instances=4), 3),
+    ("max_cost_per_hour caps the backlog", snap(busy("a"), pending=50, oldest=300),
+     replace(POOL, max_cost_per_hour=2.5), 1),
+    ("at max_instances nothing more", snap(busy("a"), busy("b"), pending=5), replace(POOL, max_instances=2), 0),
+])
+def test_scale_out(case: str, snapshot: Snapshot, pool: PoolConfig, expect: int) -> None:
+    assert launched(run(snapshot, pool)) == expect, case
+
+
+def test_activation_reason_says_so() -> None:
+    (action,) = run(snap(pending=1))
+    assert isinstance(action, Launch) and "activation" in action.reason
+
+
+def test_scale_out_is_sized_from_backlog_not_one_per_job() -> None:
+    n = launched(run(snap(pending=20, oldest=10)))
+    assert 1 < n < 20  # short jobs share instances: no per-job overshoot
+    assert launched(run(snap(pending=40, oldest=10))) >= n  # a bigger backlog never gets fewer
+
+
+def test_scale_out_counts_booting_and_in_flight() -> None:
+    alone = launched(run(snap(pending=12)))
+    booting = [inst(f"b{k}", InstanceState.booting, launched=20) for k in range(3)]
+    assert launched(run(snap(*booting, pending=12))) == pytest.approx(alone - 3, abs=1)
+    assert launched(run(snap(*booting, pending=12))) < alone
+    assert launched(run(snap(pending=12, in_flight=3))) < alone
+
+
+# -- keep or drain idle instances ---------------------------------------------------------------
+@pytest.mark.parametrize("case, rate_per_h, pool, drained", [
+    ("frequent arrivals keep the idle instance", 60.0, POOL, False),
+    ("rare arrivals drain it", 0.5, POOL, True),
+    ("no arrivals drain it", 0.0, POOL, True),
+    ("min_instances keeps it even without arrivals", 0.0, replace(POOL, min_instances=1), False),
+    ("fixed idle policy keeps it under idle_timeout_s", 0.0, replace(POOL, idle_policy="fixed"), False),
+])
+def test_idle_break_even(case: str, rate_per_h: float, pool: PoolConfig, drained: bool) -> None:
+    actions = run(snap(inst("i", InstanceState.idle, since=30), rate_per_h=rate_per_h), pool)
+    assert bool(of(actions, Drain)) is drained, case
+    assert not of(actions, Terminate)  # drain first, always
+
+
+def test_idle_past_idle_timeout_is_drained_even_when_arrivals_are_frequent() -> None:
+    actions = run(snap(inst("i", InstanceState.idle, since=1000), rate_per_h=60.0), replace(POOL, idle_timeout_s=900))
+    assert [a.instance_id for a in of(actions, Drain)] == ["i"]
+
+
+def test_only_the_surplus_idle_is_drained_longest_idle_first() -> None:
+    idle = [inst("old", InstanceState.idle, since=200), inst("new", InstanceState.idle, since=20)]
+    actions = run(snap(*idle, rate_per_h=20.0))
+    assert [a.instance_id for a in of(actions, Drain)] == ["old"]
+
+
+def test_no_drain_while_tasks_are_queued() -> None:
+    assert not of(run(snap(inst("i", InstanceState.idle, since=30), pending=2)), Drain)
+
+
+# -- drain before terminate ---------------------------------------------------------------------
+@pytest.mark.parametrize("case, instance, pool, expect", [
+    ("acknowledged drain, no task: terminated", inst("d", InstanceState.draining), POOL, Terminate),
+    ("draining but took a task: left alone", inst("d", InstanceState.draining, task="t1"), POOL, None),
+    ("busy: never terminated", busy("b"), POOL, None),
+    ("idle: drained, not terminated", inst("i", InstanceState.idle, since=60), POOL, Drain),
+    ("stuck boot: terminated", inst("s", InstanceState.booting, launched=700), replace(POOL, boot_timeout_s=600),
+     Terminate),
+    ("boot within its timeout: left alone", inst("s", InstanceState.booting, launched=500),
+     replace(POOL, boot_timeout_s=600), None),
+    ("lost worker: terminated", inst("l", InstanceState.lost, since=200), POOL, Terminate),
+    ("lost worker with a task: terminated", inst("l", InstanceState.lost, since=200, task="t"), POOL, Terminate),
+    ("drained with the warm pool short: stopped", inst("d", InstanceState.draining), WARM, Stop),
+    ("stopped while the warm pool is off: terminated", inst("x", InstanceState.stopped), POOL, Terminate),
+])
+def test_lifecycle(case: str, instance: Instance, pool: PoolConfig, expect: type | None) -> None:
+    actions = [a for a in run(snap(instance), pool) if not isinstance(a, Launch)]
+    if expect is None:
+        assert actions == [], case
+    else:
+        assert [type(a) for a in actions] == [expect], case
+        a = actions[0]
+        assert (a.instance_id if isinstance(a, Drain) else a.instance_ids) in (instance.id, (instance.id,))
+
+
+# -- warm pool ----------------------------------------------------------------------------------
+def test_warm_pool_starts_stopped_instances_before_launching() -> None:
+    actions = run(snap(inst("w1", InstanceState.stopped), pending=1), WARM)
+    assert [type(a) for a in actions] == [Start]
+    assert actions[0].instance_ids == ("w1",)
+
+
+def test_warm_pool_launches_only_what_stopped_instances_cannot_cover() -> None:
+    actions = run(snap(inst("w1", InstanceState.stopped), pending=20, oldest=60), WARM)
+    starts, launches = of(actions, Start), of(actions, Launch)
+    assert starts and starts[0].instance_ids == ("w1",)
+    assert actions.index(starts[0]) < actions.index(launches[0]) if launches else True
+
+
+def test_warm_pool_stops_while_short_and_terminates_when_full() -> None:
+    drained = [inst(f"d{k}", InstanceState.draining) for k in range(2)]
+    parked = [inst(f"s{k}", InstanceState.stopped) for k in range(3)]
+    actions = run(snap(*drained, *parked, rate_per_h=30.0), WARM)  # max_size 4: room for one more
+    assert [a.instance_ids for a in of(actions, Stop)] == [("d0",)]
+    assert [a.instance_ids for a in of(actions, Terminate)] == [("d1",)]
+
+
+def test_warm_pool_is_filled_to_min_size() -> None:
+    pool = replace(WARM, warm_pool=WarmPoolConfig(enabled=True, min_size=2, max_size=4))
+    assert launched(run(snap(inst("s0", InstanceState.stopped)), pool)) == 1
+    assert launched(run(snap(inst("s0", InstanceState.stopped), inst("s1", InstanceState.stopped)), pool)) == 0
+
+
+def test_warm_pool_above_max_size_is_trimmed() -> None:
+    parked = [inst(f"s{k}", InstanceState.stopped, since=100 - k) for k in range(6)]
+    (action,) = run(snap(*parked), WARM)
+    assert isinstance(action, Terminate) and len(action.instance_ids) == 2
+
+
+def test_warm_pool_drains_idle_sooner_than_cold() -> None:
+    """A warm start is cheap to come back from, so the break-even keeps idle instances for less."""
+    idle = inst("i", InstanceState.idle, since=30)
+    rate = 12.0
+    assert not of(run(snap(idle, rate_per_h=rate), POOL), Drain)
+    assert of(run(snap(idle, rate_per_h=rate), WARM), Drain)
+
+
+def test_pools_are_decided_separately_and_unknown_pools_ignored() -> None:
+    s = snap(pending=1)
+    other = replace(POOL, name="cpu")
+    assert decide(Snapshot(now=NOW, pools={**s.pools, "zzz": s.pools["gpu"]}), NOW, {"gpu": POOL, "cpu": other})
+    assert decide(s, NOW, {"cpu": other}) == []

@@ -1,0 +1,1 @@
+"""Sanctioned stand-ins for services that cannot run here (see DESIGN.md, Testing)."""
