@@ -32,6 +32,17 @@ from service.domain import (
     Template,
     WorkerInfo,
 )
+from service.backends.embedded_schema import (
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    TASK_COLUMNS,
+    dump,
+    prefixed,
+    statements,
+    task_from_row,
+    template_from_row,
+)
 from service.errors import (
     BackendUnavailable,
     ConfigError,
@@ -42,49 +53,7 @@ from service.errors import (
     UnknownAlgorithm,
 )
 
-# Bump SCHEMA_VERSION with every schema change and add the statements that upgrade the previous
-# version to MIGRATIONS[new version]; SCHEMA always holds the newest schema in full.
-SCHEMA_VERSION = 2
-MIGRATIONS: dict[int, list[str]] = {
-    # v2: fewer indexes to write per submit (the old inline UNIQUE stays in migrated stores).
-    2: ["CREATE UNIQUE INDEX IF NOT EXISTS tasks_scan ON tasks (scan_id, algorithm)",
-        "DROP INDEX IF EXISTS tasks_by_scan",
-        "DROP INDEX IF EXISTS tasks_running",
-        "CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE state = 'running'"],
-}
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS templates (
-    name TEXT PRIMARY KEY, entry_point TEXT NOT NULL, queue TEXT NOT NULL,
-    params TEXT NOT NULL, max_runtime_s REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tasks (
-    id TEXT PRIMARY KEY, algorithm TEXT NOT NULL, scan_id TEXT NOT NULL, queue TEXT NOT NULL,
-    state TEXT NOT NULL, params TEXT NOT NULL, output_uri TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0, worker_id TEXT, lease_until REAL,
-    created_at REAL NOT NULL, queued_at REAL, started_at REAL, finished_at REAL,
-    result TEXT, error TEXT, progress REAL, heartbeat_at REAL,
-    UNIQUE (scan_id, algorithm)  -- the idempotency key, and the index for lookups by scan
-);
-CREATE INDEX IF NOT EXISTS tasks_by_queue ON tasks (queue, state, queued_at);
--- Partial: inserting a queued task does not touch it; reaping reads only running tasks.
-CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE state = 'running';
-CREATE TABLE IF NOT EXISTS changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL, state TEXT NOT NULL,
-    attempt INTEGER NOT NULL, at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS workers (
-    id TEXT PRIMARY KEY, queue TEXT NOT NULL, task_id TEXT, last_seen REAL NOT NULL,
-    idle_since REAL, draining INTEGER NOT NULL DEFAULT 0
-);
-"""
-
 _NO_LOCK = nullcontext()
-
-TASK_COLUMNS = (
-    "id, algorithm, scan_id, queue, state, params, output_uri, attempt, worker_id, "
-    "created_at, queued_at, started_at, finished_at, result, error, progress, heartbeat_at"
-)
 
 
 class EmbeddedBackend(TaskBackend):
@@ -145,7 +114,7 @@ class EmbeddedBackend(TaskBackend):
                 raise ConfigError(f"task store {self.path} has schema version {version}, newer than this "
                                   f"scantide's {SCHEMA_VERSION}: upgrade scantide")
             if version == 0:
-                for statement in _statements(SCHEMA):
+                for statement in statements(SCHEMA):
                     db.execute(statement)
             else:
                 for v in range(version + 1, SCHEMA_VERSION + 1):
@@ -161,7 +130,7 @@ class EmbeddedBackend(TaskBackend):
         self._local = threading.local()
 
     # -- templates -------------------------------------------------------------------------
-    def register_template(self, template: Template) -> None:
+    def registertemplate_from_row(self, template: Template) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO templates VALUES (?, ?, ?, ?, ?)",
@@ -178,17 +147,17 @@ class EmbeddedBackend(TaskBackend):
                     (t.name, t.entry_point, t.queue, json.dumps(t.params), t.max_runtime_s),
                 )
 
-    def get_template(self, algorithm: str) -> Template:
+    def gettemplate_from_row(self, algorithm: str) -> Template:
         with self._tx(write=False) as db:
             row = db.execute("SELECT * FROM templates WHERE name = ?", (algorithm,)).fetchone()
         if row is None:
             known = ", ".join(t.name for t in self.templates()) or "none"
             raise UnknownAlgorithm(f"unknown algorithm {algorithm!r}; registered: {known}")
-        return _template(row)
+        return template_from_row(row)
 
     def templates(self) -> list[Template]:
         with self._tx(write=False) as db:
-            return [_template(r) for r in db.execute("SELECT * FROM templates ORDER BY name")]
+            return [template_from_row(r) for r in db.execute("SELECT * FROM templates ORDER BY name")]
 
     # -- platform side ---------------------------------------------------------------------
     def submit(self, algorithm: str, scan_id: str, params: dict[str, Any], output_uri: str) -> Submission:
@@ -206,7 +175,7 @@ class EmbeddedBackend(TaskBackend):
             for item in items:
                 if item.algorithm not in templates:
                     row = db.execute("SELECT * FROM templates WHERE name = ?", (item.algorithm,)).fetchone()
-                    templates[item.algorithm] = _template(row) if row else None
+                    templates[item.algorithm] = template_from_row(row) if row else None
                 template = templates[item.algorithm]
                 if template is None:
                     known = ", ".join(r[0] for r in db.execute("SELECT name FROM templates ORDER BY name")) or "none"
@@ -226,26 +195,26 @@ class EmbeddedBackend(TaskBackend):
                 ).fetchone()
                 if row is not None:
                     _record(db, task_id, JobState.queued, 0, now)
-                    out.append(Submission(task=_task(row), created=True))
+                    out.append(Submission(task=task_from_row(row), created=True))
                     continue
                 row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE algorithm = ? AND scan_id = ?",
                                  (item.algorithm, item.scan_id)).fetchone()
-                out.append(Submission(task=_task(row), created=False))
+                out.append(Submission(task=task_from_row(row), created=False))
         return out
 
-    def get_task(self, task_id: str) -> TaskInfo:
+    def gettask_from_row(self, task_id: str) -> TaskInfo:
         with self._tx(write=False) as db:
             row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             raise TaskNotFound(f"no task {task_id!r}")
-        return _task(row)
+        return task_from_row(row)
 
     def tasks_for_scan(self, scan_id: str) -> list[TaskInfo]:
         with self._tx(write=False) as db:
             rows = db.execute(
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE scan_id = ? ORDER BY created_at, rowid", (scan_id,)
             ).fetchall()
-        return [_task(r) for r in rows]
+        return [task_from_row(r) for r in rows]
 
     def list_tasks(self, state: JobState | None = None, limit: int = 50) -> list[TaskInfo]:
         where, args = ("WHERE state = ?", [state.value]) if state else ("", [])
@@ -254,20 +223,20 @@ class EmbeddedBackend(TaskBackend):
                 f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
                 (*args, limit),
             ).fetchall()
-        return [_task(r) for r in rows]
+        return [task_from_row(r) for r in rows]
 
     def changes(self, cursor: str | None, limit: int = 500) -> ChangePage:
         after = _parse_cursor(cursor)
         with self._tx(write=False) as db:
             rows = db.execute(
-                f"SELECT c.seq, c.state AS c_state, c.attempt AS c_attempt, c.at, {_prefixed('t')}"
+                f"SELECT c.seq, c.state AS c_state, c.attempt AS c_attempt, c.at, {prefixed('t')}"
                 " FROM changes c JOIN tasks t ON t.id = c.task_id WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
                 (after, limit + 1),
             ).fetchall()
         more = len(rows) > limit
         changes = [
             Change(cursor=str(r["seq"]), task_id=r["id"], state=JobState(r["c_state"]), attempt=r["c_attempt"],
-                   at=r["at"], task=_task(r))
+                   at=r["at"], task=task_from_row(r))
             for r in rows[:limit]
         ]
         return ChangePage(changes=changes, cursor=changes[-1].cursor if changes else cursor, more=more)
@@ -337,7 +306,7 @@ class EmbeddedBackend(TaskBackend):
             if row is None:
                 db.execute("UPDATE workers SET last_seen = ? WHERE id = ?", (now, worker_id))
                 return None
-            task = _task(row)
+            task = task_from_row(row)
             _record(db, task.task_id, JobState.running, task.attempt, now)
             db.execute(
                 "UPDATE workers SET task_id = ?, idle_since = NULL, last_seen = ? WHERE id = ?",
@@ -373,12 +342,12 @@ class EmbeddedBackend(TaskBackend):
                 f"UPDATE tasks SET state = ?, finished_at = ?, lease_until = NULL, result = ?, error = ?,"
                 f" progress = CASE WHEN ? = 'completed' THEN 1 ELSE progress END"
                 f" WHERE id = ? AND worker_id = ? AND state = 'running' RETURNING {TASK_COLUMNS}",
-                (state.value, now, _dump(result), _dump(asdict(error) if error else None), state.value, task_id,
+                (state.value, now, dump(result), dump(asdict(error) if error else None), state.value, task_id,
                  worker_id),
             ).fetchone()
             if row is None:
                 raise LeaseLost(f"worker {worker_id} no longer holds task {task_id}; its result was not recorded")
-            task = _task(row)
+            task = task_from_row(row)
             _record(db, task_id, state, task.attempt, now)
             db.execute(
                 "UPDATE workers SET task_id = NULL, idle_since = ?, last_seen = ? WHERE id = ?",
@@ -397,7 +366,7 @@ class EmbeddedBackend(TaskBackend):
         ).fetchall()
         changed = []
         for row in expired:
-            task = _task(row)
+            task = task_from_row(row)
             if task.attempt < self.max_attempts:
                 # queued_at stays: the re-queued task goes back to the front of the queue.
                 new = db.execute(
@@ -414,18 +383,12 @@ class EmbeddedBackend(TaskBackend):
                 )
                 new = db.execute(
                     f"UPDATE tasks SET state = 'failed', lease_until = NULL, finished_at = ?, error = ?"
-                    f" WHERE id = ? RETURNING {TASK_COLUMNS}", (now, _dump(asdict(err)), task.task_id)
+                    f" WHERE id = ? RETURNING {TASK_COLUMNS}", (now, dump(asdict(err)), task.task_id)
                 ).fetchone()
                 _record(db, task.task_id, JobState.failed, task.attempt, now)
             db.execute("UPDATE workers SET task_id = NULL WHERE id = ? AND task_id = ?", (task.worker_id, task.task_id))
-            changed.append(_task(new))
+            changed.append(task_from_row(new))
         return changed
-
-
-def _statements(script: str) -> list[str]:
-    """Split a schema script into statements (``--`` comments dropped: no literal in it holds one)."""
-    code = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
-    return [s for s in code.split(";") if s.strip()]
 
 
 def new_task_id() -> str:
@@ -433,11 +396,9 @@ def new_task_id() -> str:
     so inserts append to the primary-key B-tree instead of landing all over it."""
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
 
-
 def _record(db: sqlite3.Connection, task_id: str, state: JobState, attempt: int, now: float) -> None:
     db.execute("INSERT INTO changes (task_id, state, attempt, at) VALUES (?, ?, ?, ?)",
                (task_id, state.value, attempt, now))
-
 
 def _parse_cursor(cursor: str | None) -> int:
     if cursor in (None, ""):
@@ -446,30 +407,3 @@ def _parse_cursor(cursor: str | None) -> int:
         return int(cursor)
     except ValueError as exc:
         raise InvalidRequest(f"invalid change cursor {cursor!r}") from exc
-
-
-def _prefixed(alias: str) -> str:
-    return ", ".join(f"{alias}.{c.strip()}" for c in TASK_COLUMNS.split(","))
-
-
-def _dump(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
-
-
-def _template(row: sqlite3.Row) -> Template:
-    return Template(name=row["name"], entry_point=row["entry_point"], queue=row["queue"],
-                    params=json.loads(row["params"]), max_runtime_s=row["max_runtime_s"])
-
-
-def _task(row: sqlite3.Row) -> TaskInfo:
-    error = json.loads(row["error"]) if row["error"] else None
-    return TaskInfo(
-        task_id=row["id"], algorithm=row["algorithm"], scan_id=row["scan_id"], queue=row["queue"],
-        state=JobState(row["state"]), params=json.loads(row["params"]), output_uri=row["output_uri"],
-        attempt=row["attempt"], worker_id=row["worker_id"], created_at=row["created_at"],
-        queued_at=row["queued_at"], started_at=row["started_at"], finished_at=row["finished_at"],
-        result=json.loads(row["result"]) if row["result"] else None,
-        error=TaskError(**error) if error else None,
-        progress=row["progress"],
-        heartbeat_at=row["heartbeat_at"],
-    )
