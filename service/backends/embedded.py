@@ -130,7 +130,7 @@ class EmbeddedBackend(TaskBackend):
         self._local = threading.local()
 
     # -- templates -------------------------------------------------------------------------
-    def registertemplate_from_row(self, template: Template) -> None:
+    def register_template(self, template: Template) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO templates VALUES (?, ?, ?, ?, ?)",
@@ -147,7 +147,7 @@ class EmbeddedBackend(TaskBackend):
                     (t.name, t.entry_point, t.queue, json.dumps(t.params), t.max_runtime_s),
                 )
 
-    def gettemplate_from_row(self, algorithm: str) -> Template:
+    def get_template(self, algorithm: str) -> Template:
         with self._tx(write=False) as db:
             row = db.execute("SELECT * FROM templates WHERE name = ?", (algorithm,)).fetchone()
         if row is None:
@@ -202,7 +202,7 @@ class EmbeddedBackend(TaskBackend):
                 out.append(Submission(task=task_from_row(row), created=False))
         return out
 
-    def gettask_from_row(self, task_id: str) -> TaskInfo:
+    def get_task(self, task_id: str) -> TaskInfo:
         with self._tx(write=False) as db:
             row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
