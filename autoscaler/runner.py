@@ -43,7 +43,7 @@ def build(settings: Settings, backend: TaskBackend, provider: ComputeProvider | 
 
     config = load_config(settings)
     provider = provider or make_provider(config, settings)
-    journal = Journal(settings.state_dir / "autoscaler" / "journal.jsonl")
+    journal = Journal(settings.autoscaler_journal)
     autoscaler = Autoscaler(config.pools, provider, backend, decide, journal=journal,
                             executor=ThreadPoolExecutor(max_workers=8, thread_name_prefix="launch"))
     return Built(autoscaler, provider, config)

@@ -44,7 +44,8 @@ class MonitorDaemon:
     def __init__(self, backend: TaskBackend, settings: Settings) -> None:
         self.settings = settings
         self.outbox = outbox_for(settings)
-        self.watcher = Watcher(backend, self.outbox, alert_config(settings), link=linker_for(settings))
+        self.watcher = Watcher(backend, self.outbox, alert_config(settings), link=linker_for(settings),
+                               journal=settings.autoscaler_journal)
         policy = delivery_policy(settings)
         self.deliverer = Deliverer(self.outbox, policy) if policy else None
         self._stop = threading.Event()
@@ -69,7 +70,7 @@ class MonitorDaemon:
                 added = self.watcher.poll_changes()
                 if time.monotonic() >= next_alerts:
                     next_alerts = time.monotonic() + ALERT_EVERY_S
-                    added += self.watcher.check_alerts()
+                    added += self.watcher.check_alerts() + self.watcher.poll_journal()
                 if added and self.deliverer is not None:
                     self.deliverer.wake()
                 failures = 0

@@ -139,3 +139,12 @@ def backlog(queue: str, status: str, breach: int, oldest_age_s: float, pending: 
     return Event(event_id("backlog", queue, breach, status), "queue.backlog", f"queue:{queue}", now,
                  {"queue": queue, "status": status, "oldest_queued_age_s": round(oldest_age_s, 1),
                   "pending": pending, "slo_s": slo_s})
+
+
+def launch_failed(entry: dict[str, Any]) -> Event:
+    """``fleet.launch_failed``: the autoscaler could not start capacity for a pool on any option."""
+    at = float(entry.get("at") or 0.0)
+    pool = str(entry.get("pool", ""))
+    reason = str(entry.get("reason", ""))
+    data = {"pool": pool, "reason": reason, "option": entry.get("option"), "at": iso(at)}
+    return Event(event_id("launch_failed", pool, at, reason), "fleet.launch_failed", f"pool:{pool}", at, data)

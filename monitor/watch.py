@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from monitor import events
 from monitor.alerts import AlertConfig, backlog_transitions, find_stalls
 from monitor.events import Linker, local_link
+from monitor.fleet import Position, is_final_launch_failure, read_new
 from monitor.outbox import Outbox
 from service.backends.base import TaskBackend
 from service.domain import JobState
@@ -21,13 +23,15 @@ log = logging.getLogger(__name__)
 
 CURSOR = "changes_cursor"
 BACKLOG = "backlog_state"  # {"breached": [queues], "breaches": {queue: count}}
+JOURNAL = "journal_position"  # how far the autoscaler's journal was read
 ACTIVE_LIMIT = 10_000  # queued/running tasks the stall rules look at per tick
 
 
 class Watcher:
     def __init__(self, backend: TaskBackend, outbox: Outbox, alerts: AlertConfig, *, page_size: int = 500,
-                 link: Linker = local_link) -> None:
+                 link: Linker = local_link, journal: Path | None = None) -> None:
         self.backend = backend
+        self.journal = journal
         self.outbox = outbox
         self.alerts = alerts
         self.page_size = page_size
@@ -44,6 +48,16 @@ class Watcher:
             cursor = page.cursor
             if not page.more:
                 return added
+
+    def poll_journal(self) -> int:
+        """Launches the autoscaler gave up on, as ``fleet.launch_failed``; returns how many were new."""
+        if self.journal is None:
+            return 0
+        entries, pos = read_new(self.journal, Position.from_json(self.outbox.get(JOURNAL)))
+        built = [events.launch_failed(e) for e in entries if is_final_launch_failure(e)]
+        for e in built:
+            log.warning("fleet_launch_failed pool=%s reason=%s", e.data["pool"], e.data["reason"])
+        return self.outbox.append(built, state={JOURNAL: pos.to_json()})
 
     def check_alerts(self, now: float | None = None) -> int:
         """Stall and backlog rules; returns how many events were new."""

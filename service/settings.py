@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     def token_file(self) -> Path:
         return self.state_dir / "api_token"
 
+    @property
+    def autoscaler_journal(self) -> Path:
+        """The autoscaler's decisions, JSON lines; the monitor turns its launch failures into events."""
+        return self.state_dir / "autoscaler" / "journal.jsonl"
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -680,3 +680,45 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait(timeout=10)
+
+
+def test_capacity_exhausted_pages_on_call(fleet: Fleet, settings: Any) -> None:
+    """No option has capacity: the launch fails for good, the journal says so, and the monitor
+    turns that entry (once, across re-reads) into a signed ``fleet.launch_failed`` webhook."""
+    from monitor.daemon import alert_config, delivery_policy, outbox_for
+    from monitor.watch import Watcher
+    from monitor.webhook import Deliverer
+    from tests.monitor.conftest import SECRET, with_settings
+    from tests.monitor.receiver import Receiver
+
+    fleet.client.refuse = lambda params: True
+    fleet.submit(1)
+    fleet.daemon(make_pool(SPOT, ON_DEMAND)).tick()
+    assert fleet.ec2_instances() == {}
+    final = [e for e in fleet.entries("launch_failed") if e["fallback"] is False]
+    assert len(final) == 1 and final[0]["reason"] == "no option had capacity"
+
+    receiver = Receiver(SECRET)
+    receiver.up()
+    try:
+        cfg = with_settings(settings, webhook_url=receiver.url, webhook_secret=SECRET, webhook_backoff_base_s=0.2)
+        outbox = outbox_for(cfg)
+        watcher = Watcher(fleet.backend, outbox, alert_config(cfg), journal=fleet.journal_path)
+        assert watcher.poll_journal() == 1
+        assert watcher.poll_journal() == 0, "read once: the position is kept with the event"
+        restarted = Watcher(fleet.backend, outbox_for(cfg), alert_config(cfg), journal=fleet.journal_path)
+        assert restarted.poll_journal() == 0, "a restarted monitor resumes from the kept position"
+
+        policy = delivery_policy(cfg)
+        assert policy is not None
+        deliverer = Deliverer(outbox, policy)
+        sender = threading.Thread(target=deliverer.run, kwargs={"idle_wait_s": 0.1}, daemon=True)
+        sender.start()
+        wait_for(lambda: receiver.accepted(), timeout_s=20, what="the launch failure webhook")
+        deliverer.stop()
+        sender.join(timeout=10)
+        (got,) = receiver.accepted()
+        assert got.type == "fleet.launch_failed" and got.signature_error is None
+        assert got.body["data"]["pool"] == POOL and got.body["data"]["reason"] == "no option had capacity"
+    finally:
+        receiver.down()
