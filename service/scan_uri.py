@@ -55,8 +55,9 @@ def validate_scan_uri(
         raise InvalidScanUri("scan_uri contains control characters")
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
-    if scheme == "s3":
-        return _validate_s3(uri, parts.netloc, parts.path)
+    if scheme == "s3":  # the key is everything after the bucket: S3 keys may hold '?' and '#'
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        return _validate_s3(bucket, key)
     if scheme in ("https", "http"):
         return _validate_http(uri, scheme, parts.hostname, parts.path, allowed_hosts, resolver)
     if scheme == "file":
@@ -73,7 +74,7 @@ def _reject_traversal(path: str) -> None:
         raise InvalidScanUri("scan_uri must not contain '..' path segments")
 
 
-def _validate_s3(uri: str, bucket: str, key: str) -> str:
+def _validate_s3(bucket: str, key: str) -> str:
     if not _BUCKET.match(bucket):
         raise InvalidScanUri(f"invalid S3 bucket name {bucket!r} in scan_uri")
     key = key.lstrip("/")

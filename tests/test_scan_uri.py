@@ -68,6 +68,7 @@ def refused(uri: str, root: Path, error: type[ScantideError], code: str, **kwarg
         ("s3://scans-bucket/clinic/2024/scan.mp4", "s3://scans-bucket/clinic/2024/scan.mp4"),
         ("  S3://scans-bucket//clinic/scan.mp4\n", "s3://scans-bucket/clinic/scan.mp4"),
         ("s3://scans.bucket-1/a", "s3://scans.bucket-1/a"),
+        ("s3://scans-bucket/clinic/scan?v=2#take 1.mp4", "s3://scans-bucket/clinic/scan?v=2#take 1.mp4"),
     ],
 )
 def test_s3_uri_is_accepted_and_normalised(root: Path, uri: str, normalised: str) -> None:
