@@ -40,26 +40,14 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._load import LoadResult, RequestFactory, encode_post, new_event_loop, run_load
+from benchmarks._proc import HOST, HTTP, LOOP, busy_cores_s, cpu_s, free_port, stop
 
-HOST = "127.0.0.1"
 TOKEN = "bench-token"
 SCAN_FILE = "bench-scan.mp4"
 GOAL_RATIO = 0.5
 GOAL_P99_MS = 20.0
 SATURATED = 0.9  # a process using this share of one core or more is taken to be the bottleneck
 ROWS = {"ours": "scantide POST /v1/scans", "bare": "bare FastAPI 202"}
-
-
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
-
-
-LOOP = "uvloop" if _has("uvloop") else "asyncio"
-HTTP = "httptools" if _has("httptools") else "h11"
 
 
 # -- server side (runs in the subprocess) ------------------------------------------------------
@@ -103,44 +91,19 @@ def serve(kind: str, port: int, state_dir: Path) -> None:
 
 
 # -- benchmark side ----------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system, every thread) a process has used; None off Linux."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _busy_cores_s() -> float | None:
-    """CPU seconds every process on the machine has used (from /proc/stat); None off Linux."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class Server:
     proc: subprocess.Popen
     port: int
 
     def cpu_s(self) -> float | None:
-        return _cpu_s(self.proc.pid)
+        return cpu_s(self.proc.pid)
 
 
 @contextmanager
 def running(kind: str, state_dir: Path, log: Path, timeout_s: float = 30.0) -> Iterator[Server]:
     """One server subprocess, accepting connections; stopped (and reaped) on exit."""
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--port", str(port),
             "--state-dir", str(state_dir)]
     # Hermetic: no SCANTIDE_* from our environment, no scantide.toml from our working directory.
@@ -163,19 +126,7 @@ def running(kind: str, state_dir: Path, log: Path, timeout_s: float = 30.0) -> I
                 time.sleep(0.05)
         yield Server(proc, port)
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdin:
-        proc.stdin.close()
+        stop(proc)
 
 
 def _request_factory(scan_uri: str) -> RequestFactory:
@@ -224,10 +175,10 @@ def measure(server: Server, make: RequestFactory, numbers: itertools.count, *, c
                                    numbers=numbers))
         if warm.errors:
             raise RuntimeError(f"warm-up failed: {warm.errors} errors, e.g. {warm.error_samples}")
-        cpu0, busy0 = server.cpu_s(), _busy_cores_s()
+        cpu0, busy0 = server.cpu_s(), busy_cores_s()
         load = runner.run(run_load(HOST, server.port, make, concurrency=concurrency, duration_s=duration_s,
                                    numbers=numbers, rate_per_s=rate_per_s))
-        cpu1, busy1 = server.cpu_s(), _busy_cores_s()
+        cpu1, busy1 = server.cpu_s(), busy_cores_s()
     return Run(load, _delta(cpu0, cpu1), _delta(busy0, busy1))
 
 

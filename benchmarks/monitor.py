@@ -46,6 +46,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._proc import HOST, HTTP, LOOP, cpu_s, stop
 from monitor.daemon import outbox_for
 from monitor.events import event_id
 from service.backends import open_backend
@@ -56,7 +57,6 @@ from service.settings import Settings, load_settings
 from service.signing import EVENT_ID_HEADER, SignatureError, verify_signature
 from service.supervisor import cli_argv, settings_env
 
-HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-0123456789abcdef"
 WORKER = "bench-worker"
@@ -67,18 +67,6 @@ MONITOR_FIELDS = ("monitor_poll_s", "webhook_timeout_s", "webhook_max_age_s", "w
                   "webhook_backoff_cap_s", "webhook_concurrency", "stall_no_heartbeat_s", "max_queue_wait_s",
                   "backlog_slo_s")
 ANCHOR_ROW = f"anchor: ClearML-style {ANCHOR_POLL_S:g} s poll (modelled)"
-
-
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
-
-
-LOOP = "uvloop" if _has("uvloop") else "asyncio"
-HTTP = "httptools" if _has("httptools") else "h11"
 
 
 # -- the platform's side -----------------------------------------------------------------------
@@ -206,26 +194,7 @@ def running_monitor(settings: Settings, log: Path) -> Iterator[subprocess.Popen]
     try:
         yield proc
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system, every thread) a process has used; None off Linux."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        stop(proc, timeout_s=15)
 
 
 # -- the phases --------------------------------------------------------------------------------
@@ -295,7 +264,7 @@ def throughput_phase(settings: Settings, worker: Worker, receiver: Receiver, log
     spawned_at = time.time()
     with running_monitor(settings, log) as monitor:
         receiver.wait_for(ids, timeout_s, monitor)
-        cpu = _cpu_s(monitor.pid)
+        cpu = cpu_s(monitor.pid)
     return Throughput(Phase(completions, {eid: receiver.arrivals[eid] for eid in ids if eid in receiver.arrivals}),
                       spawned_at, cpu)
 
