@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -21,14 +20,14 @@ def register(app: typer.Typer) -> None:
 def simulate(
     trace: str = typer.Option(..., help="grin-day, steady, burst, or a CSV file with columns arrival_s,service_s."),
     policy: str = typer.Option("default", help="Policy to run: default or clearml."),
-    vs: Optional[str] = typer.Option(None, help="Also run this policy on the same machines and compare: clearml."),
+    vs: str | None = typer.Option(None, help="Also run this policy on the same machines and compare: clearml."),
     warm_pool: bool = typer.Option(False, "--warm-pool",
                                    help="Give the default policy a warm pool of stopped instances."),
     seed: int = typer.Option(0, help="Seed for the built-in traces, boot times and dispatch."),
     tick_s: float = typer.Option(15.0, min=1.0, help="The daemon's tick, seconds."),
     capacity_error_p: float = typer.Option(0.0, min=0.0, max=1.0,
                                            help="Probability a launch or start fails for capacity."),
-    png: Optional[Path] = typer.Option(None, help="Write queue depth and fleet size over time to this PNG."),
+    png: Path | None = typer.Option(None, help="Write queue depth and fleet size over time to this PNG."),
 ) -> None:
     """Replay a trace on a virtual clock through the real policy and daemon; print cost and queue waits."""
     from dataclasses import replace
@@ -58,7 +57,7 @@ def simulate(
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
     for row in rows(result.summaries):
         table.add_row(*row)
-    Console(width=max(console.width, 140)).print(table)  # never squeeze the table into 80 columns
+    Console(width=max(console.width, 160)).print(table)  # never squeeze the table into 80 columns
     if png is not None:
         result.plot(png)
         console.print(f"plot written to {png}")

@@ -240,7 +240,7 @@ class Autoscaler:
                     self.journal.record(self.clock(), "launch_failed", pool.name, str(exc),
                                         option=asdict(option), fallback=True)
                     continue
-                except Exception as exc:  # noqa: BLE001 - a broken launch must not kill the daemon
+                except Exception as exc:  # a broken launch must not kill the daemon
                     log.exception("launch_error pool=%s", pool.name)
                     self.journal.record(self.clock(), "launch_failed", pool.name, f"{type(exc).__name__}: {exc}",
                                         option=asdict(option), fallback=False)

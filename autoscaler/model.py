@@ -61,8 +61,9 @@ class PoolConfig:
     warm_pool: WarmPoolConfig = field(default_factory=WarmPoolConfig)
     expected_start_s: float = 60.0  # prior for a warm start (stopped → worker registered), seconds
     # What one scan waiting an hour costs, $: the break-even weighs an idle instance's price
-    # against the boot it saves plus the wait it saves at this price.
-    wait_cost_per_hour: float = 2.0
+    # against the boot it saves plus the wait it saves at this price, and scale-out adds an
+    # instance only when the waiting it saves at this price pays for its boot.
+    wait_cost_per_hour: float = 1.0
     arrival_window_s: float = 600.0  # time constant of the daemon's arrival-rate smoothing, seconds
 
     def __post_init__(self) -> None:

@@ -7,21 +7,25 @@ Per pool, every tick:
 2. **Finish drains.** An instance whose worker acknowledged a drain (state ``draining``) and holds
    no task is stopped into the warm pool while the pool is short of its size, else terminated. No
    other running instance is ever stopped or terminated: drain before terminate.
-3. **Scale out.** Queued tasks, then the arrivals expected at the smoothed rate while a cold boot
-   and one service run go by, are placed first-come first-served on the capacity there is (idle
-   workers now, busy ones after about half a service time, booting instances and launches in
-   flight when their boot should end). New capacity is added one instance at a time, warm starts
-   of stopped instances before cold launches, while the waiting it saves, priced at
-   ``wait_cost_per_hour``, pays for its boot; the first task at zero capacity always gets one
-   (activation on the first tick). A backlog of short tasks therefore gets fewer instances than
-   tasks, never one per task. ``max_instances`` and ``max_cost_per_hour`` cap the fleet.
+3. **Scale out.** Queued tasks, then the arrivals expected at the smoothed rate before new capacity
+   could be ready (a warm start while stopped instances remain, else a cold boot), are placed
+   first-come first-served on the capacity there is (idle workers now, busy ones after about half
+   a service time, booting instances and launches in flight when their boot should end). New
+   capacity is added one instance at a time, warm starts of stopped instances before cold
+   launches, while the waiting it saves, priced at ``wait_cost_per_hour``, pays for its boot; the
+   first task at zero capacity always gets one (activation on the first tick). A backlog of short
+   tasks therefore gets fewer instances than tasks, never one per task. ``max_instances`` and
+   ``max_cost_per_hour`` cap the fleet.
 4. **Keep or drain idle instances (break-even).** The n-th warm instance (busy ones counted
    first) is kept while the arrivals that would find the other n-1 busy, at the smoothed arrival
-   rate, are worth its price: each such arrival served warm saves the replacement's boot billing,
-   the drain round trip and the wait a boot would cause (priced at ``wait_cost_per_hour``). The
-   replacement is a warm start when the warm pool is on, a cold boot otherwise. Idle instances
-   beyond that are drained, longest idle first; none is kept past ``idle_timeout_s``; never below
-   ``min_instances``. With ``idle_policy="fixed"`` an instance is drained after ``idle_timeout_s``.
+   rate, are worth its price. For the first, each such arrival served warm saves a replacement: its
+   boot billing, the drain round trip and the wait the boot causes (priced at
+   ``wait_cost_per_hour``); the replacement is a warm start when the warm pool is on, a cold boot
+   otherwise. For the n-th of several, the arrival would instead wait for the first of the others to
+   free (about ``service_s / n``), so it saves that wait, or a replacement if that is cheaper. Idle
+   instances beyond that are drained, longest idle first; none is kept past ``idle_timeout_s``;
+   never below ``min_instances``. With ``idle_policy="fixed"`` an instance is drained after
+   ``idle_timeout_s``.
 5. **Warm pool.** Its size follows the arrival rate: enough stopped instances for the instances
    a rate-``λ`` stream keeps busy over a service time plus a cold boot (99th percentile of a
    Poisson count, at least one), between the pool's ``min_size`` and ``max_size``. Stopped
@@ -170,11 +174,18 @@ class _Economics:
         ready_s = self.start_s if warm else self.boot_s
         return self.price_s * (ready_s + DRAIN_ROUND_TRIP_S) + self.wait_price_s * ready_s
 
+    def keep_value(self, warm: bool, n: int) -> float:
+        """$ saved by the n-th warm instance for an arrival that finds the other n-1 busy: a replacement
+        when there is no other; else the wait for the first of the others to free (the least of n-1
+        residual service times, about ``service_s / n``), or a replacement if that is cheaper."""
+        replacement = self.replacement_value(warm)
+        return replacement if n == 1 else min(replacement, self.wait_price_s * self.service_s / n)
+
     def worth_keeping(self, warm: bool, limit: int) -> int:
         """How many warm instances (busy ones included) the break-even keeps, at most ``limit``."""
-        value, mu = self.replacement_value(warm), self.rate * self.service_s
+        mu = self.rate * self.service_s
         n, below, term = 0, 0.0, math.exp(-mu)  # below = P(fewer than n of the others busy)
-        while n < limit and self.rate * max(0.0, 1.0 - below) * value >= self.price_s:
+        while n < limit and self.rate * max(0.0, 1.0 - below) * self.keep_value(warm, n + 1) >= self.price_s:
             below += term
             n += 1
             term *= mu / n
@@ -200,8 +211,10 @@ def _scale_out(ps: PoolSnapshot, now: float, pool: PoolConfig, e: _Economics, id
     slots = ([now] * len(idle) + [now + e.service_s / 2] * len(busy)
              + [e.ready_at(i, now, pool.warm_pool.enabled) for i in booting]
              + [now + e.boot_s] * ps.launches_in_flight)
-    # the queue now, then the arrivals expected while a cold boot and one service run go by
-    expected = int(e.rate * (e.boot_s + e.service_s)) if ps.pending else 0
+    # the queue now, then the arrivals expected before new capacity could be ready: arrivals after
+    # that are served as well by capacity added at a later tick, so they justify no instance now
+    horizon_s = e.start_s if stopped else e.boot_s
+    expected = int(e.rate * horizon_s) if ps.pending else 0
     releases = [now] * ps.pending + [now + (k + 0.5) / e.rate for k in range(expected)]
     wait = _fifo_wait(slots, releases, e.service_s)
     n_start = n_launch = 0

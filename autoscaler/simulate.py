@@ -42,11 +42,12 @@ class Comparison:
 
 
 def simulate(trace: str | Trace, policy: str = "default", vs: str | None = None, warm_pool: bool = False,
-             seed: int = 0, settings: SimSettings = SimSettings(), pool: PoolConfig | None = None) -> Comparison:
+             seed: int = 0, settings: SimSettings | None = None, pool: PoolConfig | None = None) -> Comparison:
     """Run ``policy`` on ``trace`` and, when ``vs`` names one, that policy on the same machines.
 
     ``warm_pool`` turns the warm pool on for the default policy (the baseline has none).
     """
+    settings = settings or SimSettings()
     if isinstance(trace, str):
         trace = load_trace(trace, seed)
     pool = pool or default_pool()

@@ -8,7 +8,9 @@ pre-initialised instance. A stop takes ``stopping_s``. Each launch or start call
 
 Billing follows EC2 on-demand Linux: per second from the moment the instance is ``running``
 (after a launch or a start) until the stop or terminate call, with a 60 s minimum each time;
-``pending``, ``stopping`` and ``stopped`` instances bill no compute (volume storage is left out).
+``pending``, ``stopping`` and ``stopped`` instances bill no compute. A stopped instance bills its
+volume, ``storage_per_hour`` (100 GB of gp3 at $0.08 per GB-month is about $0.011/h), kept apart
+from the GPU bill (``Bill.storage_cost``).
 
 Each random quantity has its own stream, so the n-th launch draws the same boot time whichever
 policy drives the provider (common random numbers: two policies see the same machines).
@@ -37,6 +39,7 @@ class BootModel:
     pending_s: tuple[float, float] = (10.0, 30.0)
     stopping_s: float = 20.0
     capacity_error_p: float = 0.0
+    storage_per_hour: float = 0.011  # $ per stopped instance (its volume)
 
 
 @dataclass
@@ -49,12 +52,14 @@ class _Instance:
     running_at: float
     generation: int = 0  # bumped on every state change that cancels scheduled events
     billed_from: float | None = None
+    stopped_since: float | None = None  # storage billing
 
 
 @dataclass
 class Bill:
     billed_s: int = 0
     cost: float = 0.0
+    storage_cost: float = 0.0  # $ for the volumes of stopped instances
     cold_launches: int = 0
     warm_starts: int = 0
     capacity_errors: int = 0
@@ -121,6 +126,7 @@ class SimProvider(ComputeProvider):
             if inst is None:
                 continue
             self._end_billing(inst, now)
+            self._end_storage(inst, now)
             inst.generation += 1
             self._on_gone(iid)
         self._on_change()
@@ -138,11 +144,13 @@ class SimProvider(ComputeProvider):
         """End every open billing segment at ``now`` (the end of the simulation)."""
         for inst in self._instances.values():
             self._end_billing(inst, now)
+            self._end_storage(inst, now)
         return self.bill
 
     # -- internals -------------------------------------------------------------------------
     def _boot(self, inst: _Instance, boot_s: float) -> None:
         now = self.loop.now
+        self._end_storage(inst, now)
         pending = min(self._draw("pending", self.boot.pending_s), boot_s)
         inst.state, inst.launched_at, inst.running_at = "pending", now, now + pending
         inst.generation += 1
@@ -167,7 +175,7 @@ class SimProvider(ComputeProvider):
         self._on_ready(inst.id, inst.pool)
 
     def _stopped(self, inst: _Instance) -> None:
-        inst.state = "stopped"
+        inst.state, inst.stopped_since = "stopped", self.loop.now
         self._on_change()
 
     def _end_billing(self, inst: _Instance, now: float) -> None:
@@ -178,6 +186,11 @@ class SimProvider(ComputeProvider):
         self.bill.cost += seconds * inst.option.price_per_hour / 3600.0
         self.bill.segments.append((inst.id, inst.billed_from, now))
         inst.billed_from = None
+
+    def _end_storage(self, inst: _Instance, now: float) -> None:
+        if inst.stopped_since is not None:
+            self.bill.storage_cost += (now - inst.stopped_since) * self.boot.storage_per_hour / 3600.0
+            inst.stopped_since = None
 
     def _draw(self, stream: str, bounds: tuple[float, float]) -> float:
         return self._streams[stream].uniform(*bounds)

@@ -17,6 +17,7 @@ class Summary:
     unfinished: int  # never started; their wait counts up to the end of the run
     billed_s: int  # GPU-seconds billed
     cost_usd: float
+    storage_usd: float  # volumes of stopped instances, beside the GPU bill
     busy_s: float  # GPU-seconds spent running tasks
     cold_launches: int
     warm_starts: int
@@ -39,7 +40,8 @@ def summarize(result: RunResult) -> Summary:
     return Summary(
         policy=result.policy, warm_pool=result.warm_pool, tasks=len(result.tasks),
         unfinished=sum(1 for t in result.tasks if t.started_at is None), billed_s=result.bill.billed_s,
-        cost_usd=result.bill.cost, busy_s=sum(t.service_s for t in result.tasks if t.finished_at is not None),
+        cost_usd=result.bill.cost, storage_usd=result.bill.storage_cost,
+        busy_s=sum(t.service_s for t in result.tasks if t.finished_at is not None),
         cold_launches=result.bill.cold_launches, warm_starts=result.bill.warm_starts,
         capacity_errors=result.bill.capacity_errors, p50_wait_s=percentile(waits, 50),
         p95_wait_s=percentile(waits, 95), max_wait_s=max(waits, default=0.0),
@@ -57,12 +59,12 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-COLUMNS = ("policy", "GPU-s billed", "cost $", "busy GPU-s", "cost/busy", "launches (cold, warm)",
+COLUMNS = ("policy", "GPU-s billed", "cost $", "storage $", "busy GPU-s", "cost/busy", "launches (cold, warm)",
            "wait p50 s", "wait p95 s", "wait max s")
 
 
 def rows(summaries: list[Summary]) -> list[tuple[str, ...]]:
-    return [(s.label, f"{s.billed_s:,}", f"{s.cost_usd:.2f}", f"{s.busy_s:,.0f}", f"{s.cost_over_busy:.2f}",
+    return [(s.label, f"{s.billed_s:,}", f"{s.cost_usd:.2f}", f"{s.storage_usd:.2f}", f"{s.busy_s:,.0f}", f"{s.cost_over_busy:.2f}",
              f"{s.cold_launches + s.warm_starts} ({s.cold_launches}, {s.warm_starts})", f"{s.p50_wait_s:.0f}",
              f"{s.p95_wait_s:.0f}", f"{s.max_wait_s:.0f}") for s in summaries]
 
@@ -84,6 +86,6 @@ def json_record(trace: str, seed: int, ours: Summary, baseline: Summary | None) 
         "p95_ratio_vs_baseline": ratio(ours.p95_wait_s, baseline.p95_wait_s) if baseline else None,
         "cost_over_busy": round(ours.cost_over_busy, 3),
         "baseline_cost_over_busy": round(baseline.cost_over_busy, 3) if baseline else None,
-        "cost_usd": round(ours.cost_usd, 2), "baseline_cost_usd": round(baseline.cost_usd, 2) if baseline else None,
+        "cost_usd": round(ours.cost_usd, 2), "storage_usd": round(ours.storage_usd, 3), "baseline_cost_usd": round(baseline.cost_usd, 2) if baseline else None,
         "unfinished": ours.unfinished,
     }

@@ -36,9 +36,10 @@ class SimSettings:
 def default_pool(warm_pool: bool = False) -> PoolConfig:
     """One g5.xlarge-class on-demand GPU pool (about $1/h), ten instances at most.
 
-    With the warm pool on, every one of the ten is kept pre-initialised (``min_size`` 10): a
-    stopped instance bills only its volume (about $0.01/h for 100 GB of gp3, left out of the bill),
-    and the policy pays for initialising them (a cold launch each) at the start of the run.
+    With the warm pool on, every one of the ten is kept pre-initialised (``min_size`` 10, so that a
+    burst of ten starts warm): a stopped instance bills only its volume (about $0.011/h for 100 GB
+    of gp3, reported as storage beside the GPU bill), and the policy pays for initialising them (a
+    cold launch each) at the start of the run.
     """
     return PoolConfig(name="gpu", queue="scans",
                       options=(InstanceOption("g5.xlarge", Market.on_demand, price_per_hour=1.006),),

@@ -63,6 +63,42 @@ def test_default_policy_beats_the_baseline_on_both_axes(warm_pool: bool) -> None
     assert record["p95_wait_s"] < record["baseline_p95_wait_s"]
 
 
+# The goal figures against ClearML's policy, seed 0: (cost ratio, p95 ratio) at most.
+COLD_GOAL, WARM_GOAL = (0.45, 0.7), (0.3, 0.3)
+
+
+@pytest.mark.parametrize("trace, warm_pool", [
+    ("grin-day", False), ("steady", False), ("burst", False), ("steady", True), ("burst", True),
+    pytest.param("grin-day", True, marks=pytest.mark.xfail(
+        strict=True, reason="about 0.37x cost, 0.32x p95: ~360 scans a day at ~63 s of start billing and "
+                            "drain round trip per warm session leave no room for 0.3x of ClearML's bill")),
+])
+def test_goal_figures_on_the_built_in_traces(trace: str, warm_pool: bool) -> None:
+    record = simulate(trace, vs="clearml", warm_pool=warm_pool, seed=0).record()
+    cost_goal, p95_goal = WARM_GOAL if warm_pool else COLD_GOAL
+    assert record["unfinished"] == 0
+    assert record["cost_ratio_vs_baseline"] <= cost_goal, record
+    assert record["p95_ratio_vs_baseline"] <= p95_goal, record
+
+
+def poisson_trace(name: str, per_hour: float, hours: float, seed: int) -> Trace:
+    rng = random.Random(seed)
+    arrivals, t = [], rng.expovariate(per_hour / 3600)
+    while t < hours * 3600:
+        arrivals.append(t)
+        t += rng.expovariate(per_hour / 3600)
+    return Trace(name=name, jobs=tuple((a, rng.uniform(40, 120)) for a in arrivals), duration_s=hours * 3600)
+
+
+@pytest.mark.parametrize("trace", [poisson_trace("sparse", 1, 24, 5), poisson_trace("heavy", 300, 3, 6)],
+                         ids=lambda t: t.name)
+@pytest.mark.parametrize("warm_pool", [False, True])
+def test_never_worse_than_the_baseline_sparse_or_heavy(trace: Trace, warm_pool: bool) -> None:
+    record = simulate(trace, vs="clearml", warm_pool=warm_pool, seed=0).record()
+    assert record["billed_s"] <= record["baseline_billed_s"]
+    assert record["p95_wait_s"] <= record["baseline_p95_wait_s"]
+
+
 def test_the_real_daemon_runs_the_real_policy() -> None:
     result = simulate(small_trace(), seed=1, warm_pool=True)
     kinds = {e["kind"] for e in result.ours.journal.recent}
@@ -70,6 +106,9 @@ def test_the_real_daemon_runs_the_real_policy() -> None:
     reasons = [e["reason"] for e in result.ours.journal.recent if e["kind"] == "launch"]
     assert any("activation" in r or "min_size" in r for r in reasons)
     assert result.ours.bill.warm_starts > 0 and result.ours.interrupted == 0
+    # stopped instances bill their volumes, apart from the GPU bill; without a warm pool nothing is stopped
+    assert 0 < result.ours.bill.storage_cost < result.ours.bill.cost
+    assert simulate(small_trace(), seed=1).ours.bill.storage_cost == 0
 
 
 def test_cli_prints_a_table_per_policy_and_one_json_line(tmp_path: Path) -> None:
