@@ -32,8 +32,6 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 STAGES = {"service": "python:3.11-slim", "worker": "nvidia/cuda:", "lambda": "public.ecr.aws/lambda/python:3.11"}
 TORCH_PIN = "torch==2.13.0"
-# Commands the guide documents ahead of the change that adds them: xfail until registered.
-PENDING_COMMANDS = {("clearml", "register-template")}
 IAM_FILES = ("autoscaler.json", "lambda.json", "worker-instance-role.json")
 
 
@@ -363,17 +361,9 @@ def doc_commands(text: str) -> set[tuple[str, ...]]:
 def test_the_guide_names_registered_commands_only(deploy_md, cli_group):
     named = {normalise(w, cli_group) if w[0] in cli_group.commands else w for w in doc_commands(deploy_md)}
     assert ("events", "retry-dead") in named and ("autoscaler",) in named
-    for words in sorted(named - PENDING_COMMANDS):
+    for words in sorted(named):
         problem = command_problem(cli_group, words)
         assert problem is None, f"docs/deploy.md: {problem}"
-
-
-@pytest.mark.parametrize("words", sorted(PENDING_COMMANDS), ids=" ".join)
-def test_commands_documented_ahead_of_their_change(deploy_md, cli_group, words):
-    assert words in doc_commands(deploy_md), f"`scantide {' '.join(words)}` is no longer documented"
-    problem = command_problem(cli_group, words)
-    if problem is not None:
-        pytest.xfail(f"documented ahead of the change that adds it: {problem}")
 
 
 @pytest.mark.parametrize("path", [DOCKERFILE, DEPLOY], ids=lambda p: p.name)

@@ -9,7 +9,8 @@
 # cloud-init runs user data only on an instance's first boot, so this script installs a systemd
 # unit that runs the agent on every boot: a warm-pool instance that is stopped and started again
 # gets its agent back. The runner shuts the instance down whenever it exits (agent drained,
-# crashed, or boot failed) so an instance can never idle forever.
+# crashed, or boot failed) so an instance can never idle forever. The agent runs each task's
+# script, `python -m algorithms.entry`, in the worker image when SSM holds WORKER_IMAGE.
 set -euo pipefail
 
 install -d -m 0755 /usr/local/sbin /etc/systemd/system
@@ -56,6 +57,14 @@ CLEARML_API_ACCESS_KEY="$(ssm_param "$SSM_PREFIX/CLEARML_API_ACCESS_KEY")" || ex
 CLEARML_API_SECRET_KEY="$(ssm_param "$SSM_PREFIX/CLEARML_API_SECRET_KEY")" || exit 1
 export CLEARML_API_HOST CLEARML_API_ACCESS_KEY CLEARML_API_SECRET_KEY
 
+# Optional: the worker image. With it the agent runs in docker mode and each task in its
+# template's image (`scantide clearml register-template --image`), this one by default; without
+# it tasks run on the host, whose python must have scantide installed (a custom AMI).
+WORKER_IMAGE="$(aws ssm get-parameters --region "$REGION" --names "$SSM_PREFIX/WORKER_IMAGE" \
+  --query 'Parameters[0].Value' --output text)" || WORKER_IMAGE=""
+[ "$WORKER_IMAGE" = "None" ] && WORKER_IMAGE=""
+export AWS_DEFAULT_REGION="$REGION" AWS_REGION="$REGION"  # boto3 in the task finds no region on its own
+
 # The AMI or a warm-pool instance may have the agent already.
 if ! command -v clearml-agent >/dev/null 2>&1; then
   say "installing clearml-agent"
@@ -64,10 +73,23 @@ fi
 
 # The worker id is the instance id: the autoscaler joins workers to instances by it.
 export CLEARML_WORKER_ID="$INSTANCE_ID"
-trap - EXIT
-say "starting clearml-agent worker=$CLEARML_WORKER_ID"
 STATUS=0
-clearml-agent daemon --queue "$QUEUE" --foreground || STATUS=$?
+if [ -n "$WORKER_IMAGE" ]; then
+  case "$WORKER_IMAGE" in  # a private ECR image needs a login (the role reads ECR)
+    *.dkr.ecr.*.amazonaws.com/*)
+      aws ecr get-login-password --region "$REGION" \
+        | docker login --username AWS --password-stdin "${WORKER_IMAGE%%/*}" || exit 1 ;;
+  esac
+  docker pull --quiet "$WORKER_IMAGE" || exit 1
+  export CLEARML_AGENT_EXTRA_DOCKER_ARGS="-e AWS_DEFAULT_REGION=$REGION -e AWS_REGION=$REGION"
+  trap - EXIT
+  say "starting clearml-agent worker=$CLEARML_WORKER_ID image=$WORKER_IMAGE"
+  clearml-agent daemon --queue "$QUEUE" --foreground --docker "$WORKER_IMAGE" --gpus all || STATUS=$?
+else
+  trap - EXIT
+  say "starting clearml-agent worker=$CLEARML_WORKER_ID (tasks run on the host)"
+  clearml-agent daemon --queue "$QUEUE" --foreground || STATUS=$?
+fi
 power_off "clearml-agent exited with status $STATUS"
 RUNNER
 chmod 0755 /usr/local/sbin/scantide-agent

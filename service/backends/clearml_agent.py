@@ -46,7 +46,12 @@ from service.backends.clearml_store import (
     ClearMLStore,
     refused,
 )
-from service.backends.clearml_tasks import result_artifact, seconds, task_info
+from service.backends.clearml_tasks import (
+    progress_text,
+    result_artifact,
+    seconds,
+    task_info,
+)
 from service.domain import TaskError, TaskInfo
 from service.errors import LeaseLost
 
@@ -134,7 +139,7 @@ class ClearMLAgent:
         runtime = {k: v for k, v in (doc.get("runtime") or {}).items() if k != "error"}
         attempt = int(float(runtime.get("attempt") or 0)) + 1
         runtime.update(worker=worker_id, attempt=str(attempt), lease_until=repr(now + lease_s), heartbeat_at=repr(now),
-                       progress="0", queued_at=repr(seconds(entry.get("added")) or now))
+                       progress=progress_text(0.0), queued_at=repr(seconds(entry.get("added")) or now))
         try:
             self.store.send(tasks.EditRequest(task=task_id, force=True, runtime=runtime))
             self.store.send(tasks.StartedRequest(task=task_id, status_reason="claimed by a scantide worker"))
@@ -159,7 +164,7 @@ class ClearMLAgent:
             now = time.time()
             runtime = {**(doc.get("runtime") or {}), "lease_until": repr(now + lease_s), "heartbeat_at": repr(now)}
             if progress is not None:
-                runtime["progress"] = repr(float(progress))
+                runtime["progress"] = progress_text(progress)
             self.store.send(tasks.EditRequest(task=task_id, force=True, runtime=runtime))
             queue = task_info(doc).queue
         self._report(worker_id, task_id, qids, queue)
@@ -173,7 +178,7 @@ class ClearMLAgent:
         runtime = dict(doc.get("runtime") or {})
         try:  # the outcome is written before the status changes, so a finished task always shows it
             if result is not None:
-                runtime["progress"] = "1.0"
+                runtime["progress"] = progress_text(1.0)
                 self.store.send(tasks.AddOrUpdateArtifactsRequest(task=task_id, artifacts=[
                     result_artifact(result, time.time())], force=True))
                 self.store.send(tasks.EditRequest(task=task_id, force=True, runtime=runtime))

@@ -87,9 +87,9 @@ class ClearMLStore:
 
     # -- tasks -------------------------------------------------------------------------------
     def iter_tasks(self, *, order_by: list[str] | None = None, page_size: int | None = None,
-                   **filters: Any) -> Iterator[dict]:
+                   only_fields: list[str] | None = None, **filters: Any) -> Iterator[dict]:
         """Scan tasks of our project matching ``filters`` (``tasks.get_all`` fields; ``a__b`` for
-        ``a.b``), page after page, until a short page."""
+        ``a.b``), page after page, until a short page. only_fields: default ``TASK_FIELDS``."""
         pid = self.project_id()
         if pid is None:
             return
@@ -99,8 +99,8 @@ class ClearMLStore:
         plain.setdefault("tags", [SCAN_TAG])
         for page in itertools.count():
             rows = self.send(tasks.GetAllRequest(
-                project=[pid], only_fields=TASK_FIELDS, order_by=order_by or ["created"], page=page, page_size=size,
-                _allow_extra_fields_=bool(extra), **plain, **extra))["tasks"]
+                project=[pid], only_fields=only_fields or TASK_FIELDS, order_by=order_by or ["created"], page=page,
+                page_size=size, _allow_extra_fields_=bool(extra), **plain, **extra))["tasks"]
             yield from rows
             if len(rows) < size:
                 return

@@ -13,6 +13,11 @@ tagged ``scantide-scan``, ``scan:<scan_id>`` and ``alg:<algorithm>`` (the idempo
 - The result: output artifact ``scantide-result`` (type JSON, the result in ``type_data.preview``).
 - Runtime properties, written by the stand-in agent (``scantide worker``; see ``clearml_agent``):
   ``worker``, ``attempt``, ``lease_until``, ``heartbeat_at``, ``progress``, ``queued_at``, ``error``.
+  A task run by a stock ``clearml-agent`` gets ``progress`` and ``error`` from the entry point
+  (``algorithms.clearml_task``). ``progress`` is ClearML's own: a whole percentage, as
+  ``Task.set_progress`` writes it and the web UI shows it.
+- Script (``script``, ``container``): how a stock agent runs the task, ``python -m
+  algorithms.entry`` (the template's entry point) in the worker image or a checkout of the repository.
 
 States (DESIGN.md): created/queued → queued, in_progress → running, completed/published/closed →
 completed only with a result artifact (else failed, ``no_result``: an agent killed by SIGTERM
@@ -43,6 +48,7 @@ TEMPLATE_PREFIX = "template/"
 TASK_FIELDS = ["id", "name", "status", "status_reason", "status_message", "status_changed", "created", "started",
                "completed", "last_worker", "last_worker_report", "tags", "hyperparams", "runtime",
                "execution.queue", "execution.artifacts"]
+TEMPLATE_FIELDS = [*TASK_FIELDS, "script", "container"]
 EPOCH = "1970-01-01T00:00:00+00:00"
 
 _QUEUED = ("created", "queued")
@@ -106,6 +112,34 @@ def scan_hyperparams(template_doc: dict, scan_id: str, params: dict[str, Any], o
     return hyper
 
 
+def template_script(template: Template, current: dict | None = None, *, repository: str | None = None,
+                    commit: str | None = None) -> dict[str, str]:
+    """The template's ``script``: what a stock ``clearml-agent`` runs. ``current`` (the task's script
+    now) keeps what an operator set there; ``repository`` / ``commit`` given here replace it."""
+    script = {k: v for k, v in (current or {}).items() if v not in (None, "")}
+    script.setdefault("binary", "python3")
+    script.setdefault("entry_point", f"-m {template.entry_point}")  # an installed module, not a file
+    script.setdefault("working_dir", ".")
+    if repository is not None:
+        script["repository"] = repository
+    if commit is not None:
+        script["version_num"] = commit
+    return script
+
+
+def template_container(current: dict | None = None, *, image: str | None = None) -> dict[str, str] | None:
+    """The template's ``container`` (an agent started with ``--docker`` runs the task in ``image``);
+    None leaves the task's container as it is."""
+    if image is None:
+        return None
+    return {**{k: v for k, v in (current or {}).items() if v not in (None, "")}, "image": image}
+
+
+def progress_text(fraction: float) -> str:
+    """A runtime ``progress`` value: ClearML's whole percentage (``Task.set_progress``)."""
+    return str(round(min(1.0, max(0.0, float(fraction))) * 100))
+
+
 def result_artifact(result: dict[str, Any], now: float) -> dict[str, Any]:
     return {"key": RESULT_ARTIFACT, "type": "JSON", "mode": "output", "timestamp": int(now),
             "type_data": {"preview": json.dumps(result, sort_keys=True), "content_type": "application/json"}}
@@ -142,7 +176,7 @@ def task_info(doc: dict) -> TaskInfo:
         finished_at=finished_at,
         result=result,
         error=error,
-        progress=_float(runtime.get("progress")),
+        progress=_progress(runtime.get("progress")),
         heartbeat_at=_float(runtime.get("heartbeat_at")) or seconds(doc.get("last_worker_report")),
     )
 
@@ -178,6 +212,11 @@ def _result(doc: dict) -> dict | None:
     return None
 
 
+def _progress(value: Any) -> float | None:
+    percent = _float(value)
+    return None if percent is None else min(1.0, max(0.0, percent / 100))
+
+
 def _tag(tags: list[str], prefix: str) -> str:
     return next((t[len(prefix):] for t in tags if t.startswith(prefix)), "")
 
@@ -199,7 +238,7 @@ def _float(value: Any) -> float | None:
 # -- time and the change cursor ------------------------------------------------------------------
 def parse_time(value: str) -> dt.datetime:
     when = dt.datetime.fromisoformat(value)
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def seconds(value: str | None) -> float | None:

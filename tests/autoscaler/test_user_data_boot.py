@@ -1,0 +1,79 @@
+"""The worker boot runner (``autoscaler/providers/user_data.sh``) executed by bash, with the
+instance's programs (``curl`` to IMDS, ``aws``, ``docker``, ``clearml-agent``, ``shutdown`` …)
+as recording stubs on ``PATH``: what the agent is started with, and that the box shuts down after."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from autoscaler.providers.ec2_spec import Ec2PoolSpec, render_user_data
+
+QUEUE = "gpu-scans"
+PREFIX = "/scantide/prod"
+INSTANCE = "i-0abc123def4567890"
+STUBS = {
+    # IMDSv2: a PUT for the token, then GETs that must carry it
+    "curl": f"""case "$*" in *PUT*api/token*) echo tok-1 ;;
+  *X-aws-ec2-metadata-token:\\ tok-1*instance-id*) echo {INSTANCE} ;; *) exit 22 ;; esac""",
+    "aws": """echo "aws $*" >> "$CALLS"
+case "$*" in
+  *"ssm get-parameter "*) args="$*"; name="${args##*--name }"; echo "from-ssm:${name%% *}" ;;
+  *"ssm get-parameters "*) echo "${WORKER_IMAGE_PARAM:-None}" ;;
+  *"ecr get-login-password "*) echo ecr-password ;;
+  *) echo "unexpected aws call" >&2; exit 1 ;;
+esac""",
+    "clearml-agent": """{ echo "agent $*"; echo "host=$CLEARML_API_HOST key=$CLEARML_API_ACCESS_KEY worker=$CLEARML_WORKER_ID"
+  echo "docker_args=${CLEARML_AGENT_EXTRA_DOCKER_ARGS:-}"; } >> "$CALLS"; exit 3""",
+    "docker": 'cat > /dev/null; echo "docker $*" >> "$CALLS"',  # reads the piped ECR password
+    "shutdown": 'echo "shutdown $*" >> "$CALLS"',
+    "systemctl": "echo running",
+    "logger": "cat > /dev/null",
+    "sleep": "true",
+}
+
+
+def run_runner(tmp_path: Path, image: str | None) -> list[str]:
+    spec = Ec2PoolSpec(ami="ami-1", subnets=["subnet-1"], security_group_ids=["sg-1"], queue=QUEUE,
+                       region="eu-west-1", ssm_prefix=PREFIX, instance_profile_name="scantide-worker")
+    text = render_user_data(spec, "gpu")
+    runner = text.split("<<'RUNNER'\n", 1)[1].split("\nRUNNER\n", 1)[0]
+    runner = runner.replace("LOG=/var/log/scantide-agent.log", f"LOG={tmp_path / 'agent.log'}")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in STUBS.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    (tmp_path / "runner").write_text(runner)
+    calls = tmp_path / "calls"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "HOME": str(tmp_path),
+           **({"WORKER_IMAGE_PARAM": image} if image else {})}
+    subprocess.run(["bash", str(tmp_path / "runner")], env=env, check=True, timeout=60, capture_output=True,
+                   stdin=subprocess.DEVNULL)
+    return calls.read_text().splitlines()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="bash")
+def test_agent_in_the_worker_image_then_shutdown(tmp_path: Path) -> None:
+    calls = run_runner(tmp_path, "123456789012.dkr.ecr.eu-west-1.amazonaws.com/scantide-worker:1")
+
+    agent = next(i for i, c in enumerate(calls) if c.startswith("agent "))
+    assert calls[agent] == (f"agent daemon --queue {QUEUE} --foreground --docker "
+                            "123456789012.dkr.ecr.eu-west-1.amazonaws.com/scantide-worker:1 --gpus all")
+    assert calls[agent + 1] == (f"host=from-ssm:{PREFIX}/CLEARML_API_HOST key=from-ssm:{PREFIX}/CLEARML_API_ACCESS_KEY "
+                                f"worker={INSTANCE}")
+    assert calls[agent + 2] == "docker_args=-e AWS_DEFAULT_REGION=eu-west-1 -e AWS_REGION=eu-west-1"
+    assert any(c.startswith("aws ecr get-login-password --region eu-west-1") for c in calls[:agent])
+    assert "docker pull --quiet 123456789012.dkr.ecr.eu-west-1.amazonaws.com/scantide-worker:1" in calls[:agent]
+    assert calls[-1] == "shutdown -h now"  # the agent exited: the instance goes away
+
+
+def test_without_an_image_the_agent_runs_tasks_on_the_host(tmp_path: Path) -> None:
+    calls = run_runner(tmp_path, None)
+
+    assert f"agent daemon --queue {QUEUE} --foreground" in calls
+    assert not any(c.startswith("docker ") for c in calls)
+    assert calls[-1] == "shutdown -h now"
