@@ -42,7 +42,7 @@ from pydantic import ValidationError
 from service.backends import open_backend
 from service.backends.base import TaskBackend
 from service.domain import SCAN_ID_PATTERN, ScanRequest, Submission
-from service.enqueue import Enqueuer, log_submission
+from service.enqueue import Enqueuer, submit_item
 from service.errors import InvalidRequest, MalformedJson, PayloadTooLarge, ScantideError
 from service.settings import Settings, load_settings
 
@@ -60,10 +60,7 @@ class Runtime:
 
     def submit(self, request: ScanRequest) -> Submission:
         """Validate and enqueue one request (the one enqueue path, as the HTTP API runs it)."""
-        item = self.enqueuer.prepare(request)
-        submission = self.backend.submit(item.algorithm, item.scan_id, item.params, item.output_uri)
-        log_submission(submission)
-        return submission
+        return submit_item(self.backend, self.enqueuer.prepare(request))
 
 
 @cache

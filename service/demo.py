@@ -1,7 +1,9 @@
 """``scantide demo``: the whole embedded pipeline on synthetic scans, shown to a person.
 
 Writes a few scan videos (a moving textured scene with a blurred stretch and an exposure
-change), starts ``scantide up`` as a child process, submits the scans over HTTP with the API
+change), registers the algorithm's bundled weights as model version 1 and promotes it (through
+``scantide models``, which checks the file in the algorithm; a re-run changes nothing), starts
+``scantide up`` as a child process, submits the scans over HTTP with the API
 token, follows their progress and prints what each analysis found. True only if every scan
 completed.
 """
@@ -79,6 +81,7 @@ def _run(settings: Settings, console: Console, receiver: Receiver, scans: int, w
 
     log_path = settings.state_dir / "logs" / f"demo-{run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    register_bundled_model(settings, console)
     with open(log_path, "wb") as log_file:
         up = subprocess.Popen(cli_argv("up"), env={**os.environ, **settings_env(settings)}, stdout=log_file,
                               stderr=log_file, stdin=subprocess.DEVNULL)
@@ -111,6 +114,28 @@ def _run(settings: Settings, console: Console, receiver: Receiver, scans: int, w
     ok = all(t.state is JobState.completed for t in final)
     console.print("[green]every demo scan completed[/green]" if ok else "[red]some demo scans did not complete[/red]")
     return ok
+
+
+DEMO_MODEL_VERSION = "1"
+
+
+def register_bundled_model(settings: Settings, console: Console) -> None:
+    """``scantide models register --bundled … --promote`` in a child process (the CLI that loads the
+    file in the algorithm lives above ``service``). On failure the demo goes on with the bundled
+    weights and tasks show no model version."""
+    argv = cli_argv("models", "register", "--bundled", "--algorithm", settings.default_algorithm, "--version",
+                    DEMO_MODEL_VERSION, "--promote", "--notes", "weights bundled with the algorithm", "--by",
+                    "scantide demo")
+    done = subprocess.run(argv, env={**os.environ, **settings_env(settings)}, capture_output=True, text=True,
+                          check=False, timeout=300)
+    if done.returncode == 0:
+        console.print(f"model {settings.default_algorithm} {DEMO_MODEL_VERSION} (bundled weights) is promoted")
+    elif "model_version_exists" in done.stderr:  # the weights changed since this state dir was made
+        console.print(f"[yellow]version {DEMO_MODEL_VERSION} in {settings.state_dir} holds earlier bundled weights; "
+                      f"the demo runs it (delete {settings.state_dir} to start afresh)[/yellow]")
+    else:
+        console.print(f"[yellow]could not register the bundled model, going on without one: "
+                      f"{(done.stderr or done.stdout).strip()[-500:]}[/yellow]")
 
 
 def _wait_events(receiver: Receiver, outcomes: int, timeout_s: float) -> None:
@@ -148,18 +173,19 @@ def flagged_ranges(segments: list[dict], min_poor: float = 0.5) -> str:
 
 def _show_results(console: Console, tasks: list[TaskInfo], written: list[tuple[str, Path, dict]]) -> None:
     table = Table(title="results")
-    for col in ("scan", "state", "frames", "keyframes", "quality", "known defects", "flagged frames"):
+    for col in ("scan", "state", "model", "frames", "keyframes", "quality", "known defects", "flagged frames"):
         table.add_column(col)
     sheets = []
     for task, (_, _, info) in zip(tasks, written, strict=True):
         if task.state is not JobState.completed or not task.result:
-            table.add_row(task.scan_id, task.state.value, "", "", "", "", task.error.code if task.error else "")
+            table.add_row(task.scan_id, task.state.value, str(task.params.get("model_version")), "", "", "", "",
+                          task.error.code if task.error else "")
             continue
         out = Path(task.result["output_uri"])
         summary = json.loads((out / "summary.json").read_text())
         known = ", ".join(f"{name} {a}-{b - 1}" for name in ("blur", "exposure") if info.get(name)
                           for a, b in [info[name]])
-        table.add_row(task.scan_id, task.state.value, str(summary["frame_count"]), str(len(summary["keyframes"])),
+        table.add_row(task.scan_id, task.state.value, str(task.params.get("model_version")), str(summary["frame_count"]), str(len(summary["keyframes"])),
                       f"{summary['quality']['score']:.2f}", known, flagged_ranges(summary["segments"]))
         sheets.append(out / summary["contact_sheet"])
     console.print(table)

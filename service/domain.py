@@ -37,6 +37,11 @@ class ScanRequest(BaseModel):
     scan_uri: str = Field(min_length=1, max_length=2048, description="s3://, https:// or a path under the data root.")
     algorithm: str | None = Field(default=None, max_length=64, description="Defaults to the configured algorithm.")
     metadata: dict[str, Any] | None = Field(default=None, description="Opaque; echoed in webhooks.")
+    previous_scan_id: str | None = Field(
+        default=None, pattern=SCAN_ID_PATTERN,
+        description="An earlier scan of the same patient, analysed by the same algorithm and completed, to compare "
+        "this one with (treatment tracking). Unknown: 422 previous_scan_not_found; not completed yet: 409 "
+        "previous_scan_not_completed.")
 
 
 @dataclass(frozen=True)

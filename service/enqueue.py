@@ -1,15 +1,34 @@
-"""The one enqueue use case. The HTTP API, the CLI and the Lambda handler all go through here."""
+"""The one enqueue use case. The HTTP API, the CLI and the Lambda handler all go through here.
+
+``Enqueuer.prepare`` validates a request without touching the store; ``submit_items`` then pins
+each task to what the store says now and submits: the promoted model version of its algorithm
+(``model_version``, ``model_uri``; none promoted: ``model_version`` None and no ``model_uri``, so
+the algorithm uses its bundled weights) and, for a ``previous_scan_id``, that scan's outputs
+(``previous_output_uri``). The promoted version is read from the store for every batch, never
+cached, so a promote is seen by the very next enqueue in every process; tasks already queued or
+running keep the params they were given.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.backends.base import TaskBackend
-from service.domain import ScanRequest, Submission, SubmitItem
+from service.domain import JobState, ScanRequest, Submission, SubmitItem
+from service.errors import (
+    InvalidRequest,
+    PreviousScanNotCompleted,
+    PreviousScanNotFound,
+    ScantideError,
+)
 from service.scan_uri import Resolver, system_resolver, validate_scan_uri
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.models import ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +69,63 @@ class Enqueuer:
             "model_version": None,
             "metadata": request.metadata or {},
         }
+        if request.previous_scan_id is not None:
+            if request.previous_scan_id == request.scan_id:
+                raise InvalidRequest("previous_scan_id names this very scan: give an earlier scan's id")
+            params["previous_scan_id"] = request.previous_scan_id
         return SubmitItem(algorithm=algorithm, scan_id=request.scan_id, params=params, output_uri=output_uri)
+
+
+def pin(backend: TaskBackend, items: list[SubmitItem]) -> list[SubmitItem | ScantideError]:
+    """Each item with the promoted model of its algorithm and its previous scan's outputs in its
+    params, or the error that refuses it. One promoted-version read per algorithm per call."""
+    promoted: dict[str, ModelVersion | None] = {}
+    out: list[SubmitItem | ScantideError] = []
+    for item in items:
+        if item.algorithm not in promoted:
+            promoted[item.algorithm] = backend.promoted_model(item.algorithm)
+        model = promoted[item.algorithm]
+        params = {**item.params, "model_version": model.version if model else None}
+        if model is not None:
+            params["model_uri"] = model.uri
+        previous = params.get("previous_scan_id")
+        if previous:
+            try:
+                params["previous_output_uri"] = previous_output_uri(backend, item.algorithm, previous)
+            except ScantideError as exc:
+                out.append(exc)
+                continue
+        out.append(replace(item, params=params))
+    return out
+
+
+def previous_output_uri(backend: TaskBackend, algorithm: str, scan_id: str) -> str:
+    """Where the completed ``algorithm`` task of an earlier scan wrote its outputs."""
+    task = next((t for t in backend.tasks_for_scan(scan_id) if t.algorithm == algorithm), None)
+    if task is None:
+        raise PreviousScanNotFound(f"previous_scan_id {scan_id!r}: no such scan was analysed with {algorithm!r}; "
+                                   "submit it first, or drop previous_scan_id")
+    if task.state is not JobState.completed:
+        raise PreviousScanNotCompleted(f"previous_scan_id {scan_id!r}: its {algorithm!r} task is {task.state.value}, "
+                                       "not completed; submit this scan again once it has completed")
+    return task.output_uri
+
+
+def submit_items(backend: TaskBackend, items: list[SubmitItem]) -> list[Submission | ScantideError]:
+    """Pin and submit several items (one ``submit_many``); each gets its submission or its error, in order."""
+    pinned = pin(backend, items)
+    ready = [p for p in pinned if isinstance(p, SubmitItem)]
+    submitted = iter(backend.submit_many(ready) if ready else [])
+    return [next(submitted) if isinstance(p, SubmitItem) else p for p in pinned]
+
+
+def submit_item(backend: TaskBackend, item: SubmitItem) -> Submission:
+    """Pin and submit one item; raises its error."""
+    (outcome,) = submit_items(backend, [item])
+    if isinstance(outcome, ScantideError):
+        raise outcome
+    log_submission(outcome)
+    return outcome
 
 
 def log_submission(submission: Submission) -> None:
@@ -64,10 +139,7 @@ def submit_scan(
 ) -> Submission:
     """Validate a scan request and enqueue its task; a repeat returns the existing task.
 
-    Raises ``InvalidRequest`` subclasses for bad input and ``BackendUnavailable`` when the task
-    store cannot be reached.
+    Raises ``InvalidRequest`` subclasses for bad input (``PreviousScanNotFound`` among them),
+    ``PreviousScanNotCompleted`` and ``BackendUnavailable`` when the task store cannot be reached.
     """
-    item = Enqueuer.from_settings(settings, resolver).prepare(request)
-    submission = backend.submit(item.algorithm, item.scan_id, item.params, item.output_uri)
-    log_submission(submission)
-    return submission
+    return submit_item(backend, Enqueuer.from_settings(settings, resolver).prepare(request))

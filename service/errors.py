@@ -102,3 +102,34 @@ class BackendUnavailable(ScantideError):
 class ConfigError(ScantideError):
     code = "config_error"
     status = 500
+
+
+# -- model registry and treatment tracking ---------------------------------------------------------
+class ModelVersionNotFound(NotFound):
+    code = "model_version_not_found"
+
+
+class ModelVersionExists(Conflict):
+    """A registered version names one file forever; other content needs a new version."""
+
+    code = "model_version_exists"
+
+
+class NothingToRollBack(Conflict):
+    code = "nothing_to_roll_back"
+
+
+class InvalidModelFile(InvalidRequest):
+    """A model file that is missing or does not load: refused at registration, not at job time."""
+
+    code = "invalid_model"
+
+
+class PreviousScanNotFound(InvalidRequest):
+    code = "previous_scan_not_found"
+
+
+class PreviousScanNotCompleted(Conflict):
+    """The earlier scan has no result to compare with yet; submit again once it has completed."""
+
+    code = "previous_scan_not_completed"

@@ -14,6 +14,7 @@ from service.api.auth import TokenAuth
 from service.api.batching import SubmitBatcher
 from service.api.errors import describe, install_error_handlers
 from service.api.limits import BodySizeLimit
+from service.api.models import models_router
 from service.backends import open_backend
 from service.backends.base import TaskBackend
 from service.domain import ScanRequest, TaskInfo
@@ -42,7 +43,7 @@ class ErrorResponse(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 422, 503)
+    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 422, 503)
 }
 
 
@@ -70,12 +71,14 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
         title="scantide",
         version="0.1.0",
         description="Enqueue uploaded scans for analysis and follow their tasks. "
-        "Authenticate with `Authorization: Bearer <token>`; scopes: enqueue, read.",
+        "Authenticate with `Authorization: Bearer <token>`; scopes: enqueue (POST /v1/scans), read (GET), "
+        "promote (POST /v1/models/…: promote and roll back model versions).",
         responses=ERRORS,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.state.backend = backend
+    app.include_router(models_router(backend, auth))
 
     # The hot path: parsed and answered by hand (pydantic's JSON parser, pre-encoded response),
     # which costs a fraction of FastAPI's per-route body/dependency/response machinery. The

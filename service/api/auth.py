@@ -1,7 +1,12 @@
-"""Bearer-token auth with scopes. Tokens come from settings and are compared in constant time."""
+"""Bearer-token auth with scopes. Tokens come from settings and are compared in constant time.
+
+Scopes (``service.settings.SCOPES``): ``enqueue`` (POST /v1/scans), ``read`` (every GET) and
+``promote`` (POST /v1/models/{algorithm}/promote and /rollback: changes what new tasks run).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from fastapi import Request
@@ -33,6 +38,13 @@ class TokenAuth:
             raise AuthError("invalid bearer token", code="invalid_token")
         if scope not in scopes:
             raise Forbidden(f"this token lacks the {scope!r} scope")
+
+    @staticmethod
+    def identity(request: Request) -> str:
+        """Who sent an authenticated request, for audit trails: ``token:<first 12 hex of its SHA-256>``
+        (tokens have no names, and the token itself must never be written down)."""
+        presented = request.headers.get("authorization", "").partition(" ")[2].strip()
+        return "token:" + hashlib.sha256(presented.encode()).hexdigest()[:12]
 
     def require(self, scope: str):
         """A FastAPI dependency that admits requests whose token carries ``scope``."""

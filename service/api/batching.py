@@ -2,7 +2,8 @@
 
 Each request still gets its answer only after the commit that holds its task, so a 202 keeps
 meaning "this task survives a crash"; but N waiting requests cost one commit, and the event loop
-never blocks on the store or hops a thread per request.
+never blocks on the store or hops a thread per request. Each batch goes through
+``service.enqueue.submit_items``, which pins the promoted model version first.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from service.backends.base import TaskBackend
 from service.domain import Submission, SubmitItem
+from service.enqueue import submit_items
 
 
 class SubmitBatcher:
@@ -37,7 +39,7 @@ class SubmitBatcher:
             while self._pending:
                 batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
                 try:
-                    outcomes = await loop.run_in_executor(self._writer, self.backend.submit_many,
+                    outcomes = await loop.run_in_executor(self._writer, submit_items, self.backend,
                                                           [item for item, _ in batch])
                 except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
                     outcomes = [exc] * len(batch)

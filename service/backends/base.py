@@ -8,7 +8,7 @@ lease, renews it and finishes them. Implementations: ``embedded`` (SQLite) and `
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.domain import (
     ChangePage,
@@ -22,6 +22,9 @@ from service.domain import (
     WorkerInfo,
 )
 from service.errors import ScantideError
+
+if TYPE_CHECKING:
+    from service.models import AuditEntry, ModelVersion
 
 
 class TaskBackend(ABC):
@@ -135,3 +138,41 @@ class TaskBackend(ABC):
 
     def close(self) -> None:
         """Release connections."""
+
+    # -- model registry (service.models holds the rules; files are placed before register_model) --
+    @abstractmethod
+    def register_model(self, model: ModelVersion) -> ModelVersion:
+        """Record a new version (not promoted) and its ``register`` audit entry; returns it as stored.
+
+        Raises ``ModelVersionExists`` when ``(algorithm, version)`` is taken: versions are immutable.
+        """
+
+    @abstractmethod
+    def model_version(self, algorithm: str, version: str) -> ModelVersion | None:
+        """One version, or None."""
+
+    @abstractmethod
+    def list_models(self, algorithm: str | None = None) -> list[ModelVersion]:
+        """Registered versions, by algorithm then oldest first."""
+
+    @abstractmethod
+    def promoted_model(self, algorithm: str) -> ModelVersion | None:
+        """The version new tasks of ``algorithm`` get, or None (the algorithm's bundled weights).
+
+        Exact: a promote that returned is seen by the very next call, from any process. Enqueue
+        calls it once per algorithm per batch.
+        """
+
+    @abstractmethod
+    def promote_model(self, algorithm: str, version: str, by: str) -> AuditEntry | None:
+        """Make ``version`` the promoted one; None when it already is (nothing changes).
+        Raises ``ModelVersionNotFound``."""
+
+    @abstractmethod
+    def rollback_model(self, algorithm: str, by: str) -> AuditEntry:
+        """Promote the version promoted before the current one (``service.models.rollback_target``).
+        Raises ``NothingToRollBack``."""
+
+    @abstractmethod
+    def model_history(self, algorithm: str | None = None) -> list[AuditEntry]:
+        """The audit trail, oldest first."""

@@ -44,6 +44,7 @@ from service.backends.clearml_tasks import (
     SCAN_TAG,
     TASK_FIELDS,
     TASK_TYPE,
+    TEMPLATE_FIELDS,
     TEMPLATE_PREFIX,
     TEMPLATE_TAG,
     decode_cursor,
@@ -52,8 +53,10 @@ from service.backends.clearml_tasks import (
     scan_tags,
     seconds,
     task_info,
+    template_container,
     template_from_doc,
     template_hyperparams,
+    template_script,
 )
 from service.domain import (
     Change,
@@ -104,24 +107,34 @@ class ClearMLBackend(TaskBackend):
         self.store.client.close()
 
     # -- templates -------------------------------------------------------------------------
-    def _template_docs(self, algorithm: str | None = None) -> list[dict]:
+    def _template_docs(self, algorithm: str | None = None, **fields: Any) -> list[dict]:
         """Template tasks, oldest first (a racing second registration is ignored)."""
         name = {"name": f"^{re.escape(TEMPLATE_PREFIX + algorithm)}$"} if algorithm else {}
-        return self.store.find_tasks(tags=[TEMPLATE_TAG], **name)
+        return self.store.find_tasks(tags=[TEMPLATE_TAG], **name, **fields)
 
-    def register_template(self, template: Template) -> None:
-        """Create or update ``template/<name>`` (``Args``, ``properties``) and make its queue.
-        An update keeps what else the task holds (script, container), which operators may set."""
+    def register_template(self, template: Template, *, image: str | None = None, repository: str | None = None,
+                          commit: str | None = None) -> None:
+        """Create or update ``template/<name>`` and make its queue: ``Args``, ``properties`` and the
+        ``script`` a stock ``clearml-agent`` runs (``python -m <entry point>``). ``image`` (the
+        ``container`` an agent in docker mode runs it in), ``repository`` and ``commit`` (what it
+        checks out) are set when given; an update keeps every other script and container field an
+        operator set on the task."""
         project = self.store.project_id(create=True)
         self.store.queue_id(template.queue, create=True)
         hyper = template_hyperparams(template)
-        existing = self._template_docs(template.name)
+        existing = self._template_docs(template.name, only_fields=TEMPLATE_FIELDS)
+        current = existing[0] if existing else {}
+        script = template_script(template, current.get("script"), repository=repository, commit=commit)
+        container = template_container(current.get("container"), image=image)
+        extra = {"container": container} if container is not None else {}
         if existing:
-            self.store.send(tasks.EditRequest(task=existing[0]["id"], force=True, hyperparams=hyper))
+            self.store.send(tasks.EditRequest(task=current["id"], force=True, hyperparams=hyper, script=script,
+                                              **extra))
         else:
             self.store.send(tasks.CreateRequest(name=TEMPLATE_PREFIX + template.name, type=TASK_TYPE, project=project,
-                                                tags=[TEMPLATE_TAG], hyperparams=hyper))
-        log.info("template_registered algorithm=%s queue=%s", template.name, template.queue)
+                                                tags=[TEMPLATE_TAG], hyperparams=hyper, script=script, **extra))
+        log.info("template_registered algorithm=%s queue=%s entry_point=%r image=%s", template.name, template.queue,
+                 script["entry_point"], (container or current.get("container") or {}).get("image"))
 
     def ensure_templates(self, templates: list[Template]) -> None:
         """Register each template that does not exist yet; never overwrites."""
@@ -335,3 +348,30 @@ class ClearMLBackend(TaskBackend):
     def reap_expired(self) -> list[TaskInfo]:
         return self.agent.reap_expired()
 
+    # -- model registry (clearml_models: ClearML's model registry) ---------------------------
+    @property
+    def models(self):  # -> ClearMLModels; stateless, imported here to keep the registry apart
+        from service.backends.clearml_models import ClearMLModels
+
+        return ClearMLModels(self.store)
+
+    def register_model(self, model):
+        return self.models.register(model)
+
+    def model_version(self, algorithm: str, version: str):
+        return self.models.get(algorithm, version)
+
+    def list_models(self, algorithm: str | None = None):
+        return self.models.listing(algorithm)
+
+    def promoted_model(self, algorithm: str):
+        return self.models.promoted(algorithm)
+
+    def promote_model(self, algorithm: str, version: str, by: str):
+        return self.models.promote(algorithm, version, by)
+
+    def rollback_model(self, algorithm: str, by: str):
+        return self.models.rollback(algorithm, by)
+
+    def model_history(self, algorithm: str | None = None):
+        return self.models.history(algorithm)

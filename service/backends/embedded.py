@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from service.backends import embedded_models
 from service.backends.base import TaskBackend
 from service.domain import (
     Change,
@@ -52,6 +53,7 @@ from service.errors import (
     TaskNotFound,
     UnknownAlgorithm,
 )
+from service.models import AuditEntry, ModelVersion
 
 _NO_LOCK = nullcontext()
 
@@ -69,6 +71,7 @@ class EmbeddedBackend(TaskBackend):
         # Threads of one process queue here rather than in SQLite's busy handler, which sleeps in
         # 1-100 ms steps and would dominate tail latency; other processes still meet the file lock.
         self._write_lock = threading.Lock()
+        self._registry_writes = 0  # promotes and rollbacks through this object (promoted_model's cache)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
@@ -389,6 +392,53 @@ class EmbeddedBackend(TaskBackend):
             db.execute("UPDATE workers SET task_id = NULL WHERE id = ? AND task_id = ?", (task.worker_id, task.task_id))
             changed.append(task_from_row(new))
         return changed
+
+    # -- model registry (embedded_models) --------------------------------------------------
+    def register_model(self, model: ModelVersion) -> ModelVersion:
+        with self._tx() as db:
+            return embedded_models.register(db, model)
+
+    def model_version(self, algorithm: str, version: str) -> ModelVersion | None:
+        with self._tx(write=False) as db:
+            return embedded_models.get(db, algorithm, version)
+
+    def list_models(self, algorithm: str | None = None) -> list[ModelVersion]:
+        with self._tx(write=False) as db:
+            return embedded_models.listing(db, algorithm)
+
+    def promoted_model(self, algorithm: str) -> ModelVersion | None:
+        """Cached per connection, and exact: the cache holds only while ``PRAGMA data_version``
+        (which changes when another connection, in any process, commits) and this backend's own
+        registry writes (which do not change it for the connection that made them) stand still.
+        Enqueue asks once per batch; a hit costs one pragma instead of a read transaction."""
+        db = self._conn()
+        key = (db.execute("PRAGMA data_version").fetchone()[0], self._registry_writes)
+        cache = self._local.__dict__.setdefault("promoted", {})
+        hit = cache.get(algorithm)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with self._tx(write=False) as db:
+            model = embedded_models.promoted(db, algorithm)
+        cache[algorithm] = (key, model)
+        return model
+
+    def promote_model(self, algorithm: str, version: str, by: str) -> AuditEntry | None:
+        try:
+            with self._tx() as db:
+                return embedded_models.promote(db, algorithm, version, by)
+        finally:
+            self._registry_writes += 1
+
+    def rollback_model(self, algorithm: str, by: str) -> AuditEntry:
+        try:
+            with self._tx() as db:
+                return embedded_models.rollback(db, algorithm, by)
+        finally:
+            self._registry_writes += 1
+
+    def model_history(self, algorithm: str | None = None) -> list[AuditEntry]:
+        with self._tx(write=False) as db:
+            return embedded_models.history(db, algorithm)
 
 
 def new_task_id() -> str:

@@ -10,13 +10,29 @@ from service.domain import JobState, TaskError, TaskInfo, Template
 
 # Bump SCHEMA_VERSION with every schema change and add the statements that upgrade the previous
 # version to MIGRATIONS[new version]; SCHEMA always holds the newest schema in full.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+MODEL_TABLES = """
+CREATE TABLE IF NOT EXISTS models (
+    algorithm TEXT NOT NULL, version TEXT NOT NULL, uri TEXT NOT NULL, sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL, notes TEXT NOT NULL, registered_at REAL NOT NULL, registered_by TEXT NOT NULL,
+    promoted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (algorithm, version)
+);
+-- At most one promoted version per algorithm; enqueue reads it by this index.
+CREATE UNIQUE INDEX IF NOT EXISTS models_promoted ON models (algorithm) WHERE promoted = 1;
+CREATE TABLE IF NOT EXISTS model_audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, algorithm TEXT NOT NULL, action TEXT NOT NULL,
+    from_version TEXT, to_version TEXT, by TEXT NOT NULL, at REAL NOT NULL
+);
+"""
 MIGRATIONS: dict[int, list[str]] = {
     # v2: fewer indexes to write per submit (the old inline UNIQUE stays in migrated stores).
     2: ["CREATE UNIQUE INDEX IF NOT EXISTS tasks_scan ON tasks (scan_id, algorithm)",
         "DROP INDEX IF EXISTS tasks_by_scan",
         "DROP INDEX IF EXISTS tasks_running",
         "CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE state = 'running'"],
+    # v3: the model registry and its audit trail.
+    3: [],  # filled below from MODEL_TABLES
 }
 
 SCHEMA = """
@@ -43,7 +59,7 @@ CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY, queue TEXT NOT NULL, task_id TEXT, last_seen REAL NOT NULL,
     idle_since REAL, draining INTEGER NOT NULL DEFAULT 0
 );
-"""
+""" + MODEL_TABLES
 
 TASK_COLUMNS = (
     "id, algorithm, scan_id, queue, state, params, output_uri, attempt, worker_id, "
@@ -55,6 +71,9 @@ def statements(script: str) -> list[str]:
     """Split a schema script into statements (``--`` comments dropped: no literal in it holds one)."""
     code = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
     return [s for s in code.split(";") if s.strip()]
+
+
+MIGRATIONS[3] = statements(MODEL_TABLES)
 
 
 def prefixed(alias: str) -> str:

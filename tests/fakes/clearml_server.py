@@ -38,8 +38,9 @@ Endpoints (request fields used → ``data``):
                                     atomically (with ``task``: only while that task is the head)
 ``queues.add_or_update_metadata``   queue, metadata [{key, type, value}], replace_metadata → ``{updated}``
 ``queues.delete_metadata``          queue, keys → ``{updated}``
-``tasks.create``                    name, type, project, tags, hyperparams, configuration, script → ``{id}``
-``tasks.clone``                     task, new_task_name/tags/project/hyperparams → ``{id}`` (status created)
+``tasks.create``                    name, type, project, tags, hyperparams, configuration, script, container → ``{id}``
+``tasks.clone``                     task, new_task_name/tags/project/hyperparams → ``{id}`` (status created;
+                                    script and container copied)
 ``tasks.get_all`` / ``get_by_id``   see above → ``{tasks}`` / ``{task}``
 ``tasks.edit``                      task, force, editable fields (runtime, hyperparams, …); created only unless force
 ``tasks.enqueue``                   task, queue or queue_name (created when missing) → ``{queued, updated, fields}``
@@ -54,6 +55,10 @@ Endpoints (request fields used → ``data``):
 ``workers.status_report``           worker (400/1001 when not registered), task, queue, queues, tags;
                                     stamps the task's ``last_worker`` and ``last_update``
 ``workers.get_all``                 last_seen, tags → ``{workers}`` (entries expire after their timeout)
+``models.create``                   uri, name, comment, tags, framework, ready, project, metadata [{key, type, value}] → ``{id, created}``
+``models.get_all`` / ``get_by_id``  id, name (regex), project, tags, ready, only_fields, order_by, page, page_size → ``{models}`` / ``{model}``
+``models.update``                   model, name, comment, tags, ready, … → ``{updated, fields}``; stamps ``last_update``
+``models.add_or_update_metadata``   model, metadata [{key, type, value}], replace_metadata → ``{updated}``
 
 The server can be stopped and started again on the same port; its state survives, like a real
 server's database. ``maintenance = True`` makes it answer 503, like a server being upgraded.
@@ -120,12 +125,13 @@ class FakeClearML:
         self.queues: dict[str, dict] = {}
         self.tasks: dict[str, dict] = {}
         self.workers: dict[str, dict] = {}
+        self.models: dict[str, dict] = {}
         self.calls: list[str] = []  # endpoint names, in order: lets tests count round trips
         self._lock = threading.Lock()
         # Endpoint "<service>.<action>" is the method "<service>__<action>".
         self._endpoints: dict[str, Callable[[dict], dict]] = {
             name.replace("__", "."): getattr(self, name) for name in dir(self)
-            if name.partition("__")[0] in ("projects", "queues", "tasks", "workers") and "__" in name
+            if name.partition("__")[0] in ("projects", "queues", "tasks", "workers", "models") and "__" in name
         }
 
     # -- protocol ------------------------------------------------------------------------------
@@ -285,7 +291,8 @@ class FakeClearML:
             "system_tags": b.get("new_task_system_tags") or list(source.get("system_tags", [])),
             "hyperparams": copy.deepcopy(b.get("new_task_hyperparams") or source.get("hyperparams", {})),
             "configuration": copy.deepcopy(b.get("new_task_configuration") or source.get("configuration", {})),
-            "script": copy.deepcopy(source.get("script")), "parent": b.get("new_task_parent") or source["id"],
+            "script": copy.deepcopy(source.get("script")), "container": copy.deepcopy(source.get("container")),
+            "parent": b.get("new_task_parent") or source["id"],
             "comment": b.get("new_task_comment") or source.get("comment", ""), "execution": execution,
         }
         return {"id": self._new_task(fields)}
@@ -398,6 +405,53 @@ class FakeClearML:
             artifacts.append(copy.deepcopy(new))
         task["last_change"] = task["last_update"] = self.now()
         return {"updated": len(b["artifacts"])}
+
+    # -- models --------------------------------------------------------------------------------
+    def _model(self, model_id: str) -> dict:
+        if model_id not in self.models:
+            raise bad_request(201, f"invalid model id: id={model_id}")
+        return self.models[model_id]
+
+    def models__create(self, b: dict) -> dict:
+        if b.get("project") and b["project"] not in self.projects:
+            raise bad_request(401, f"invalid project id: id={b['project']}")
+        mid, now = new_id(), self.now()
+        self.models[mid] = {"id": mid, "name": b["name"], "uri": b["uri"], "comment": b.get("comment", ""),
+                            "tags": list(b.get("tags") or []), "system_tags": list(b.get("system_tags") or []),
+                            "framework": b.get("framework"), "ready": bool(b.get("ready")),
+                            "project": b.get("project"), "created": now, "last_update": now,
+                            "company": COMPANY["id"], "user": USER["id"],
+                            "metadata": {m["key"]: copy.deepcopy(m) for m in b.get("metadata") or []}}
+        return {"id": mid, "created": True}
+
+    def models__get_by_id(self, b: dict) -> dict:
+        return {"model": _task_out(self._model(b["model"]))}
+
+    def models__get_all(self, b: dict) -> dict:
+        found = [m for m in self.models.values() if _matches_common(m, b)
+                 and (not b.get("project") or _list_match(m.get("project"), b["project"]))
+                 and (b.get("ready") is None or m["ready"] == b["ready"])]
+        found = _ordered(found, b.get("order_by"))
+        page, size = b.get("page"), b.get("page_size")
+        if page is not None and size is None:
+            raise bad_request(11, "page_size is required when page is requested")
+        size = min(size or self.max_page_size, self.max_page_size)
+        start = (page or 0) * size
+        return {"models": [_task_out(m, b.get("only_fields")) for m in found[start:start + size]]}
+
+    def models__update(self, b: dict) -> dict:
+        model = self._model(b["model"])
+        fields = {k: copy.deepcopy(b[k]) for k in ("name", "comment", "tags", "system_tags", "ready", "project")
+                  if b.get(k) is not None}
+        model.update(fields, last_update=self.now())
+        return {"updated": 1, "fields": _out(fields)}
+
+    def models__add_or_update_metadata(self, b: dict) -> dict:
+        model = self._model(b["model"])
+        items = {m["key"]: copy.deepcopy(m) for m in b["metadata"]}
+        model["metadata"] = items if b.get("replace_metadata") else {**model["metadata"], **items}
+        model["last_update"] = self.now()
+        return {"updated": 1}
 
     # -- workers -------------------------------------------------------------------------------
     def _live_workers(self) -> dict[str, dict]:

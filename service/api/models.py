@@ -1,0 +1,58 @@
+"""The model-registry endpoints: read an algorithm's versions and audit trail (``read`` scope),
+promote a version or roll back (``promote`` scope). Registration is the CLI's
+(``scantide models register``): the file must load in the algorithm before it is accepted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.api.auth import TokenAuth
+from service.backends.base import TaskBackend
+from service.models import VERSION_PATTERN
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(pattern=VERSION_PATTERN, description="A registered version of the algorithm's model.")
+    by: str | None = Field(default=None, max_length=128,
+                           description="Who asks, for the audit trail (recorded next to the token's fingerprint).")
+
+
+def models_router(backend: TaskBackend, auth: TokenAuth) -> APIRouter:
+    router = APIRouter(prefix="/v1/models", tags=["models"])
+
+    def who(request: Request, by: str | None) -> str:
+        token = auth.identity(request)
+        return f"{by} ({token})" if by else token
+
+    def registry(algorithm: str) -> dict[str, Any]:
+        versions = backend.list_models(algorithm)
+        promoted = next((m for m in versions if m.promoted), None)
+        return {"algorithm": algorithm, "promoted": promoted.version if promoted else None,
+                "versions": [m.to_dict() for m in versions],
+                "history": [e.to_dict() for e in backend.model_history(algorithm)]}
+
+    @router.get("/{algorithm}", dependencies=[Depends(auth.require("read"))],
+                summary="An algorithm's model versions, the promoted one, and the audit trail")
+    def get_models(algorithm: str) -> dict[str, Any]:
+        return registry(algorithm)
+
+    @router.post("/{algorithm}/promote", dependencies=[Depends(auth.require("promote"))],
+                 summary="Promote a version: tasks enqueued from now on run it; queued and running ones keep theirs",
+                 description="404 model_version_not_found for a version never registered.")
+    def promote(algorithm: str, body: PromoteRequest, request: Request) -> dict[str, Any]:
+        entry = backend.promote_model(algorithm, body.version, by=who(request, body.by))
+        return {**registry(algorithm), "changed": entry is not None, "audit": entry.to_dict() if entry else None}
+
+    @router.post("/{algorithm}/rollback", dependencies=[Depends(auth.require("promote"))],
+                 summary="Promote again the version promoted before the current one",
+                 description="409 nothing_to_roll_back when no earlier promotion is left.")
+    def rollback(algorithm: str, request: Request) -> dict[str, Any]:
+        entry = backend.rollback_model(algorithm, by=who(request, None))
+        return {**registry(algorithm), "changed": True, "audit": entry.to_dict()}
+
+    return router
