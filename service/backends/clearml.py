@@ -32,6 +32,7 @@ from service.backends.base import TaskBackend
 from service.backends.clearml_agent import ClearMLAgent
 from service.backends.clearml_changes import read_changes
 from service.backends.clearml_client import ClearMLClient, ClearMLRefused
+from service.backends.clearml_models import ClearMLModels
 from service.backends.clearml_store import (
     FAILED_CHANGING_STATUS,
     INVALID_TASK_ID,
@@ -70,6 +71,7 @@ from service.domain import (
     WorkerInfo,
 )
 from service.errors import BackendUnavailable, TaskNotFound, UnknownAlgorithm
+from service.models import AuditEntry, ModelVersion
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,7 @@ class ClearMLBackend(TaskBackend):
                  page_size: int = 500, worker_timeout_s: int = 600) -> None:
         self.store = ClearMLStore(client, project, page_size=page_size)
         self.agent = ClearMLAgent(self.store, max_attempts=max_attempts, worker_timeout_s=worker_timeout_s)
+        self.models = ClearMLModels(self.store)
         self._idle_since: dict[str, float] = {}  # worker id → when this process first saw it idle
         self._lock = threading.Lock()
 
@@ -349,29 +352,23 @@ class ClearMLBackend(TaskBackend):
         return self.agent.reap_expired()
 
     # -- model registry (clearml_models: ClearML's model registry) ---------------------------
-    @property
-    def models(self):  # -> ClearMLModels; stateless, imported here to keep the registry apart
-        from service.backends.clearml_models import ClearMLModels
-
-        return ClearMLModels(self.store)
-
-    def register_model(self, model):
+    def register_model(self, model: ModelVersion) -> ModelVersion:
         return self.models.register(model)
 
-    def model_version(self, algorithm: str, version: str):
+    def model_version(self, algorithm: str, version: str) -> ModelVersion | None:
         return self.models.get(algorithm, version)
 
-    def list_models(self, algorithm: str | None = None):
+    def list_models(self, algorithm: str | None = None) -> list[ModelVersion]:
         return self.models.listing(algorithm)
 
-    def promoted_model(self, algorithm: str):
+    def promoted_model(self, algorithm: str) -> ModelVersion | None:
         return self.models.promoted(algorithm)
 
-    def promote_model(self, algorithm: str, version: str, by: str):
+    def promote_model(self, algorithm: str, version: str, by: str) -> AuditEntry | None:
         return self.models.promote(algorithm, version, by)
 
-    def rollback_model(self, algorithm: str, by: str):
+    def rollback_model(self, algorithm: str, by: str) -> AuditEntry:
         return self.models.rollback(algorithm, by)
 
-    def model_history(self, algorithm: str | None = None):
+    def model_history(self, algorithm: str | None = None) -> list[AuditEntry]:
         return self.models.history(algorithm)
