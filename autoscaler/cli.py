@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -47,7 +48,7 @@ def simulate(
     try:
         result = run_simulation(trace, policy=policy, vs=vs, warm_pool=warm_pool, seed=seed, settings=settings)
     except TraceError as exc:
-        console.print(f"[red]bad trace[/red]: {exc}")
+        console.print(f"[red]bad trace[/red]: {escape(str(exc))}")
         raise typer.Exit(2) from None
 
     t = result.trace

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from service.backends import open_backend
@@ -121,7 +122,7 @@ def submit(
     if "://" not in scan:
         path = Path(scan).expanduser().resolve()
         if not path.is_file():
-            err_console.print(f"[red]no such file: {path}[/red]")
+            err_console.print(f"[red]no such file: {escape(str(path))}[/red]")
             raise typer.Exit(2)
         root = settings.data_root.resolve()  # type: ignore[union-attr]
         if not path.is_relative_to(root):
@@ -134,7 +135,7 @@ def submit(
     try:
         submission = submit_scan(backend, settings, ScanRequest(scan_id=sid, scan_uri=uri, algorithm=algorithm))
     except ScantideError as exc:
-        err_console.print(f"[red]{exc.code}[/red]: {exc.message}")
+        err_console.print(f"[red]{exc.code}[/red]: {escape(exc.message)}")
         raise typer.Exit(2) from None
     task = submission.task
     what = "queued" if submission.created else "already submitted"
@@ -193,7 +194,7 @@ def main() -> None:
     try:
         app()
     except ScantideError as exc:
-        err_console.print(f"[red]{exc.code}[/red]: {exc.message}")
+        err_console.print(f"[red]{exc.code}[/red]: {escape(exc.message)}")
         sys.exit(2)
 
 
