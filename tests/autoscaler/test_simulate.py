@@ -99,6 +99,15 @@ def test_never_worse_than_the_baseline_sparse_or_heavy(trace: Trace, warm_pool: 
     assert record["p95_wait_s"] <= record["baseline_p95_wait_s"]
 
 
+@pytest.mark.xfail(strict=True, reason="at ~80 scans/h (1.8 busy on average) ClearML's 15-minute idle timeout holds "
+                                       "~4 instances (p95 ~100 s); the break-even holds ~2 at about half the cost, "
+                                       "so tasks queue (p95 ~200 s)")
+def test_never_worse_than_the_baseline_at_medium_steady_load() -> None:
+    record = simulate(poisson_trace("medium", 80, 8, 7), vs="clearml", seed=0).record()
+    assert record["billed_s"] <= record["baseline_billed_s"]
+    assert record["p95_wait_s"] <= record["baseline_p95_wait_s"]
+
+
 def test_the_real_daemon_runs_the_real_policy() -> None:
     result = simulate(small_trace(), seed=1, warm_pool=True)
     kinds = {e["kind"] for e in result.ours.journal.recent}
