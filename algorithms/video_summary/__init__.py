@@ -1,22 +1,30 @@
-"""video_summary: quality profile, keyframes and a contact sheet for one dental video scan.
+"""video_summary: frame quality by a small CNN, keyframes, a contact sheet and scan-to-scan change.
 
-``run(scan_path, params, out_dir, progress)`` decodes the scan once, measures every frame on a
-small grey copy (sharpness = variance of the Laplacian, exposure score, motion), picks keyframes
-spread over the scan (best good, non-duplicate frame per equal-length window) and writes to
-``out_dir``:
+``run(scan_path, params, out_dir, progress)`` decodes the scan once (in a background thread that
+feeds batches to the network), scores every frame with the frame network (model.py: quality in
+[0, 1] and a unit embedding), measures cheap OpenCV metrics beside it (sharpness = variance of
+the Laplacian at ``analysis_width``, exposure, motion), picks keyframes spread over the scan (best
+good frame per equal-length window, skipping near-duplicates by embedding similarity) and, when
+``previous_summary`` is given, compares the scan with an earlier one (compare.py). It writes:
 
-- ``summary.json``: ``algorithm``, ``algorithm_version``, ``frame_count`` (frames decoded), ``fps``,
-  ``fps_assumed`` (True when the container had no usable rate and 30 was used), ``duration_s``,
-  ``width``, ``height`` (pixels), ``quality`` {``sharpness_median``, ``sharpness_reference``,
-  ``exposure_mean``, ``motion_mean``, ``poor_frame_fraction``, ``score``}, ``segments`` [{``index``,
-  ``start_frame``, ``end_frame`` (inclusive), ``start_s``, ``end_s``, ``sharpness_mean``,
-  ``exposure_mean``, ``motion_mean``, ``quality_mean``, ``poor_fraction``}], ``keyframes``
-  [{``index`` (frame), ``timestamp_s``, ``file``, ``sharpness``, ``exposure``, ``motion``,
-  ``quality``}], ``contact_sheet``, ``params`` (effective).
+- ``summary.json`` (version 2): ``algorithm``, ``algorithm_version``, ``model`` {``version``
+  (param ``model_version`` or null), ``sha256``, ``architecture``, ``device``}, ``frame_count``,
+  ``fps``, ``fps_assumed``, ``duration_s``, ``width``, ``height``, ``quality`` {``score`` (mean
+  network quality), ``poor_frame_fraction``, ``sharpness_median``, ``exposure_mean``,
+  ``motion_mean``}, ``segments`` [{``index``, ``start_frame``, ``end_frame`` (inclusive),
+  ``start_s``, ``end_s``, ``quality_mean``, ``poor_fraction``, ``sharpness_mean``,
+  ``exposure_mean``, ``motion_mean``, ``embedding``}], ``keyframes`` [{``index`` (frame),
+  ``timestamp_s``, ``file``, ``quality``, ``sharpness``, ``exposure``, ``motion``,
+  ``embedding``}], ``contact_sheet``, ``params`` (effective, without local paths) and, with
+  ``previous_summary``, ``comparison`` (see compare.py).
 - ``keyframes/kf_XX_fNNNNNN.jpg``, ``contact_sheet.jpg``, ``frames.csv``.
 
-Scores (exposure, quality, motion, poor fractions) are in [0, 1]; sharpness is in grey levels
-squared at ``analysis_width``. This package imports nothing else of the project.
+Changes from version 1: ``quality`` is the network's score (was a product of the OpenCV
+metrics; ``sharpness_reference`` is gone), embeddings are stored, ``model`` and ``comparison``
+are new, ``dedupe_threshold`` became ``dedupe_similarity``.
+
+Scores are in [0, 1]; sharpness is in grey levels squared at ``analysis_width``; embeddings
+are unit vectors rounded to 4 decimals. This package imports nothing else of the project.
 """
 
 from __future__ import annotations
@@ -31,27 +39,33 @@ from typing import Any
 import cv2
 
 from .analysis import analyse
-from .errors import AlgorithmError, InvalidParams, InvalidVideo
+from .compare import compare, load_previous
+from .errors import AlgorithmError, InvalidModel, InvalidParams, InvalidVideo
 from .keyframes import choose_keyframes
+from .model import ARCHITECTURE, DEFAULT_WEIGHTS, file_sha256, validate_model
 from .outputs import write_outputs
 from .params import Params, parse_params
 from .progress import ProgressReporter
 from .report import build_summary
+from .scorer import scorer_for
 
 __all__ = [
+    "DEFAULT_WEIGHTS",
     "NAME",
     "VERSION",
     "AlgorithmError",
+    "InvalidModel",
     "InvalidParams",
     "InvalidVideo",
     "Params",
     "Result",
     "run",
+    "validate_model",
 ]
 
 NAME = "video_summary"
 # Bump when outputs for the same scan and params would change.
-VERSION = "1"
+VERSION = "2"
 
 logger = logging.getLogger(__name__)
 
@@ -76,27 +90,38 @@ def run(
 ) -> Result:
     """Analyse the video at ``scan_path`` and write the outputs to ``out_dir`` (created).
 
-    params: optional ``keyframes``, ``segments``, ``analysis_width``, ``dedupe_threshold``,
-    ``min_quality``, ``thumb_width``, ``max_frames`` (see ``Params``); other keys are ignored.
-    progress: called with the fraction done (0..1, non-decreasing, ending at 1.0), at most ~20
-    times. The outputs are a pure function of the scan and params.
+    params: optional ``keyframes``, ``segments``, ``analysis_width``, ``dedupe_similarity``,
+    ``min_quality``, ``thumb_width``, ``max_frames``, ``batch_size``, ``device``,
+    ``model_version``, ``model_path``, ``previous_summary`` (see ``Params``); other keys are
+    ignored. progress: called with the fraction done (0..1, non-decreasing, ending at 1.0), at
+    most ~20 times. On one device the outputs are a pure function of the scan, the params and
+    the weights.
 
-    Raises InvalidParams for bad params, InvalidVideo for a missing, unreadable, empty,
-    truncated or too long scan, and OSError when out_dir cannot be written.
+    Raises InvalidParams for bad params (an unusable previous summary included), InvalidModel
+    for unusable weights, InvalidVideo for a missing, unreadable, empty, truncated or too long
+    scan, and OSError when out_dir cannot be written.
     """
     effective = parse_params(params)
+    weights = effective.model_path or DEFAULT_WEIGHTS
+    scorer = scorer_for(weights, effective.device)
+    sha256 = file_sha256(weights)
+    # Checked before decoding: a bad previous summary should not cost a whole pass.
+    previous = load_previous(effective.previous_summary, sha256) if effective.previous_summary else None
+    model = {"version": effective.model_version, "sha256": sha256, "architecture": ARCHITECTURE,
+             "device": scorer.device.type}
     reporter = ProgressReporter(progress)
     try:
-        analysis = analyse(scan_path, effective, reporter)
+        analysis = analyse(scan_path, effective, scorer, reporter)
         keyframes = choose_keyframes(
             analysis.candidates,
-            analysis.frames.quality,
             len(analysis.frames),
             effective.keyframes,
             effective.min_quality,
-            effective.dedupe_threshold,
+            effective.dedupe_similarity,
         )
-        summary = build_summary(NAME, VERSION, analysis, effective, keyframes)
+        summary = build_summary(NAME, VERSION, model, analysis, effective, keyframes)
+        if previous is not None:
+            summary["comparison"] = compare(summary, previous)
         reporter.update(0.95)
         files = write_outputs(
             Path(out_dir), summary, analysis.frames, keyframes, analysis.info.fps, effective.thumb_width
@@ -107,8 +132,8 @@ def run(
         raise InvalidVideo(f"video could not be processed: {_short_message(exc)}") from exc
     reporter.finish()
     logger.info(
-        "video_summary done frames=%d keyframes=%d score=%s",
-        summary["frame_count"], len(keyframes), summary["quality"]["score"],
+        "video_summary done frames=%d keyframes=%d score=%s device=%s",
+        summary["frame_count"], len(keyframes), summary["quality"]["score"], scorer.device,
     )
     return Result(summary=summary, files=files)
 

@@ -1,12 +1,14 @@
-"""The single decoding pass: per-frame metrics for every frame, full-res copies of a few.
+"""The single decoding pass: the network's score and embedding plus cheap metrics for every frame.
 
-Per frame the work is one INTER_AREA downscale, a grey conversion and three metrics on the small
-copy; full-resolution frames are only copied when they enter the candidate pool. This keeps the
-whole algorithm close to decode-only speed.
+The decode thread decodes and downscales each frame to ``analysis_width`` and hands batches over
+(decode.VideoReader.batches). This thread measures each small frame (sharpness, exposure,
+motion), builds the network's input, scores the batch in one forward pass and offers every frame
+to the candidate pool, which keeps the few that may become keyframes at full resolution.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -15,89 +17,91 @@ import numpy as np
 
 from .candidates import Candidate, CandidatePool
 from .decode import VideoInfo, VideoReader
+from .model import CHANNELS, EMBEDDING_DIM, INPUT_HEIGHT, INPUT_WIDTH, model_input
 from .params import Params
 from .progress import ProgressReporter
-from .quality import downscale_gray, frame_metrics, quality_scores, sharpness_reference
+from .quality import downscale, frame_metrics, to_gray
+from .scorer import FrameScorer
 
 logger = logging.getLogger(__name__)
 
 # Share of the progress bar the decoding pass takes; writing outputs takes the rest.
 DECODE_SHARE = 0.9
-# The provisional sharpness reference is recomputed when the frame count has grown by this
-# factor (and at least every _REFERENCE_MIN_GAP frames), which keeps the cost O(n log n).
-_REFERENCE_GROWTH = 1.25
-_REFERENCE_MIN_GAP = 32
 
 
 @dataclass(frozen=True)
 class FrameTable:
-    """Per-frame metrics, one entry per decoded frame (see quality.py for units)."""
+    """Per-frame values, one row per decoded frame. quality: network score (0..1). embedding:
+    N x EMBEDDING_DIM unit vectors. sharpness, exposure, motion: see quality.py for units."""
 
+    quality: np.ndarray
+    embedding: np.ndarray
     sharpness: np.ndarray
     exposure: np.ndarray
     motion: np.ndarray
-    quality: np.ndarray
 
     def __len__(self) -> int:
-        return int(self.sharpness.size)
+        return int(self.quality.size)
 
 
 @dataclass(frozen=True)
 class Analysis:
-    """Everything the pass learned. width, height: first frame's size in pixels.
-    reference: final sharpness reference (quality.sharpness_reference)."""
+    """Everything the pass learned. width, height: first frame's size in pixels."""
 
     info: VideoInfo
     width: int
     height: int
     frames: FrameTable
-    reference: float
     candidates: list[Candidate]
 
 
 def analyse(
-    path: str | os.PathLike[str], params: Params, progress: ProgressReporter
+    path: str | os.PathLike[str], params: Params, scorer: FrameScorer, progress: ProgressReporter
 ) -> Analysis:
-    """Decode ``path`` once and measure every frame. Raises InvalidVideo for unusable files."""
-    sharpness: list[float] = []
-    exposure: list[float] = []
-    motion: list[float] = []
+    """Decode ``path`` once, score and measure every frame. Raises InvalidVideo for unusable files."""
+    quality: list[np.ndarray] = []
+    embedding: list[np.ndarray] = []
+    metrics: list[tuple[float, float, float]] = []
     width = height = 0
+    previous: np.ndarray | None = None
+    prepare = functools.partial(downscale, width=params.analysis_width)
     with VideoReader(path, params.max_frames) as reader:
         reported = reader.info.reported_frames
         # Twice as many windows as keyframes: when the container's count is right, each final
         # window spans about two pool windows; when it is wrong, merging keeps them near-equal.
         pool = CandidatePool(2 * params.keyframes, reported)
-        previous: np.ndarray | None = None
-        reference = 0.0
-        next_reference_at = 1
-        for index, frame in reader.frames():
-            if index == 0:
-                height, width = frame.shape[:2]
-            gray = downscale_gray(frame, params.analysis_width)
-            metrics = frame_metrics(gray, previous)
-            sharpness.append(metrics[0])
-            exposure.append(metrics[1])
-            motion.append(metrics[2])
-            if index + 1 >= next_reference_at:
-                reference = sharpness_reference(np.asarray(sharpness))
-                next_reference_at = max(index + 1 + _REFERENCE_MIN_GAP, int((index + 1) * _REFERENCE_GROWTH))
-            pool.offer(index, metrics, reference, gray, frame)
-            previous = gray
-            if reported:
-                progress.update(DECODE_SHARE * min(1.0, (index + 1) / reported))
-        reader.check_complete(len(sharpness))
+        with scorer.session():
+            for batch in reader.batches(params.batch_size, prepare):
+                if not metrics:
+                    height, width = batch[0].frame.shape[:2]
+                inputs = np.empty((len(batch), INPUT_HEIGHT, INPUT_WIDTH, CHANNELS), np.uint8)
+                for slot, decoded in enumerate(batch):
+                    model_input(decoded.small, inputs[slot])
+                    gray = to_gray(decoded.small)
+                    metrics.append(frame_metrics(gray, previous))
+                    previous = gray
+                scores, vectors = scorer.score(inputs)
+                for decoded, score, vector in zip(batch, scores, vectors, strict=True):
+                    pool.offer(decoded.index, float(score), vector, decoded.frame)
+                quality.append(scores)
+                embedding.append(vectors)
+                if reported:
+                    progress.update(DECODE_SHARE * min(1.0, len(metrics) / reported))
+        reader.check_complete(len(metrics))
         info = reader.info
     progress.update(DECODE_SHARE)
 
-    sharp = np.asarray(sharpness, dtype=np.float64)
-    expo = np.asarray(exposure, dtype=np.float64)
-    mot = np.asarray(motion, dtype=np.float64)
-    reference = sharpness_reference(sharp)
-    table = FrameTable(sharp, expo, mot, quality_scores(sharp, expo, mot, reference))
+    columns = np.asarray(metrics, dtype=np.float64).reshape(-1, 3)
+    table = FrameTable(
+        quality=np.concatenate(quality),
+        embedding=np.concatenate(embedding).reshape(-1, EMBEDDING_DIM),
+        sharpness=columns[:, 0],
+        exposure=columns[:, 1],
+        motion=columns[:, 2],
+    )
     candidates = pool.candidates()
     logger.info(
-        "video analysed frames=%d reported=%d size=%dx%d candidates=%d",
-        len(table), reported, width, height, len(candidates),
+        "video analysed frames=%d reported=%d size=%dx%d candidates=%d device=%s",
+        len(table), reported, width, height, len(candidates), scorer.device,
     )
-    return Analysis(info, int(width), int(height), table, reference, candidates)
+    return Analysis(info, int(width), int(height), table, candidates)

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .quality import quality_score, thumbnail
-
 logger = logging.getLogger(__name__)
 
 # Candidates kept per window at most; more gives selection a choice when the best is a duplicate.
@@ -40,21 +38,16 @@ JPEG_QUALITY = 95
 class Candidate:
     """A frame that may become a keyframe.
 
-    index: frame index (from 0). sharpness, exposure, motion: its metrics (see quality.py).
-    thumb: grey thumbnail for near-duplicate checks. Exactly one of ``image`` (BGR uint8, full
-    resolution) and ``jpeg`` (its encoded bytes) is set.
+    index: frame index (from 0). quality: the network's score (0..1). embedding: its unit
+    embedding, for near-duplicate checks and comparisons. Exactly one of ``image`` (BGR uint8,
+    full resolution) and ``jpeg`` (its encoded bytes) is set.
     """
 
     index: int
-    sharpness: float
-    exposure: float
-    motion: float
-    thumb: np.ndarray
+    quality: float
+    embedding: np.ndarray
     image: np.ndarray | None = None
     jpeg: bytes | None = None
-
-    def score(self, reference: float) -> float:
-        return quality_score(self.sharpness, self.exposure, self.motion, reference)
 
     def jpeg_bytes(self) -> bytes:
         """The frame as JPEG bytes (JPEG_QUALITY)."""
@@ -98,27 +91,16 @@ class CandidatePool:
         self._keep = PER_WINDOW
         self._encode: bool | None = None  # decided on the first frame, when its size is known
         self._active = 0  # window the last frame fell in; earlier windows are closed
-        self._reference = 0.0
 
-    def offer(
-        self,
-        index: int,
-        metrics: tuple[float, float, float],
-        reference: float,
-        gray: np.ndarray,
-        frame: np.ndarray,
-    ) -> None:
+    def offer(self, index: int, quality: float, embedding: np.ndarray, frame: np.ndarray) -> None:
         """Consider frame ``index`` (offered in increasing order); keep it if it ranks among
-        the best of its window.
+        the best of its window by ``quality``.
 
-        metrics: (sharpness, exposure, motion). reference: the provisional sharpness reference,
-        used to rank with the scan's distribution as known so far. gray: its small grey copy.
         frame: the full-resolution BGR frame, kept by reference: it must not be reused by the
         caller (cv2.VideoCapture.read() returns a fresh array per frame).
         """
         if self._encode is None:
             self._plan_memory(frame.nbytes)
-        self._reference = reference
         window = index // self._window_len
         if window != self._active:
             self._close(self._active)
@@ -127,15 +109,13 @@ class CandidatePool:
                 window = index // self._window_len
             self._active = window
         bucket = self._windows[window]
-        sharpness, exposure, motion = metrics
-        score = quality_score(sharpness, exposure, motion, reference)
         if len(bucket) >= self._keep:
-            worst = min(bucket, key=lambda c: (c.score(reference), -c.index))
+            worst = min(bucket, key=lambda c: (c.quality, -c.index))
             # Strictly better only: on ties the earlier frame stays, which keeps runs repeatable.
-            if score <= worst.score(reference):
+            if quality <= worst.quality:
                 return
             bucket.remove(worst)
-        bucket.append(Candidate(index, sharpness, exposure, motion, thumbnail(gray), image=frame))
+        bucket.append(Candidate(index, quality, embedding, image=frame))
 
     def candidates(self) -> list[Candidate]:
         """Every kept candidate, in frame order (closes the last window)."""
@@ -159,11 +139,10 @@ class CandidatePool:
                 candidate.seal()
 
     def _merge_pairs(self) -> None:
-        reference = self._reference
         merged: list[list[Candidate]] = []
         for i in range(0, self._slots, 2):
             pair = self._windows[i] + (self._windows[i + 1] if i + 1 < self._slots else [])
-            pair.sort(key=lambda c: (-c.score(reference), c.index))
+            pair.sort(key=lambda c: (-c.quality, c.index))
             merged.append(pair[: self._keep])
         merged.extend([] for _ in range(self._slots - len(merged)))
         self._windows = merged

@@ -7,9 +7,10 @@ import math
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 
 import cv2
 import numpy as np
@@ -22,9 +23,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_FPS = 30.0
 # Fewer decoded frames than this share of the container's count means the file was cut short.
 TRUNCATION_RATIO = 0.9
-# Frames decoded ahead of the consumer: enough to smooth out uneven frame costs, few enough that
-# memory stays a handful of frames.
-PREFETCH = 4
+# Batches decoded ahead of the consumer: one being filled while one waits is enough to keep the
+# decoder busy while the model works; memory stays a few batches of frames.
+PREFETCH = 2
+# Raw frames of one batch may take about this much memory (bytes): 4K scans get smaller batches.
+BATCH_BYTES = 128 * 1024 * 1024
 
 # Queue markers from the decode thread: end of stream, or a decoder failure at a frame index.
 _END = object()
@@ -34,6 +37,16 @@ _END = object()
 class _Failure:
     index: int
     error: BaseException
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    """index: frame index from 0. frame: full-resolution BGR uint8, a fresh array per frame.
+    small: what the reader's ``prepare`` made of it in the decode thread."""
+
+    index: int
+    frame: np.ndarray
+    small: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,7 @@ class VideoInfo:
 class VideoReader:
     """Context manager over ``cv2.VideoCapture`` that yields BGR frames once, in order.
 
-    Usage: ``with VideoReader(path, max_frames) as reader: for index, frame in reader.frames(): ...``
+    Usage: ``with VideoReader(path, max_frames) as reader: for batch in reader.batches(n, f): ...``
     then ``reader.check_complete(decoded)`` once the loop ends.
     """
 
@@ -66,7 +79,7 @@ class VideoReader:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=PREFETCH)
         self.info = VideoInfo(fps=DEFAULT_FPS, fps_assumed=True, reported_frames=0)
 
-    def __enter__(self) -> VideoReader:
+    def __enter__(self) -> Self:
         path = self._path
         if not os.path.exists(path):
             raise InvalidVideo(f"could not open video: no such file: {path}")
@@ -108,18 +121,23 @@ class VideoReader:
             self._cap.release()
             self._cap = None
 
-    def frames(self) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(index, frame)`` with index counted from 0 and frame a fresh BGR uint8 array.
+    def batches(self, size: int, prepare: Callable[[np.ndarray], np.ndarray]) -> Iterator[list[DecodedFrame]]:
+        """Yield lists of up to ``size`` consecutive DecodedFrame, in order; indices count from 0.
 
-        A background thread decodes up to PREFETCH frames ahead. OpenCV releases the GIL in
-        read() and in its image functions, so on a multi-core worker the caller's per-frame work
-        overlaps decoding instead of adding to it. Order and content are unchanged.
+        A background thread decodes each frame, runs ``prepare`` on it (e.g. the downscale to
+        the analysis width) and hands full batches over through a queue of PREFETCH batches, so
+        decoding overlaps the caller's work on the previous batch (OpenCV and torch release the
+        GIL). The batch is smaller than ``size`` when ``size`` frames would exceed
+        BATCH_BYTES. A decoder failure is raised here, as InvalidVideo for OpenCV errors.
+        Leaving the loop early (an error, a break) stops and joins the thread.
         """
         if self._cap is None:
             raise RuntimeError("VideoReader used outside its with-block")
         self._queue = queue.Queue(maxsize=PREFETCH)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, name="video-decode", daemon=True)
+        self._thread = threading.Thread(
+            target=self._produce, args=(max(1, size), prepare), name="video-decode", daemon=True
+        )
         self._thread.start()
         try:
             while True:
@@ -133,29 +151,36 @@ class VideoReader:
                             f"video could not be decoded at frame {item.index}: {message[-1]}"
                         ) from item.error
                     raise item.error
-                assert isinstance(item, tuple)
-                index, frame = item
-                if index >= self._max_frames:
+                assert isinstance(item, list)
+                if item[-1].index >= self._max_frames:
                     raise InvalidVideo(f"video is too long: more than {self._max_frames} frames")
-                yield index, frame
+                yield item
         finally:
             self._stop_prefetch()
 
-    def _produce(self) -> None:
-        """Decode thread: put (index, frame) tuples, then _END or a _Failure, on the queue."""
+    def _produce(self, size: int, prepare: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Decode thread: put batches (lists of DecodedFrame), then _END or a _Failure."""
         assert self._cap is not None
         index = 0
+        batch: list[DecodedFrame] = []
         try:
             while not self._stop.is_set():
                 ok, frame = self._cap.read()
                 if not ok or frame is None:
                     break
-                if not self._put((index, frame)):
-                    return
+                if index == 0:
+                    size = max(1, min(size, BATCH_BYTES // max(1, frame.nbytes)))
+                batch.append(DecodedFrame(index, frame, prepare(frame)))
                 index += 1
+                if len(batch) >= size:
+                    if not self._put(batch):
+                        return
+                    batch = []
         except BaseException as exc:  # noqa: BLE001 - handed over; the consumer raises it
             # Whatever happens here must reach the consumer, or it would wait forever.
             self._put(_Failure(index, exc))
+            return
+        if batch and not self._put(batch):
             return
         self._put(_END)
 

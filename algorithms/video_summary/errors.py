@@ -34,3 +34,10 @@ class InvalidParams(AlgorithmError):
     """A parameter has the wrong type or is out of range."""
 
     code = "invalid_params"
+
+
+class InvalidModel(AlgorithmError):
+    """A model weights file cannot be used: missing, not a torch file, the wrong architecture or
+    shapes, or it produces non-finite scores."""
+
+    code = "invalid_model"

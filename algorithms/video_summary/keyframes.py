@@ -7,7 +7,6 @@ import bisect
 import numpy as np
 
 from .candidates import Candidate
-from .quality import thumb_distance
 
 
 def even_windows(total: int, parts: int) -> list[tuple[int, int]]:
@@ -22,20 +21,18 @@ def even_windows(total: int, parts: int) -> list[tuple[int, int]]:
 
 def choose_keyframes(
     candidates: list[Candidate],
-    quality: np.ndarray,
     total_frames: int,
     count: int,
     min_quality: float,
-    dedupe_threshold: float,
+    dedupe_similarity: float,
 ) -> list[Candidate]:
     """Pick up to ``count`` keyframes, in frame order.
 
-    candidates: kept frames in frame order. quality: final per-frame quality (0..1) indexed by
-    frame. Each of ``count`` equal-length windows contributes its highest-quality candidate that
-    is not poor (quality >= min_quality) and not a near-duplicate (thumbnail distance below
-    ``dedupe_threshold``) of a keyframe already chosen. Windows are visited in time order so the
-    result depends only on the inputs. If nothing qualifies, the single best candidate is returned,
-    so a scan always has at least one keyframe.
+    candidates: kept frames in frame order. Each of ``count`` equal-length windows contributes
+    its highest-quality candidate that is not poor (quality >= min_quality) and not a
+    near-duplicate (embedding cosine similarity >= ``dedupe_similarity``) of a keyframe already
+    chosen. Windows are visited in time order so the result depends only on the inputs. If
+    nothing qualifies, the single best candidate is returned, so a scan always has a keyframe.
     """
     if not candidates:
         return []
@@ -47,13 +44,18 @@ def choose_keyframes(
 
     chosen: list[Candidate] = []
     for members in by_window:
-        for candidate in sorted(members, key=lambda c: (-quality[c.index], c.index)):
-            if quality[candidate.index] < min_quality:
+        for candidate in sorted(members, key=lambda c: (-c.quality, c.index)):
+            if candidate.quality < min_quality:
                 break  # sorted best first: the rest are poor too
-            if any(thumb_distance(candidate.thumb, kept.thumb) < dedupe_threshold for kept in chosen):
+            if any(cosine(candidate.embedding, kept.embedding) >= dedupe_similarity for kept in chosen):
                 continue
             chosen.append(candidate)
             break
     if not chosen:
-        chosen = [min(candidates, key=lambda c: (-quality[c.index], c.index))]
+        chosen = [min(candidates, key=lambda c: (-c.quality, c.index))]
     return chosen
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two unit vectors (their dot product), in [-1, 1]."""
+    return float(np.dot(a.astype(np.float64), b.astype(np.float64)))

@@ -15,7 +15,14 @@ import cv2
 
 from .analysis import FrameTable
 from .candidates import JPEG_QUALITY, Candidate
-from .report import CONTACT_SHEET, FRAMES_CSV, FRAMES_CSV_HEADER, SUMMARY_JSON, frame_rows, keyframe_label
+from .report import (
+    CONTACT_SHEET,
+    FRAMES_CSV,
+    FRAMES_CSV_HEADER,
+    SUMMARY_JSON,
+    frame_rows,
+    keyframe_label,
+)
 from .sheet import contact_sheet
 
 logger = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
-"""Per-frame quality: sharpness, exposure and motion, and the score that combines them.
+"""Cheap per-frame measures beside the network's score: sharpness, exposure and motion.
 
-Everything per frame runs on a small grey copy (``analysis_width`` wide) so the analysis costs
-a fraction of decoding. The combined score needs the scan's own sharpness distribution, so it is
-computed with a reference (a high percentile) that is provisional during the pass and final after.
+They explain a score (why a frame is poor) and see what the network's 64x48 views cannot:
+sharpness is measured on the whole frame at ``analysis_width``. Everything runs on a small grey
+copy, so it costs a fraction of decoding.
 """
 
 from __future__ import annotations
@@ -10,11 +10,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# Side of the grey thumbnails used to compare keyframe candidates (pixels).
-THUMB_SIDE = 32
-# Percentile of the scan's sharpness that counts as "fully sharp": a high percentile rather than
-# the max so one noisy frame cannot make every other frame look blurred.
-SHARPNESS_PERCENTILE = 90.0
 # Grey levels at or beyond these count as clipped (crushed shadows, blown highlights).
 _CLIP_LOW, _CLIP_HIGH = 4, 251
 # Mean brightness (0..1) inside this band is well exposed; the score falls linearly to 0 at the
@@ -23,29 +18,29 @@ _BRIGHT_OK = (0.25, 0.75)
 _BRIGHT_ZERO = (0.05, 0.95)
 # Share of clipped pixels at which the exposure score reaches 0.
 _CLIP_ZERO = 0.3
-# Mean absolute frame difference (0..1) at which motion costs its full weight: fast motion means
-# motion blur and rolling-shutter smear, which the Laplacian does not always catch.
-_MOTION_FULL = 0.25
-_MOTION_WEIGHT = 0.3
 
-def downscale_gray(frame: np.ndarray, width: int) -> np.ndarray:
-    """Return a grey uint8 copy of a BGR ``frame`` at most ``width`` pixels wide (aspect kept).
 
-    Per-frame cost is dominated by memory traffic over the full-resolution frame, so the frame is
-    read once, by the grey conversion (one third of the bytes out). The grey image is then halved
-    with INTER_AREA while at least twice too wide (OpenCV's fast exact-2x path, the same box
-    average) and finished with one INTER_AREA step. Never upscales.
+def downscale(frame: np.ndarray, width: int) -> np.ndarray:
+    """Return a BGR ``frame`` at most ``width`` pixels wide (aspect kept); never upscales, and a
+    frame already narrow enough is returned as is.
+
+    Halved with INTER_AREA while at least twice too wide (OpenCV's fast exact-2x path, the same
+    box average), then one INTER_AREA step to the exact size. Runs in the decode thread.
     """
-    gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    height, full_width = gray.shape[:2]
+    height, full_width = frame.shape[:2]
     if full_width <= width:
-        return gray
-    target = (width, max(1, int(round(height * width / full_width))))
-    while gray.shape[1] >= 2 * width and gray.shape[1] % 2 == 0 and gray.shape[0] % 2 == 0:
-        gray = cv2.resize(gray, (gray.shape[1] // 2, gray.shape[0] // 2), interpolation=cv2.INTER_AREA)
-    if (gray.shape[1], gray.shape[0]) != target:
-        gray = cv2.resize(gray, target, interpolation=cv2.INTER_AREA)
-    return gray
+        return frame
+    target = (width, max(1, round(height * width / full_width)))
+    small = frame
+    while small.shape[1] >= 2 * width and small.shape[1] % 2 == 0 and small.shape[0] % 2 == 0:
+        small = cv2.resize(small, (small.shape[1] // 2, small.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    if (small.shape[1], small.shape[0]) != target:
+        small = cv2.resize(small, target, interpolation=cv2.INTER_AREA)
+    return small
+
+
+def to_gray(small: np.ndarray) -> np.ndarray:
+    return small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
 
 
 def frame_metrics(gray: np.ndarray, previous: np.ndarray | None) -> tuple[float, float, float]:
@@ -81,47 +76,3 @@ def exposure_score(brightness: float, clipped: float) -> float:
         level = 1.0
     clip = 1.0 - clipped / _CLIP_ZERO
     return min(1.0, max(0.0, level)) * min(1.0, max(0.0, clip))
-
-
-def thumbnail(gray: np.ndarray) -> np.ndarray:
-    """THUMB_SIDE x THUMB_SIDE float32 grey thumbnail in [0, 1], for near-duplicate checks."""
-    small = cv2.resize(gray, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
-    return small.astype(np.float32) / 255.0
-
-
-def thumb_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute difference of two thumbnails, in [0, 1]."""
-    return float(np.mean(np.abs(a - b)))
-
-
-def sharpness_reference(sharpness: np.ndarray) -> float:
-    """The scan's "fully sharp" level: its SHARPNESS_PERCENTILE-th percentile (0 if empty)."""
-    if sharpness.size == 0:
-        return 0.0
-    return float(np.percentile(sharpness, SHARPNESS_PERCENTILE))
-
-
-def quality_scores(
-    sharpness: np.ndarray, exposure: np.ndarray, motion: np.ndarray, reference: float
-) -> np.ndarray:
-    """Quality in [0, 1] per frame: relative sharpness x exposure, softened by motion.
-
-    A product, so a frame that is blurred or badly exposed scores low whatever else it has.
-    Relative sharpness is sharpness / reference capped at 1, which makes the score independent
-    of resolution and of how much texture the scene has. A reference of 0 (every frame flat)
-    gives relative sharpness 0.
-    """
-    sharpness = np.asarray(sharpness, dtype=np.float64)
-    if reference > 0:
-        relative = np.minimum(sharpness / reference, 1.0)
-    else:
-        relative = np.zeros_like(sharpness)
-    steadiness = 1.0 - np.minimum(np.asarray(motion, dtype=np.float64) / _MOTION_FULL, 1.0)
-    return relative * np.asarray(exposure, dtype=np.float64) * (1.0 - _MOTION_WEIGHT + _MOTION_WEIGHT * steadiness)
-
-
-def quality_score(sharpness: float, exposure: float, motion: float, reference: float) -> float:
-    """Scalar form of ``quality_scores`` for one frame (used while the pass is running)."""
-    relative = min(sharpness / reference, 1.0) if reference > 0 else 0.0
-    steadiness = 1.0 - min(motion / _MOTION_FULL, 1.0)
-    return relative * exposure * (1.0 - _MOTION_WEIGHT + _MOTION_WEIGHT * steadiness)

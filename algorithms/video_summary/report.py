@@ -22,10 +22,12 @@ SUMMARY_JSON = "summary.json"
 FRAMES_CSV_HEADER = ("index", "timestamp_s", "sharpness", "exposure", "motion", "quality")
 
 # Decimal places: seconds to the millisecond, scores (0..1) to 1e-4, sharpness (grey levels
-# squared, often hundreds) to 1e-3.
+# squared, often hundreds) to 1e-3, embedding components to 1e-4 (cosine similarities of the
+# rounded vectors stay within ~1e-3 of the exact ones).
 _SECONDS = 3
 _SCORE = 4
 _SHARPNESS = 3
+_EMBEDDING = 4
 
 
 def keyframe_file(ordinal: int, frame_index: int) -> str:
@@ -36,17 +38,20 @@ def keyframe_file(ordinal: int, frame_index: int) -> str:
 def build_summary(
     name: str,
     version: str,
+    model: dict[str, Any],
     analysis: Analysis,
     params: Params,
     keyframes: list[Candidate],
 ) -> dict[str, Any]:
-    """The content of summary.json (see the package docstring for the fields)."""
+    """The content of summary.json (see the package docstring for the fields), without
+    ``comparison``. model: the ``model`` object (version, sha256, architecture, device)."""
     frames = analysis.frames
     fps = analysis.info.fps
     poor = frames.quality < params.min_quality
     return {
         "algorithm": name,
         "algorithm_version": version,
+        "model": model,
         "frame_count": len(frames),
         "fps": _round(fps, _SCORE),
         "fps_assumed": analysis.info.fps_assumed,
@@ -54,12 +59,11 @@ def build_summary(
         "width": analysis.width,
         "height": analysis.height,
         "quality": {
+            "score": _round(frames.quality.mean(), _SCORE),
+            "poor_frame_fraction": _round(poor.mean(), _SCORE),
             "sharpness_median": _round(np.median(frames.sharpness), _SHARPNESS),
-            "sharpness_reference": _round(analysis.reference, _SHARPNESS),
             "exposure_mean": _round(frames.exposure.mean(), _SCORE),
             "motion_mean": _round(frames.motion.mean(), _SCORE),
-            "poor_frame_fraction": _round(poor.mean(), _SCORE),
-            "score": _round(frames.quality.mean(), _SCORE),
         },
         "segments": build_segments(frames, fps, params.segments, params.min_quality),
         "keyframes": [_keyframe_entry(i, c.index, frames, fps) for i, c in enumerate(keyframes)],
@@ -72,7 +76,8 @@ def build_segments(frames: FrameTable, fps: float, parts: int, min_quality: floa
     """Statistics of ``parts`` equal-length segments (fewer for very short scans).
 
     end_frame is inclusive; end_s is when the segment's last frame ends (= the next start_s),
-    so segments tile the scan's duration.
+    so segments tile the scan's duration. embedding: the unit-length mean of the segment's
+    frame embeddings, what the segment shows (used by comparisons between scans).
     """
     segments = []
     for i, (start, end) in enumerate(even_windows(len(frames), parts)):
@@ -84,11 +89,12 @@ def build_segments(frames: FrameTable, fps: float, parts: int, min_quality: floa
                 "end_frame": end - 1,
                 "start_s": _round(start / fps, _SECONDS),
                 "end_s": _round(end / fps, _SECONDS),
+                "quality_mean": _round(frames.quality[span].mean(), _SCORE),
+                "poor_fraction": _round((frames.quality[span] < min_quality).mean(), _SCORE),
                 "sharpness_mean": _round(frames.sharpness[span].mean(), _SHARPNESS),
                 "exposure_mean": _round(frames.exposure[span].mean(), _SCORE),
                 "motion_mean": _round(frames.motion[span].mean(), _SCORE),
-                "quality_mean": _round(frames.quality[span].mean(), _SCORE),
-                "poor_fraction": _round((frames.quality[span] < min_quality).mean(), _SCORE),
+                "embedding": _vector(frames.embedding[span].astype(np.float64).mean(axis=0)),
             }
         )
     return segments
@@ -117,11 +123,21 @@ def _keyframe_entry(ordinal: int, index: int, frames: FrameTable, fps: float) ->
         "index": index,
         "timestamp_s": _round(index / fps, _SECONDS),
         "file": keyframe_file(ordinal, index),
+        "quality": _round(frames.quality[index], _SCORE),
         "sharpness": _round(frames.sharpness[index], _SHARPNESS),
         "exposure": _round(frames.exposure[index], _SCORE),
         "motion": _round(frames.motion[index], _SCORE),
-        "quality": _round(frames.quality[index], _SCORE),
+        "embedding": _vector(frames.embedding[index]),
     }
+
+
+def _vector(values: np.ndarray) -> list[float]:
+    """A unit-length copy of ``values``, rounded for JSON (a zero vector stays zero)."""
+    values = np.asarray(values, dtype=np.float64)
+    norm = float(np.linalg.norm(values))
+    if norm > 0:
+        values = values / norm
+    return [_round(v, _EMBEDDING) for v in values]
 
 
 def _round(value: Any, digits: int) -> float:

@@ -21,7 +21,7 @@ def contact_sheet(images: list[np.ndarray], labels: list[str], tile_width: int) 
     resolution midway. An empty list gives a single blank tile.
     """
     first = images[0] if images else np.zeros((tile_width * 3 // 4, tile_width, 3), np.uint8)
-    tile_height = max(1, int(round(first.shape[0] * tile_width / first.shape[1])))
+    tile_height = max(1, round(first.shape[0] * tile_width / first.shape[1]))
     caption_height = max(16, tile_width // 12)
     font_scale = caption_height / 36.0
     thickness = 1 if tile_width < 480 else 2

@@ -1,8 +1,10 @@
-"""video_summary against real videos written by OpenCV at test time (service/synthetic.py)."""
+"""video_summary against real videos written by OpenCV at test time (service/synthetic.py), scored
+by the committed network on the CPU."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import threading
@@ -14,9 +16,16 @@ import numpy as np
 import pytest
 
 from algorithms import video_summary
-from algorithms.video_summary import AlgorithmError, InvalidParams, InvalidVideo, Result, run
-from algorithms.video_summary import candidates
+from algorithms.video_summary import (
+    AlgorithmError,
+    InvalidParams,
+    InvalidVideo,
+    Result,
+    candidates,
+    run,
+)
 from algorithms.video_summary.candidates import PER_WINDOW, CandidatePool
+from algorithms.video_summary.model import EMBEDDING_DIM
 from service.synthetic import write_scan_video
 
 FRAMES = 120
@@ -42,11 +51,6 @@ def outcome(scan: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> t
 def _frames_csv(out: Path) -> list[dict[str, float]]:
     with open(out / "frames.csv", newline="") as handle:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-def _thumb(path: Path) -> np.ndarray:
-    gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    return cv2.resize(gray, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
 
 
 def _in(index: int, span: tuple[int, int]) -> bool:
@@ -77,7 +81,28 @@ def test_blurred_stretch_is_less_sharp(outcome: tuple[Result, Path, list[float]]
     segments = result.summary["segments"]
     assert (segments[4]["start_frame"], segments[4]["end_frame"]) == (48, 59)
     assert segments[4]["sharpness_mean"] < 0.25 * segments[0]["sharpness_mean"]
-    assert segments[4]["poor_fraction"] == 1.0 and segments[0]["poor_fraction"] == 0.0
+
+
+def test_degraded_stretches_score_lower(outcome: tuple[Result, Path, list[float]]) -> None:
+    # The network's score (frames.csv "quality"), not the OpenCV metrics: blurred and badly
+    # exposed frames, as OpenCV wrote and decoded them, rank below every clean one.
+    result, out, _ = outcome
+    rows = _frames_csv(out)
+    blurred = [r["quality"] for r in rows if _in(int(r["index"]), BLUR)]
+    exposed = [r["quality"] for r in rows if _in(int(r["index"]), EXPOSURE)]
+    clean = [r["quality"] for r in rows if not _in(int(r["index"]), BLUR) and not _in(int(r["index"]), EXPOSURE)]
+    assert max(blurred) < min(clean), (max(blurred), min(clean))
+    assert max(exposed) < min(clean), (max(exposed), min(clean))
+    assert np.mean(blurred) < 0.7 * np.mean(clean)
+    min_quality = result.summary["params"]["min_quality"]
+    assert max(exposed) < min_quality <= min(clean)
+    # Segment 4 (frames 48..59) lies wholly inside the blurred stretch, segment 8 (96..107)
+    # wholly inside the badly exposed one, segment 0 outside both.
+    segments = result.summary["segments"]
+    assert segments[0]["poor_fraction"] == 0.0
+    assert segments[4]["quality_mean"] < 0.7 * segments[0]["quality_mean"]
+    assert (segments[8]["start_frame"], segments[8]["end_frame"]) == (96, 107)
+    assert segments[8]["poor_fraction"] == 1.0
 
 
 def test_segments_tile_the_scan(outcome: tuple[Result, Path, list[float]]) -> None:
@@ -93,24 +118,29 @@ def test_keyframes_avoid_damaged_frames(outcome: tuple[Result, Path, list[float]
     summary = outcome[0].summary
     keyframes = summary["keyframes"]
     assert keyframes
+    clean = [kf for kf in keyframes if not _in(kf["index"], BLUR)]
     for kf in keyframes:
-        assert not _in(kf["index"], BLUR), kf
         assert not _in(kf["index"], EXPOSURE), kf
         assert kf["quality"] >= summary["params"]["min_quality"]
+    # A window inside the blurred stretch has no clean frame to offer; its keyframe (if the
+    # network does not call it poor) still ranks below every clean keyframe.
+    for kf in keyframes:
+        if _in(kf["index"], BLUR):
+            assert kf["quality"] < min(c["quality"] for c in clean), kf
 
 
 def test_keyframes_are_spread_and_distinct(outcome: tuple[Result, Path, list[float]]) -> None:
-    result, out, _ = outcome
+    result = outcome[0]
     keyframes = result.summary["keyframes"]
     indices = [kf["index"] for kf in keyframes]
     assert indices == sorted(indices)
     windows = {i * 8 // FRAMES for i in indices}
     assert len(windows) == len(indices) >= 4  # one per window, several windows
     assert indices[-1] - indices[0] >= FRAMES // 2
-    threshold = result.summary["params"]["dedupe_threshold"]
-    thumbs = [_thumb(out / kf["file"]) for kf in keyframes]
-    for a, b in itertools.combinations(thumbs, 2):
-        assert float(np.mean(np.abs(a - b))) >= threshold
+    threshold = result.summary["params"]["dedupe_similarity"]
+    for a, b in itertools.combinations(keyframes, 2):
+        similarity = float(np.dot(a["embedding"], b["embedding"]))
+        assert similarity < threshold + 1e-3, (a["index"], b["index"], similarity)
 
 
 def test_output_files(scan: dict[str, Any], outcome: tuple[Result, Path, list[float]]) -> None:
@@ -145,13 +175,20 @@ def test_summary_is_plain_json(outcome: tuple[Result, Path, list[float]]) -> Non
 
     walk(result.to_dict())
     summary = result.summary
-    assert set(summary) >= {
-        "algorithm", "algorithm_version", "frame_count", "fps", "duration_s", "width", "height",
-        "quality", "segments", "keyframes", "contact_sheet", "params",
+    assert set(summary) == {
+        "algorithm", "algorithm_version", "model", "frame_count", "fps", "fps_assumed", "duration_s", "width",
+        "height", "quality", "segments", "keyframes", "contact_sheet", "params",
     }
-    assert set(summary["quality"]) >= {"sharpness_median", "exposure_mean", "motion_mean", "poor_frame_fraction", "score"}
+    assert set(summary["quality"]) == {"sharpness_median", "exposure_mean", "motion_mean", "poor_frame_fraction", "score"}
     assert 0.0 < summary["quality"]["poor_frame_fraction"] < 1.0
     assert "scan_id" not in summary["params"]  # platform keys are ignored, not echoed
+    assert "model_path" not in summary["params"] and "previous_summary" not in summary["params"]
+    assert summary["model"]["version"] == "m-3"  # model_version is echoed
+    assert summary["model"]["device"] == "cpu"
+    assert summary["model"]["sha256"] == hashlib.sha256(video_summary.DEFAULT_WEIGHTS.read_bytes()).hexdigest()
+    for entry in summary["keyframes"] + summary["segments"]:
+        assert len(entry["embedding"]) == EMBEDDING_DIM
+        assert float(np.linalg.norm(entry["embedding"])) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_deterministic(scan: dict[str, Any], outcome: tuple[Result, Path, list[float]], tmp_path: Path) -> None:
@@ -292,7 +329,12 @@ def test_truncated_stream_reports_decoded_count(scan: dict[str, Any], tmp_path: 
         {"segments": 2.5},
         {"analysis_width": 10},
         {"min_quality": 1.5},
-        {"dedupe_threshold": float("nan")},
+        {"dedupe_similarity": float("nan")},
+        {"batch_size": 0},
+        {"device": "tpu"},
+        {"model_version": ""},
+        {"model_path": 3.5},
+        {"previous_summary": ["a"]},
     ],
     ids=repr,
 )
@@ -315,11 +357,11 @@ def test_pool_rewindows_when_length_is_unknown() -> None:
     # A container that reports no frame count: windows start one frame long and merge as the
     # scan grows, so candidates stay bounded and still cover the whole scan.
     pool = CandidatePool(slots=16, expected_frames=0)
-    gray = np.zeros((24, 32), np.uint8)
     frame = np.zeros((24, 32, 3), np.uint8)
+    embedding = np.zeros(EMBEDDING_DIM, np.float32)
     for index in range(1000):
-        sharpness = 50.0 + (index * 7919) % 97
-        pool.offer(index, (sharpness, 1.0, 0.0), 140.0, gray, frame)
+        quality = ((index * 7919) % 97) / 97
+        pool.offer(index, quality, embedding, frame)
     kept = pool.candidates()
     assert len(kept) <= 16 * PER_WINDOW
     assert min(c.index for c in kept) < 100 and max(c.index for c in kept) >= 900

@@ -1,0 +1,150 @@
+"""The frame network: a small CNN that scores frame quality and embeds frame content.
+
+Input (``model_input``): two 64x48 BGR views of a frame already downscaled to the analysis width,
+stacked as 6 channels: the whole frame (layout, exposure, coarse blur) and a same-size crop of
+its centre at the analysis resolution (fine detail: blur and noise the whole-frame view averages
+away). Output: a quality logit (sigmoid gives a score in [0, 1], ~1 = clean) and an
+L2-normalised EMBEDDING_DIM embedding of what the frame shows, compared by cosine similarity.
+
+Weights are a plain ``state_dict`` (``torch.save``), loaded with ``weights_only=True``;
+``train.py`` makes them. ``validate_model`` is what a model registry calls before accepting a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import InvalidModel
+
+# The committed weights (made by train.py); runs use them unless params name another file.
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "frame_quality_v1.pt"
+# Model input: width and height of each view (pixels) and channels (two BGR views).
+INPUT_WIDTH, INPUT_HEIGHT, CHANNELS = 64, 48, 6
+EMBEDDING_DIM = 32
+ARCHITECTURE = f"FrameQualityNet({CHANNELS}x{INPUT_HEIGHT}x{INPUT_WIDTH}, embedding={EMBEDDING_DIM})"
+# Channel widths of the four stride-2 stages: 48x64 -> 24x32 -> 12x16 -> 6x8 -> 3x4.
+_WIDTHS = (24, 32, 64, 64)
+
+
+def _stage(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class FrameQualityNet(nn.Module):
+    """Four stride-2 conv stages, then two heads.
+
+    The quality head sees mean- and max-pooled features (quality is a property of the whole
+    frame, and one blown highlight or noisy patch should count). The embedding head sees the
+    flattened 3x4 feature map, so it keeps the frame's layout: two views of different parts of
+    the mouth with similar texture still embed apart.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        stages, c_in = [], CHANNELS
+        for width in _WIDTHS:
+            stages.append(_stage(c_in, width))
+            c_in = width
+        self.features = nn.Sequential(*stages)
+        self.quality = nn.Linear(2 * c_in, 1)
+        grid = math.ceil(INPUT_HEIGHT / 16) * math.ceil(INPUT_WIDTH / 16)
+        self.embedding = nn.Linear(c_in * grid, EMBEDDING_DIM)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: N x CHANNELS x INPUT_HEIGHT x INPUT_WIDTH, values in [0, 1].
+        Returns (quality logits N, unit embeddings N x EMBEDDING_DIM)."""
+        features = self.features(x - 0.5)
+        pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
+        logits = self.quality(pooled).squeeze(1)
+        embedding = F.normalize(self.embedding(features.flatten(1)), dim=1)
+        return logits, embedding
+
+
+def model_input(small: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The network's input for one frame: INPUT_HEIGHT x INPUT_WIDTH x CHANNELS uint8.
+
+    small: the BGR frame at the analysis width. Channels 0-2 are the whole frame resized
+    (INTER_AREA), 3-5 its centre crop at the analysis resolution (the frame resized up when
+    it is smaller than a view). out: where to write it (e.g. one slot of a batch array), else
+    a new array.
+    """
+    if out is None:
+        out = np.empty((INPUT_HEIGHT, INPUT_WIDTH, CHANNELS), np.uint8)
+    size = (INPUT_WIDTH, INPUT_HEIGHT)
+    out[..., :3] = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
+    height, width = small.shape[:2]
+    if width >= INPUT_WIDTH and height >= INPUT_HEIGHT:
+        top, left = (height - INPUT_HEIGHT) // 2, (width - INPUT_WIDTH) // 2
+        out[..., 3:] = small[top : top + INPUT_HEIGHT, left : left + INPUT_WIDTH]
+    else:
+        out[..., 3:] = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_network(path: str | os.PathLike[str]) -> FrameQualityNet:
+    """Load weights from ``path`` into a FrameQualityNet in eval mode, on the CPU.
+
+    Raises InvalidModel when the file is missing, is not a torch file holding a state_dict, or
+    its tensors do not fit the architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidModel(f"model file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InvalidModel(
+            f"{path} is not a loadable torch weights file ({type(exc).__name__}); "
+            "save a state_dict with torch.save(model.state_dict(), path)"
+        ) from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InvalidModel(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+    network = FrameQualityNet()
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise InvalidModel(f"{path} does not fit {ARCHITECTURE}: {detail}") from exc
+    return network.eval()
+
+
+def validate_model(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check that ``path`` is usable weights: it loads and scores a dummy batch with finite output.
+
+    Returns ``{"architecture", "parameters", "bytes", "sha256"}``. Raises InvalidModel otherwise.
+    """
+    network = load_network(path)
+    probe = torch.linspace(0.0, 1.0, 2 * CHANNELS * INPUT_HEIGHT * INPUT_WIDTH)
+    with torch.inference_mode():
+        logits, embedding = network(probe.reshape(2, CHANNELS, INPUT_HEIGHT, INPUT_WIDTH))
+    if not (torch.isfinite(logits).all() and torch.isfinite(embedding).all()):
+        raise InvalidModel(f"{path} produces non-finite scores on a test batch; the weights are damaged")
+    return {
+        "architecture": ARCHITECTURE,
+        "parameters": sum(p.numel() for p in network.parameters()),
+        "bytes": Path(path).stat().st_size,
+        "sha256": file_sha256(path),
+    }
