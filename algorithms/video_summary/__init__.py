@@ -41,7 +41,7 @@ import cv2
 from .analysis import analyse
 from .compare import compare, load_previous
 from .errors import AlgorithmError, InvalidModel, InvalidParams, InvalidVideo
-from .keyframes import choose_keyframes
+from .keyframes import blur_outliers, choose_keyframes
 from .model import ARCHITECTURE, DEFAULT_WEIGHTS, file_sha256, validate_model
 from .outputs import write_outputs
 from .params import Params, parse_params
@@ -118,6 +118,7 @@ def run(
             effective.keyframes,
             effective.min_quality,
             effective.dedupe_similarity,
+            blur_outliers(analysis.frames.sharpness),
         )
         summary = build_summary(NAME, VERSION, model, analysis, effective, keyframes)
         if previous is not None:

@@ -19,20 +19,36 @@ def even_windows(total: int, parts: int) -> list[tuple[int, int]]:
     return [(edges[i], edges[i + 1]) for i in range(parts) if edges[i + 1] > edges[i]]
 
 
+# A frame far less sharp than the scan's sharp frames is a blur outlier: never a keyframe if
+# avoidable. The network's score already ranks blur low, but its absolute level is less certain
+# on textures unlike its training scenes; this scan-relative check on the Laplacian variance
+# (quality.py) does not depend on the texture.
+BLUR_OUTLIER_FRACTION = 0.2  # of the 90th percentile of the scan's sharpness
+
+
+def blur_outliers(sharpness: np.ndarray) -> np.ndarray:
+    """One bool per frame: True where sharpness < BLUR_OUTLIER_FRACTION x the scan's 90th percentile."""
+    if sharpness.size == 0:
+        return np.zeros(0, dtype=bool)
+    return sharpness < BLUR_OUTLIER_FRACTION * float(np.percentile(sharpness, 90))
+
+
 def choose_keyframes(
     candidates: list[Candidate],
     total_frames: int,
     count: int,
     min_quality: float,
     dedupe_similarity: float,
+    blurred: np.ndarray | None = None,
 ) -> list[Candidate]:
     """Pick up to ``count`` keyframes, in frame order.
 
     candidates: kept frames in frame order. Each of ``count`` equal-length windows contributes
     its highest-quality candidate that is not poor (quality >= min_quality) and not a
     near-duplicate (embedding cosine similarity >= ``dedupe_similarity``) of a keyframe already
-    chosen. Windows are visited in time order so the result depends only on the inputs. If
-    nothing qualifies, the single best candidate is returned, so a scan always has a keyframe.
+    chosen, nor a blur outlier (``blurred[index]``, see ``blur_outliers``). Windows are visited in
+    time order so the result depends only on the inputs. If nothing qualifies, the single best
+    candidate is returned, so a scan always has a keyframe.
     """
     if not candidates:
         return []
@@ -47,6 +63,8 @@ def choose_keyframes(
         for candidate in sorted(members, key=lambda c: (-c.quality, c.index)):
             if candidate.quality < min_quality:
                 break  # sorted best first: the rest are poor too
+            if blurred is not None and blurred[candidate.index]:
+                continue
             if any(cosine(candidate.embedding, kept.embedding) >= dedupe_similarity for kept in chosen):
                 continue
             chosen.append(candidate)
