@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -22,6 +23,9 @@ from service.backends.base import TaskBackend
 from service.domain import JobState, TaskInfo
 from service.settings import Settings, load_settings
 from service.supervisor import cli_argv, settings_env
+
+if TYPE_CHECKING:
+    from tests.autoscaler.moto_server import MotoServer
 
 TOKEN = "test-token-all"
 READ_TOKEN = "test-token-read"
@@ -168,3 +172,13 @@ def wait_terminal(backend: TaskBackend, task_id: str, timeout_s: float = 90.0) -
 
 
 __all__ = ["TOKEN", "READ_TOKEN", "ApiServer", "Workers", "wait_for", "wait_terminal", "JobState"]
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    """The moto server (S3, EC2, SSM …) on a loopback port, one per test module."""
+    from tests.autoscaler.moto_server import MotoServer
+
+    server = MotoServer().start()
+    yield server
+    server.stop()

@@ -52,13 +52,6 @@ WORKER_IMAGE = "registry.example/scantide-worker:1"
 SMALL = {"keyframes": 3, "segments": 4}
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer().start()
-    yield server
-    server.stop()
-
-
 @dataclass
 class Production:
     moto: MotoServer

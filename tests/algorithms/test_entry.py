@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,13 +40,6 @@ def weights_copy(tmp_path: Path) -> tuple[Path, str]:
     copy = tmp_path / "weights-v7.pt"
     shutil.copyfile(DEFAULT_WEIGHTS, copy)
     return copy, hashlib.sha256(copy.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

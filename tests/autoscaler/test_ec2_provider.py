@@ -7,7 +7,7 @@ import math
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,13 +97,6 @@ class FaultyClient(Ec2Client):
 
 
 # -- fixtures -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def world(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Ec2World:
     for key, value in AWS_TEST_ENV.items():

@@ -135,13 +135,6 @@ class TrackingExecutor(ThreadPoolExecutor):
 
 
 # -- fixtures -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def world(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Ec2World:
     for key, value in AWS_TEST_ENV.items():

@@ -300,15 +300,19 @@ class FakeClearML:
     def tasks__get_by_id(self, b: dict) -> dict:
         return {"task": _task_out(self._task(b["task"]))}
 
-    def tasks__get_all(self, b: dict) -> dict:
-        found = [t for t in self.tasks.values() if _task_matches(t, b)]
+    def _page(self, found: list[dict], b: dict) -> list[dict]:
+        """``*.get_all`` paging as the server does it: ordered, ``page`` needs ``page_size``, capped."""
         found = _ordered(found, b.get("order_by"))
         page, size = b.get("page"), b.get("page_size")
         if page is not None and size is None:
             raise bad_request(11, "page_size is required when page is requested")
         size = min(size or self.max_page_size, self.max_page_size)
         start = (page or 0) * size
-        return {"tasks": [_task_out(t, b.get("only_fields")) for t in found[start:start + size]]}
+        return [_task_out(d, b.get("only_fields")) for d in found[start:start + size]]
+
+    def tasks__get_all(self, b: dict) -> dict:
+        found = [t for t in self.tasks.values() if _task_matches(t, b)]
+        return {"tasks": self._page(found, b)}
 
     def tasks__edit(self, b: dict) -> dict:
         task = self._task(b["task"])
@@ -431,13 +435,7 @@ class FakeClearML:
         found = [m for m in self.models.values() if _matches_common(m, b)
                  and (not b.get("project") or _list_match(m.get("project"), b["project"]))
                  and (b.get("ready") is None or m["ready"] == b["ready"])]
-        found = _ordered(found, b.get("order_by"))
-        page, size = b.get("page"), b.get("page_size")
-        if page is not None and size is None:
-            raise bad_request(11, "page_size is required when page is requested")
-        size = min(size or self.max_page_size, self.max_page_size)
-        start = (page or 0) * size
-        return {"models": [_task_out(m, b.get("only_fields")) for m in found[start:start + size]]}
+        return {"models": self._page(found, b)}
 
     def models__update(self, b: dict) -> dict:
         model = self._model(b["model"])

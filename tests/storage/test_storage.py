@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,13 +22,6 @@ from tests.autoscaler.moto_server import AWS_TEST_ENV, MotoServer
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "scantide-test"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
