@@ -10,7 +10,8 @@ good frame per equal-length window, skipping near-duplicates by embedding simila
 - ``summary.json`` (version 2): ``algorithm``, ``algorithm_version``, ``model`` {``version``
   (param ``model_version`` or null), ``sha256``, ``architecture``, ``device``}, ``frame_count``,
   ``fps``, ``fps_assumed``, ``duration_s``, ``width``, ``height``, ``quality`` {``score`` (mean
-  network quality), ``poor_frame_fraction``, ``sharpness_median``, ``exposure_mean``,
+  network quality), ``poor_frame_fraction`` (poor: scored under ``min_quality``, or a blur
+  outlier, far less sharp than the scan's sharp frames), ``sharpness_median``, ``exposure_mean``,
   ``motion_mean``}, ``segments`` [{``index``, ``start_frame``, ``end_frame`` (inclusive),
   ``start_s``, ``end_s``, ``quality_mean``, ``poor_fraction``, ``sharpness_mean``,
   ``exposure_mean``, ``motion_mean``, ``embedding``}], ``keyframes`` [{``index`` (frame),

@@ -33,6 +33,11 @@ def blur_outliers(sharpness: np.ndarray) -> np.ndarray:
     return sharpness < BLUR_OUTLIER_FRACTION * float(np.percentile(sharpness, 90))
 
 
+def poor_frames(quality: np.ndarray, sharpness: np.ndarray, min_quality: float) -> np.ndarray:
+    """One bool per frame: scored under ``min_quality`` by the network, or a blur outlier."""
+    return (quality < min_quality) | blur_outliers(sharpness)
+
+
 def choose_keyframes(
     candidates: list[Candidate],
     total_frames: int,

@@ -13,7 +13,7 @@ import numpy as np
 
 from .analysis import Analysis, FrameTable
 from .candidates import Candidate
-from .keyframes import even_windows
+from .keyframes import even_windows, poor_frames
 from .params import Params
 
 CONTACT_SHEET = "contact_sheet.jpg"
@@ -47,7 +47,7 @@ def build_summary(
     ``comparison``. model: the ``model`` object (version, sha256, architecture, device)."""
     frames = analysis.frames
     fps = analysis.info.fps
-    poor = frames.quality < params.min_quality
+    poor = poor_frames(frames.quality, frames.sharpness, params.min_quality)
     return {
         "algorithm": name,
         "algorithm_version": version,
@@ -65,15 +65,16 @@ def build_summary(
             "exposure_mean": _round(frames.exposure.mean(), _SCORE),
             "motion_mean": _round(frames.motion.mean(), _SCORE),
         },
-        "segments": build_segments(frames, fps, params.segments, params.min_quality),
+        "segments": build_segments(frames, fps, params.segments, poor),
         "keyframes": [_keyframe_entry(i, c.index, frames, fps) for i, c in enumerate(keyframes)],
         "contact_sheet": CONTACT_SHEET,
         "params": params.to_dict(),
     }
 
 
-def build_segments(frames: FrameTable, fps: float, parts: int, min_quality: float) -> list[dict[str, Any]]:
-    """Statistics of ``parts`` equal-length segments (fewer for very short scans).
+def build_segments(frames: FrameTable, fps: float, parts: int, poor: np.ndarray) -> list[dict[str, Any]]:
+    """Statistics of ``parts`` equal-length segments (fewer for very short scans); ``poor`` marks
+    each frame that is poor (``keyframes.poor_frames``).
 
     end_frame is inclusive; end_s is when the segment's last frame ends (= the next start_s),
     so segments tile the scan's duration. embedding: the unit-length mean of the segment's
@@ -90,7 +91,7 @@ def build_segments(frames: FrameTable, fps: float, parts: int, min_quality: floa
                 "start_s": _round(start / fps, _SECONDS),
                 "end_s": _round(end / fps, _SECONDS),
                 "quality_mean": _round(frames.quality[span].mean(), _SCORE),
-                "poor_fraction": _round((frames.quality[span] < min_quality).mean(), _SCORE),
+                "poor_fraction": _round(poor[span].mean(), _SCORE),
                 "sharpness_mean": _round(frames.sharpness[span].mean(), _SHARPNESS),
                 "exposure_mean": _round(frames.exposure[span].mean(), _SCORE),
                 "motion_mean": _round(frames.motion[span].mean(), _SCORE),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from algorithms.video_summary.candidates import Candidate
-from algorithms.video_summary.keyframes import blur_outliers, choose_keyframes
+from algorithms.video_summary.keyframes import blur_outliers, choose_keyframes, poor_frames
 
 
 def unit(i: int, dim: int = 8) -> np.ndarray:
@@ -31,3 +31,9 @@ def test_a_window_of_blur_outliers_gives_no_keyframe_even_when_scored_good() -> 
     assert [c.index for c in chosen] == [0, 4, 6]
     everything_blurred = choose_keyframes(candidates, 8, 4, 0.5, 0.9, blurred=np.ones(8, dtype=bool))
     assert [c.index for c in everything_blurred] == [0], "a scan always gets one keyframe"
+
+
+def test_a_frame_is_poor_when_scored_low_or_a_blur_outlier() -> None:
+    quality = np.array([0.9, 0.2, 0.9, 0.9, 0.9])
+    sharpness = np.array([150.0, 150.0, 5.0, 140.0, 160.0])
+    assert poor_frames(quality, sharpness, min_quality=0.5).tolist() == [False, True, True, False, False]
