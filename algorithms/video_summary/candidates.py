@@ -6,7 +6,8 @@ container's frame count is unknown or too low, windows start short and pairs of 
 merged (window length doubled) whenever the scan outgrows them, so memory stays bounded and the
 windows stay roughly equal whatever the real length. Final selection re-windows at the end.
 
-Frames are held by reference, which costs nothing per frame. When raw frames would exceed
+A frame is copied only when it ranks among its window's best (the decoder reuses its
+buffers), which costs little: a few copies per window. When raw frames would exceed
 RAW_BUDGET_BYTES (4K scans, many keyframes), a window's candidates are JPEG-encoded once the
 scan has moved past it: windows are visited in time order, so each frame is encoded at most
 once and only the few final candidates of each window ever are.
@@ -96,8 +97,8 @@ class CandidatePool:
         """Consider frame ``index`` (offered in increasing order); keep it if it ranks among
         the best of its window by ``quality``.
 
-        frame: the full-resolution BGR frame, kept by reference: it must not be reused by the
-        caller (cv2.VideoCapture.read() returns a fresh array per frame).
+        frame: the full-resolution BGR frame; copied when kept, as the decoder reuses its
+        buffers (only frames that rank are copied, a few per window).
         """
         if self._encode is None:
             self._plan_memory(frame.nbytes)
@@ -115,7 +116,7 @@ class CandidatePool:
             if quality <= worst.quality:
                 return
             bucket.remove(worst)
-        bucket.append(Candidate(index, quality, embedding, image=frame))
+        bucket.append(Candidate(index, quality, embedding, image=frame.copy()))
 
     def candidates(self) -> list[Candidate]:
         """Every kept candidate, in frame order (closes the last window)."""

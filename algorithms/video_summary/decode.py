@@ -28,6 +28,8 @@ TRUNCATION_RATIO = 0.9
 PREFETCH = 2
 # Raw frames of one batch may take about this much memory (bytes): 4K scans get smaller batches.
 BATCH_BYTES = 128 * 1024 * 1024
+# Batch buffers in use at once: one being filled, PREFETCH queued, one with the consumer.
+BUFFERS = PREFETCH + 2
 
 # Queue markers from the decode thread: end of stream, or a decoder failure at a frame index.
 _END = object()
@@ -41,8 +43,9 @@ class _Failure:
 
 @dataclass(frozen=True)
 class DecodedFrame:
-    """index: frame index from 0. frame: full-resolution BGR uint8, a fresh array per frame.
-    small: what the reader's ``prepare`` made of it in the decode thread."""
+    """index: frame index from 0. frame: full-resolution BGR uint8, a view into a buffer the
+    reader reuses: valid until the consumer asks for the next batch (copy what must live
+    longer). small: what the reader's ``prepare`` made of it in the decode thread."""
 
     index: int
     frame: np.ndarray
@@ -77,6 +80,7 @@ class VideoReader:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._queue: queue.Queue[object] = queue.Queue(maxsize=PREFETCH)
+        self._free: queue.Queue[np.ndarray] = queue.Queue()
         self.info = VideoInfo(fps=DEFAULT_FPS, fps_assumed=True, reported_frames=0)
 
     def __enter__(self) -> Self:
@@ -130,10 +134,16 @@ class VideoReader:
         GIL). The batch is smaller than ``size`` when ``size`` frames would exceed
         BATCH_BYTES. A decoder failure is raised here, as InvalidVideo for OpenCV errors.
         Leaving the loop early (an error, a break) stops and joins the thread.
+
+        Frames are decoded into BUFFERS preallocated batch arrays, recycled once the consumer
+        asks for the next batch: a fresh array per frame would cost fresh memory pages (and
+        their page faults) for every frame while batches are held, which made a threaded
+        reader a quarter slower than a plain decode loop.
         """
         if self._cap is None:
             raise RuntimeError("VideoReader used outside its with-block")
         self._queue = queue.Queue(maxsize=PREFETCH)
+        self._free = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._produce, args=(max(1, size), prepare), name="video-decode", daemon=True
@@ -151,38 +161,70 @@ class VideoReader:
                             f"video could not be decoded at frame {item.index}: {message[-1]}"
                         ) from item.error
                     raise item.error
-                assert isinstance(item, list)
-                if item[-1].index >= self._max_frames:
+                assert isinstance(item, tuple)
+                buffer, batch = item
+                if batch[-1].index >= self._max_frames:
                     raise InvalidVideo(f"video is too long: more than {self._max_frames} frames")
-                yield item
+                yield batch
+                self._free.put(buffer)  # the consumer is done with this batch's frames
         finally:
             self._stop_prefetch()
 
     def _produce(self, size: int, prepare: Callable[[np.ndarray], np.ndarray]) -> None:
-        """Decode thread: put batches (lists of DecodedFrame), then _END or a _Failure."""
-        assert self._cap is not None
+        """Decode thread: put (buffer, list of DecodedFrame) per batch, then _END or a _Failure."""
+        cap = self._cap
+        assert cap is not None
         index = 0
         batch: list[DecodedFrame] = []
+        buffer: np.ndarray | None = None
+        allocated = 0
         try:
-            while not self._stop.is_set():
-                ok, frame = self._cap.read()
-                if not ok or frame is None:
-                    break
-                if index == 0:
-                    size = max(1, min(size, BATCH_BYTES // max(1, frame.nbytes)))
+            ok, frame = cap.read()
+            if ok and frame is not None:
+                size = max(1, min(size, BATCH_BYTES // max(1, frame.nbytes)))
+            while ok and frame is not None and not self._stop.is_set():
+                if buffer is None:
+                    # The first frame of a batch picks a buffer of its shape (a stream whose
+                    # size changes mid-way gets fresh ones; cv2 never writes past a slot).
+                    buffer = self._take_buffer(size, frame, allocated < BUFFERS)
+                    if buffer is None:
+                        return
+                    allocated += 1
+                slot = buffer[len(batch)]
+                if frame.shape == slot.shape and not np.shares_memory(frame, slot):
+                    slot[...] = frame
+                    frame = slot
                 batch.append(DecodedFrame(index, frame, prepare(frame)))
                 index += 1
                 if len(batch) >= size:
-                    if not self._put(batch):
+                    if not self._put((buffer, batch)):
                         return
-                    batch = []
+                    batch, buffer = [], None
+                    ok, frame = cap.read()
+                else:
+                    ok, frame = cap.read(image=buffer[len(batch)])
         except BaseException as exc:  # noqa: BLE001 - handed over; the consumer raises it
             # Whatever happens here must reach the consumer, or it would wait forever.
             self._put(_Failure(index, exc))
             return
-        if batch and not self._put(batch):
+        if batch and not self._put((buffer, batch)):
             return
         self._put(_END)
+
+    def _take_buffer(self, size: int, frame: np.ndarray, may_allocate: bool) -> np.ndarray | None:
+        """A batch buffer for frames shaped like ``frame``: a recycled one, a new one while
+        fewer than BUFFERS exist, else the next one the consumer frees. None once stopped."""
+        while not self._stop.is_set():
+            try:
+                buffer = self._free.get(block=not may_allocate, timeout=None if may_allocate else 0.05)
+            except queue.Empty:
+                if may_allocate:
+                    return np.empty((size, *frame.shape), frame.dtype)
+                continue
+            if buffer.shape[1:] == frame.shape and buffer.dtype == frame.dtype:
+                return buffer
+            return np.empty((size, *frame.shape), frame.dtype)
+        return None
 
     def _put(self, item: object) -> bool:
         # Bounded waits so a consumer that stopped early (error, too long) never strands us.

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import InvalidModel
 
@@ -93,6 +94,23 @@ def model_input(small: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     else:
         out[..., 3:] = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
     return out
+
+
+def fuse_for_inference(network: FrameQualityNet) -> FrameQualityNet:
+    """Fold each stage's BatchNorm into its convolution (eval mode only), in place.
+
+    The same function to float rounding (~1e-6 on the logits), but one pass over the features
+    instead of two: on the CPU, channels-last BatchNorm costs about as much as the convolution,
+    so the forward pass is about twice as fast. The weights file is untouched.
+    """
+    if network.training:
+        raise ValueError("fuse_for_inference needs a network in eval mode")
+    for stage in network.features:
+        conv, norm = stage[0], stage[1]
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+            stage[0] = fuse_conv_bn_eval(conv, norm)
+            stage[1] = nn.Identity()
+    return network
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

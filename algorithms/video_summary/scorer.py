@@ -1,7 +1,8 @@
 """Batched inference with the frame network on the chosen device.
 
-CUDA: fp16 weights and inputs, channels-last memory, uint8 frames copied to the GPU and
-converted there (a quarter of the bytes of float32 over PCIe). CPU: float32, channels-last, and
+BatchNorm is folded into the convolutions (model.fuse_for_inference). CUDA: fp16 weights and
+inputs, channels-last memory, uint8 frames copied to the GPU and converted there (a quarter of
+the bytes of float32 over PCIe). CPU: float32, channels-last, and
 one intra-op thread for the duration of the run: the decode thread has the other core of a
 small worker, and one thread keeps results independent of the machine's core count.
 """
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidParams
-from .model import load_network
+from .model import fuse_for_inference, load_network
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class FrameScorer:
     def __init__(self, weights: str | os.PathLike[str], device: str = "auto") -> None:
         self.device = resolve_device(device)
         self._half = self.device.type == "cuda"
-        network = load_network(weights)
+        network = fuse_for_inference(load_network(weights))
         network = network.to(self.device, memory_format=torch.channels_last)
         self._network = network.half() if self._half else network
         logger.info("frame scorer ready device=%s fp16=%s", self.device, self._half)
