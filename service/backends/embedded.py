@@ -446,9 +446,11 @@ def new_task_id() -> str:
     so inserts append to the primary-key B-tree instead of landing all over it."""
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
 
+
 def _record(db: sqlite3.Connection, task_id: str, state: JobState, attempt: int, now: float) -> None:
     db.execute("INSERT INTO changes (task_id, state, attempt, at) VALUES (?, ?, ?, ?)",
                (task_id, state.value, attempt, now))
+
 
 def _parse_cursor(cursor: str | None) -> int:
     if cursor in (None, ""):
