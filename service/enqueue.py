@@ -4,9 +4,9 @@
 each task to what the store says now and submits: the promoted model version of its algorithm
 (``model_version``, ``model_uri``; none promoted: ``model_version`` None and no ``model_uri``, so
 the algorithm uses its bundled weights) and, for a ``previous_scan_id``, that scan's outputs
-(``previous_output_uri``). The promoted version is read from the store for every batch, never
-cached, so a promote is seen by the very next enqueue in every process; tasks already queued or
-running keep the params they were given.
+(``previous_output_uri``). The promoted version is asked of the store for every batch (any cache
+behind that must be exact), so a promote is seen by the very next enqueue in every process; tasks
+already queued or running keep the params they were given.
 """
 
 from __future__ import annotations
