@@ -254,7 +254,9 @@ def test_scantide_worker_stands_in_for_a_clearml_agent(clearml_server: FakeClear
         assert done.worker_id is not None and f":{proc.pid}:" in done.worker_id
         failed = wait_terminal(backend, bad.task_id, 90)
         assert failed.state is JobState.failed and failed.error is not None and failed.error.code == "bad_input"
-        assert [(w.task_id, w.draining) for w in backend.workers(QUEUE)] == [(None, False)]
+        # The worker reports itself idle on its next heartbeat after the task ends.
+        wait_for(lambda: [(w.task_id, w.draining) for w in backend.workers(QUEUE)] == [(None, False)],
+                 timeout_s=30, what="the worker to report itself idle")
         backend.request_drain(backend.workers(QUEUE)[0].worker_id)  # a drained stand-in exits
         assert wait_for(lambda: proc.poll() is not None, 60, what="the drained worker to exit")
         assert backend.workers(QUEUE) == []  # it unregistered on its way out
