@@ -78,7 +78,6 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.state.backend = backend
-    app.include_router(models_router(backend, auth))
 
     # The hot path: parsed and answered by hand (pydantic's JSON parser, pre-encoded response),
     # which costs a fraction of FastAPI's per-route body/dependency/response machinery. The
@@ -134,4 +133,5 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
             return {"status": "unavailable", "backend": settings.backend, "error": exc.to_dict()}
         return {"status": "ok", "backend": settings.backend}
 
+    app.include_router(models_router(backend, auth))  # after the hot path, which is matched first
     return app
