@@ -459,7 +459,7 @@ PRAGMA user_version = 1;
 def test_a_version_1_store_is_upgraded_in_place(tmp_path) -> None:
     import sqlite3
 
-    from service.backends.embedded import SCHEMA_VERSION
+    from service.backends.embedded_schema import SCHEMA_VERSION
 
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path)

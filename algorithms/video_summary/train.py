@@ -251,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
 
     report = build_report(network, config, args.out, train_s)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"held-out pairwise accuracy: {report['held_out']['accuracy']} ({report['held_out']['pairs']} pairs)")
-    video = report["opencv_video"]
-    print(f"OpenCV video pairwise accuracy: {video['accuracy']} ({video['pairs']} pairs)")
-    print(f"weights: {args.out} ({report['bytes']} bytes, sha256 {report['sha256']})")
+    held_out, video = report["held_out"], report["opencv_video"]
+    logger.info("held-out pairwise accuracy: %s (%s pairs)", held_out["accuracy"], held_out["pairs"])
+    logger.info("OpenCV video pairwise accuracy: %s (%s pairs)", video["accuracy"], video["pairs"])
+    logger.info("weights: %s (%s bytes, sha256 %s)", args.out, report["bytes"], report["sha256"])
     return 0
 
 

@@ -9,18 +9,23 @@ monotonic sequence ``changes()`` pages on.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-import time
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+import sqlite3
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from service.backends import embedded_models
 from service.backends.base import TaskBackend
+from service.backends.embedded_db import Database
+from service.backends.embedded_models import EmbeddedModels
+from service.backends.embedded_schema import (
+    TASK_COLUMNS,
+    dump,
+    prefixed,
+    task_from_row,
+    template_from_row,
+)
 from service.domain import (
     Change,
     ChangePage,
@@ -33,20 +38,7 @@ from service.domain import (
     Template,
     WorkerInfo,
 )
-from service.backends.embedded_schema import (
-    MIGRATIONS,
-    SCHEMA,
-    SCHEMA_VERSION,
-    TASK_COLUMNS,
-    dump,
-    prefixed,
-    statements,
-    task_from_row,
-    template_from_row,
-)
 from service.errors import (
-    BackendUnavailable,
-    ConfigError,
     InvalidRequest,
     LeaseLost,
     ScantideError,
@@ -55,86 +47,22 @@ from service.errors import (
 )
 from service.models import AuditEntry, ModelVersion
 
-_NO_LOCK = nullcontext()
-
 
 class EmbeddedBackend(TaskBackend):
     """``TaskBackend`` over a SQLite file. Safe to share between threads and processes."""
 
     def __init__(self, path: str | Path, *, max_attempts: int = 2, busy_timeout_s: float = 30.0) -> None:
-        self.path = Path(path)
+        self.db = Database(path, busy_timeout_s)
+        self.path = self.db.path
         self.max_attempts = max_attempts
-        self._busy_timeout_s = busy_timeout_s
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
-        # Threads of one process queue here rather than in SQLite's busy handler, which sleeps in
-        # 1-100 ms steps and would dominate tail latency; other processes still meet the file lock.
-        self._write_lock = threading.Lock()
-        self._registry_writes = 0  # promotes and rollbacks through this object (promoted_model's cache)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._migrate()
-
-    # -- connections -----------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
-                                       check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")  # a 202 means the task survives a crash
-            except sqlite3.Error as exc:
-                raise BackendUnavailable(f"cannot open task store {self.path}: {exc}") from exc
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
-        return conn
-
-    @contextmanager
-    def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction; IMMEDIATE for writes so the write lock is taken up front."""
-        db = self._conn()
-        lock = self._write_lock if write else _NO_LOCK
-        try:
-            with lock:
-                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                try:
-                    yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            raise BackendUnavailable(f"task store {self.path} is unavailable: {exc}") from exc
-
-    def _migrate(self) -> None:
-        """Create the schema, or upgrade an older store, in one transaction."""
-        with self._tx() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise ConfigError(f"task store {self.path} has schema version {version}, newer than this "
-                                  f"scantide's {SCHEMA_VERSION}: upgrade scantide")
-            if version == 0:
-                for statement in statements(SCHEMA):
-                    db.execute(statement)
-            else:
-                for v in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS[v]:
-                        db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.models = EmbeddedModels(self.db)
 
     def close(self) -> None:
-        with self._conns_lock:
-            for conn in self._conns:
-                conn.close()
-            self._conns.clear()
-        self._local = threading.local()
+        self.db.close()
 
     # -- templates -------------------------------------------------------------------------
     def register_template(self, template: Template) -> None:
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO templates VALUES (?, ?, ?, ?, ?)",
                 (template.name, template.entry_point, template.queue, json.dumps(template.params),
@@ -143,7 +71,7 @@ class EmbeddedBackend(TaskBackend):
 
     def ensure_templates(self, templates: list[Template]) -> None:
         """Register each template that does not exist yet; never overwrites."""
-        with self._tx() as db:
+        with self.db.tx() as db:
             for t in templates:
                 db.execute(
                     "INSERT OR IGNORE INTO templates VALUES (?, ?, ?, ?, ?)",
@@ -151,7 +79,7 @@ class EmbeddedBackend(TaskBackend):
                 )
 
     def get_template(self, algorithm: str) -> Template:
-        with self._tx(write=False) as db:
+        with self.db.tx(write=False) as db:
             row = db.execute("SELECT * FROM templates WHERE name = ?", (algorithm,)).fetchone()
         if row is None:
             known = ", ".join(t.name for t in self.templates()) or "none"
@@ -159,7 +87,7 @@ class EmbeddedBackend(TaskBackend):
         return template_from_row(row)
 
     def templates(self) -> list[Template]:
-        with self._tx(write=False) as db:
+        with self.db.tx(write=False) as db:
             return [template_from_row(r) for r in db.execute("SELECT * FROM templates ORDER BY name")]
 
     # -- platform side ---------------------------------------------------------------------
@@ -173,7 +101,7 @@ class EmbeddedBackend(TaskBackend):
         """All items in one transaction: one durable commit for the whole batch."""
         now = time.time()
         out: list[Submission | ScantideError] = []
-        with self._tx() as db:
+        with self.db.tx() as db:
             templates: dict[str, Template | None] = {}
             for item in items:
                 if item.algorithm not in templates:
@@ -206,14 +134,14 @@ class EmbeddedBackend(TaskBackend):
         return out
 
     def get_task(self, task_id: str) -> TaskInfo:
-        with self._tx(write=False) as db:
+        with self.db.tx(write=False) as db:
             row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             raise TaskNotFound(f"no task {task_id!r}")
         return task_from_row(row)
 
     def tasks_for_scan(self, scan_id: str) -> list[TaskInfo]:
-        with self._tx(write=False) as db:
+        with self.db.tx(write=False) as db:
             rows = db.execute(
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE scan_id = ? ORDER BY created_at, rowid", (scan_id,)
             ).fetchall()
@@ -221,7 +149,7 @@ class EmbeddedBackend(TaskBackend):
 
     def list_tasks(self, state: JobState | None = None, limit: int = 50) -> list[TaskInfo]:
         where, args = ("WHERE state = ?", [state.value]) if state else ("", [])
-        with self._tx(write=False) as db:
+        with self.db.tx(write=False) as db:
             rows = db.execute(
                 f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
                 (*args, limit),
@@ -230,7 +158,7 @@ class EmbeddedBackend(TaskBackend):
 
     def changes(self, cursor: str | None, limit: int = 500) -> ChangePage:
         after = _parse_cursor(cursor)
-        with self._tx(write=False) as db:
+        with self.db.tx(write=False) as db:
             rows = db.execute(
                 f"SELECT c.seq, c.state AS c_state, c.attempt AS c_attempt, c.at, {prefixed('t')}"
                 " FROM changes c JOIN tasks t ON t.id = c.task_id WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
@@ -246,7 +174,7 @@ class EmbeddedBackend(TaskBackend):
 
     def queue_stats(self, queue: str) -> QueueStats:
         now = time.time()
-        with self._tx(write=False) as db:
+        with self.db.tx(write=False) as db:
             row = db.execute(
                 "SELECT SUM(state = 'queued') AS pending, SUM(state = 'running') AS running,"
                 " MIN(CASE WHEN state = 'queued' THEN queued_at END) AS oldest, COUNT(*) AS total"
@@ -259,13 +187,13 @@ class EmbeddedBackend(TaskBackend):
                           enqueued_total=row["total"])
 
     def queues(self) -> list[str]:
-        with self._tx(write=False) as db:
+        with self.db.tx(write=False) as db:
             rows = db.execute("SELECT queue FROM templates UNION SELECT DISTINCT queue FROM tasks").fetchall()
         return sorted(r[0] for r in rows)
 
     def workers(self, queue: str | None = None) -> list[WorkerInfo]:
         where, args = ("WHERE queue = ?", (queue,)) if queue else ("", ())
-        with self._tx(write=False) as db:
+        with self.db.tx(write=False) as db:
             rows = db.execute(f"SELECT * FROM workers {where} ORDER BY id", args).fetchall()
         return [
             WorkerInfo(worker_id=r["id"], queue=r["queue"], task_id=r["task_id"], last_seen=r["last_seen"],
@@ -274,13 +202,13 @@ class EmbeddedBackend(TaskBackend):
         ]
 
     def request_drain(self, worker_id: str) -> None:
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute("UPDATE workers SET draining = 1 WHERE id = ?", (worker_id,))
 
     # -- agent side ------------------------------------------------------------------------
     def register_worker(self, worker_id: str, queue: str) -> None:
         now = time.time()
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute(
                 "INSERT INTO workers (id, queue, last_seen, idle_since) VALUES (?, ?, ?, ?)"
                 # A worker registering again (an instance started from the warm pool) starts afresh.
@@ -290,12 +218,12 @@ class EmbeddedBackend(TaskBackend):
             )
 
     def unregister_worker(self, worker_id: str) -> None:
-        with self._tx() as db:
+        with self.db.tx() as db:
             db.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
 
     def claim(self, queue: str, worker_id: str, lease_s: float) -> TaskInfo | None:
         now = time.time()
-        with self._tx() as db:
+        with self.db.tx() as db:
             self._reap(db, now)
             worker = db.execute("SELECT draining FROM workers WHERE id = ?", (worker_id,)).fetchone()
             if worker is not None and worker["draining"]:
@@ -319,7 +247,7 @@ class EmbeddedBackend(TaskBackend):
 
     def heartbeat(self, worker_id: str, task_id: str | None, lease_s: float, progress: float | None = None) -> bool:
         now = time.time()
-        with self._tx() as db:
+        with self.db.tx() as db:
             if task_id is not None:
                 cur = db.execute(
                     "UPDATE tasks SET lease_until = ?, heartbeat_at = ?, progress = COALESCE(?, progress)"
@@ -340,7 +268,7 @@ class EmbeddedBackend(TaskBackend):
             raise ValueError("finish() takes exactly one of result or error")
         now = time.time()
         state = JobState.completed if error is None else JobState.failed
-        with self._tx() as db:
+        with self.db.tx() as db:
             row = db.execute(
                 f"UPDATE tasks SET state = ?, finished_at = ?, lease_until = NULL, result = ?, error = ?,"
                 f" progress = CASE WHEN ? = 'completed' THEN 1 ELSE progress END"
@@ -359,7 +287,7 @@ class EmbeddedBackend(TaskBackend):
         return task
 
     def reap_expired(self) -> list[TaskInfo]:
-        with self._tx() as db:
+        with self.db.tx() as db:
             return self._reap(db, time.time())
 
     def _reap(self, db: sqlite3.Connection, now: float) -> list[TaskInfo]:
@@ -395,50 +323,25 @@ class EmbeddedBackend(TaskBackend):
 
     # -- model registry (embedded_models) --------------------------------------------------
     def register_model(self, model: ModelVersion) -> ModelVersion:
-        with self._tx() as db:
-            return embedded_models.register(db, model)
+        return self.models.register(model)
 
     def model_version(self, algorithm: str, version: str) -> ModelVersion | None:
-        with self._tx(write=False) as db:
-            return embedded_models.get(db, algorithm, version)
+        return self.models.get(algorithm, version)
 
     def list_models(self, algorithm: str | None = None) -> list[ModelVersion]:
-        with self._tx(write=False) as db:
-            return embedded_models.listing(db, algorithm)
+        return self.models.listing(algorithm)
 
     def promoted_model(self, algorithm: str) -> ModelVersion | None:
-        """Cached per connection, and exact: the cache holds only while ``PRAGMA data_version``
-        (which changes when another connection, in any process, commits) and this backend's own
-        registry writes (which do not change it for the connection that made them) stand still.
-        Enqueue asks once per batch; a hit costs one pragma instead of a read transaction."""
-        db = self._conn()
-        key = (db.execute("PRAGMA data_version").fetchone()[0], self._registry_writes)
-        cache = self._local.__dict__.setdefault("promoted", {})
-        hit = cache.get(algorithm)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        with self._tx(write=False) as db:
-            model = embedded_models.promoted(db, algorithm)
-        cache[algorithm] = (key, model)
-        return model
+        return self.models.promoted(algorithm)
 
     def promote_model(self, algorithm: str, version: str, by: str) -> AuditEntry | None:
-        try:
-            with self._tx() as db:
-                return embedded_models.promote(db, algorithm, version, by)
-        finally:
-            self._registry_writes += 1
+        return self.models.promote(algorithm, version, by)
 
     def rollback_model(self, algorithm: str, by: str) -> AuditEntry:
-        try:
-            with self._tx() as db:
-                return embedded_models.rollback(db, algorithm, by)
-        finally:
-            self._registry_writes += 1
+        return self.models.rollback(algorithm, by)
 
     def model_history(self, algorithm: str | None = None) -> list[AuditEntry]:
-        with self._tx(write=False) as db:
-            return embedded_models.history(db, algorithm)
+        return self.models.history(algorithm)
 
 
 def new_task_id() -> str:

@@ -8,10 +8,15 @@ one promoted version per algorithm.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from typing import TYPE_CHECKING
 
 from service.errors import ModelVersionExists, ModelVersionNotFound
 from service.models import AuditEntry, ModelVersion, rollback_target
+
+if TYPE_CHECKING:
+    from service.backends.embedded_db import Database
 
 MODEL_COLUMNS = "algorithm, version, uri, sha256, size, notes, registered_at, registered_by, promoted"
 
@@ -90,3 +95,57 @@ def rollback(db: sqlite3.Connection, algorithm: str, by: str) -> AuditEntry:
 def _audit(db: sqlite3.Connection, e: AuditEntry) -> None:
     db.execute("INSERT INTO model_audit (algorithm, action, from_version, to_version, by, at) VALUES (?, ?, ?, ?, ?, ?)",
                (e.algorithm, e.action, e.from_version, e.to_version, e.by, e.at))
+
+
+class EmbeddedModels:
+    """The registry over the store's database, one transaction per call."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._writes = 0  # promotes and rollbacks through this object (promoted()'s cache key)
+        self._local = threading.local()
+
+    def register(self, model: ModelVersion) -> ModelVersion:
+        with self.db.tx() as db:
+            return register(db, model)
+
+    def get(self, algorithm: str, version: str) -> ModelVersion | None:
+        with self.db.tx(write=False) as db:
+            return get(db, algorithm, version)
+
+    def listing(self, algorithm: str | None = None) -> list[ModelVersion]:
+        with self.db.tx(write=False) as db:
+            return listing(db, algorithm)
+
+    def promoted(self, algorithm: str) -> ModelVersion | None:
+        """Cached per connection, and exact: the cache holds only while ``PRAGMA data_version``
+        (which changes when another connection, in any process, commits) and this object's own
+        promotes and rollbacks (which do not change it for the connection that made them) stand
+        still. Enqueue asks once per batch; a hit costs one pragma instead of a read transaction."""
+        key = (self.db.conn().execute("PRAGMA data_version").fetchone()[0], self._writes)
+        cache = self._local.__dict__.setdefault("promoted", {})
+        hit = cache.get(algorithm)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with self.db.tx(write=False) as db:
+            model = promoted(db, algorithm)
+        cache[algorithm] = (key, model)
+        return model
+
+    def promote(self, algorithm: str, version: str, by: str) -> AuditEntry | None:
+        try:
+            with self.db.tx() as db:
+                return promote(db, algorithm, version, by)
+        finally:
+            self._writes += 1
+
+    def rollback(self, algorithm: str, by: str) -> AuditEntry:
+        try:
+            with self.db.tx() as db:
+                return rollback(db, algorithm, by)
+        finally:
+            self._writes += 1
+
+    def history(self, algorithm: str | None = None) -> list[AuditEntry]:
+        with self.db.tx(write=False) as db:
+            return history(db, algorithm)
