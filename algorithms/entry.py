@@ -40,6 +40,7 @@ from typing import Any
 from algorithms.task_files import SUMMARY, EntryError, Inputs
 from service.settings import Settings
 from service.storage import is_remote
+from service.storage.local import local_path
 
 log = logging.getLogger("algorithms.entry")
 
@@ -73,7 +74,7 @@ def run_task(spec: dict[str, Any], settings: Settings | None = None,
         scan = inputs.get(spec["params"]["scan_uri"], "scan", "scan file")
         params = inputs.params(spec["params"])
         if not is_remote(output_uri):
-            return _run_local(algorithm, scan, params, Path(output_uri.removeprefix("file://")), report)
+            return _run_local(algorithm, scan, params, local_path(output_uri), report)
         out_dir = Path(tmp) / "outputs"
         out_dir.mkdir()
         result = _run_algorithm(algorithm, scan, params, out_dir, report)

@@ -55,6 +55,12 @@ def _backend(ctx: typer.Context) -> TaskBackend:
     return open_backend(ctx.obj)
 
 
+def _missing(algorithm: str, dependency: str | None) -> ConfigError:
+    """The refusal when checking a model needs a library this install lacks."""
+    return ConfigError(f"checking a {algorithm} model needs {dependency}, which is not installed: "
+                       "install scantide's algorithms extra (torch==2.13.0 among it)")
+
+
 def algorithm_module(algorithm: str) -> ModuleType:
     """The algorithm's package, which must offer ``validate_model``; clear errors otherwise."""
     if not algorithm.isidentifier():
@@ -63,8 +69,7 @@ def algorithm_module(algorithm: str) -> ModuleType:
         module = importlib.import_module(f"algorithms.{algorithm}")
     except ModuleNotFoundError as exc:
         if exc.name in ("torch", "cv2", "numpy"):
-            raise ConfigError(f"checking a {algorithm} model needs {exc.name}, which is not installed: "
-                              "install scantide's algorithms extra (torch==2.13.0 among it)") from None
+            raise _missing(algorithm, exc.name) from None
         if exc.name == f"algorithms.{algorithm}":
             raise UnknownAlgorithm(f"unknown algorithm {algorithm!r}: no package algorithms/{algorithm}") from None
         raise
@@ -79,8 +84,7 @@ def validate(module: ModuleType, algorithm: str, path: Path) -> dict[str, Any]:
     try:
         return module.validate_model(path)
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"checking a {algorithm} model needs {exc.name}, which is not installed: "
-                          "install scantide's algorithms extra (torch==2.13.0 among it)") from None
+        raise _missing(algorithm, exc.name) from None
     except Exception as exc:  # noqa: BLE001 - the algorithm's InvalidModel, or whatever a bad file makes it raise
         detail = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         raise InvalidModelFile(f"{path} is not a usable {algorithm} model: {detail}") from None

@@ -11,7 +11,8 @@ from typing import Any
 
 from service.errors import InvalidRequest, ScantideError
 from service.settings import Settings, load_settings
-from service.storage import is_remote, storage_for
+from service.storage import StorageError, is_remote, storage_for
+from service.storage.local import local_path
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,10 @@ class Inputs:
         """The local file behind ``uri``; a remote one is downloaded as ``name`` (keeping its suffix,
         which the decoder needs) under ``max_bytes`` (default: the scan size cap)."""
         if not is_remote(uri):
-            path = Path(uri.removeprefix("file://"))
+            try:
+                path = local_path(uri)
+            except StorageError as exc:
+                raise EntryError("fetch_failed", f"cannot fetch {what} {uri}: {exc.message}") from exc
             if not path.is_file():
                 raise EntryError("fetch_failed", f"{what} {path} does not exist")
             return path

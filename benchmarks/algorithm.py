@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import cv2
 
 from algorithms.video_summary import DEFAULT_WEIGHTS, run
+from algorithms.video_summary.decode import capture_backend
 from algorithms.video_summary.scorer import FrameScorer
 from service.synthetic import write_scan_video
 
@@ -44,7 +45,7 @@ DECODER = "FFMPEG, default threads"
 
 def decode_only(path: str) -> tuple[int, float]:
     """Decode every frame once; return (frames, seconds)."""
-    api = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
+    api = capture_backend()
     started = time.perf_counter()
     capture = cv2.VideoCapture(path, api)
     frames = 0

@@ -91,11 +91,8 @@ class VideoReader:
             raise InvalidVideo(f"could not open video: not a regular file: {path}")
         if os.path.getsize(path) == 0:
             raise InvalidVideo(f"could not open video: file is empty: {path}")
-        # Pin FFMPEG when the build has it: CAP_ANY may hand an odd file to the image-sequence
-        # backend, and one backend keeps results identical from run to run.
-        api = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
         try:
-            cap = cv2.VideoCapture(path, api)
+            cap = cv2.VideoCapture(path, capture_backend())
         except cv2.error as exc:
             raise InvalidVideo(f"could not open video: {path}: {exc}") from exc
         if not cap.isOpened():
@@ -252,6 +249,13 @@ class VideoReader:
         if reported > 0 and decoded != reported:
             # Containers often miscount by a frame or two; worth a log line, not a failure.
             logger.info("frame count differs from container decoded=%d reported=%d", decoded, reported)
+
+
+def capture_backend() -> int:
+    """The ``cv2.VideoCapture`` backend scans are read with: FFMPEG when the build has it, as
+    CAP_ANY may hand an odd file to the image-sequence backend, and one backend keeps results
+    identical from run to run."""
+    return cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
 
 
 def _read_info(cap: cv2.VideoCapture) -> VideoInfo:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from algorithms.video_summary.decode import VideoReader
+from algorithms.video_summary.train import _decode as plain_decode
 from service.synthetic import write_scan_video
 
 
@@ -21,20 +22,8 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> str:
     return write_scan_video(tmp_path_factory.mktemp("v") / "v.mp4", frames=30, blur=None, exposure=None)["path"]
 
 
-def _plain_decode(path: str) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return frames
-
-
 def test_batches_cover_every_frame_in_order(video: str) -> None:
-    expected = _plain_decode(video)
+    expected = plain_decode(Path(video))
     sizes, indices = [], []
     with VideoReader(video, 1000) as reader:
         # Batch size 2 cycles through the reused buffers many times over 30 frames.

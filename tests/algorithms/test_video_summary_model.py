@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -25,6 +24,7 @@ from algorithms.video_summary.model import ARCHITECTURE, FrameQualityNet, model_
 from algorithms.video_summary.quality import downscale
 from algorithms.video_summary.scorer import FrameScorer
 from algorithms.video_summary.synth import DEGRADATIONS, degrade
+from algorithms.video_summary.train import _decode as plain_decode
 from service.synthetic import write_scan_video
 
 SMALL = {"keyframes": 3, "segments": 3}
@@ -159,19 +159,14 @@ def test_network_ranks_clean_demo_frames_above_degraded_copies(tmp_path: Path) -
     # Frames of the project's demo scans (service/synthetic.py, a texture the network was not
     # trained on), written and decoded by OpenCV, each degraded once per kind by synth.degrade.
     video = write_scan_video(tmp_path / "demo.mp4", frames=24, size=(640, 480), blur=None, exposure=None, seed=8)
-    capture = cv2.VideoCapture(video["path"])
     rng = np.random.default_rng(0)
     clean, damaged, kinds = [], [], []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
+    for frame in plain_decode(Path(video["path"])):
         small = downscale(frame, 320)
         for kind in DEGRADATIONS:
             clean.append(model_input(small))
             damaged.append(model_input(degrade(rng, small, kind)[0]))
             kinds.append(kind)
-    capture.release()
     scorer = FrameScorer(DEFAULT_WEIGHTS, "cpu")
     with scorer.session():
         wins = scorer.score(np.stack(clean))[0] > scorer.score(np.stack(damaged))[0]
