@@ -37,12 +37,16 @@ from functools import cache
 from typing import Any
 from urllib.parse import unquote_plus
 
-from pydantic import ValidationError
-
 from service.backends import open_backend
 from service.backends.base import TaskBackend
 from service.domain import SCAN_ID_PATTERN, ScanRequest, Submission
-from service.enqueue import Enqueuer, submit_item
+from service.enqueue import (
+    Enqueuer,
+    parse_scan_request,
+    scan_request_from,
+    submission_body,
+    submit_item,
+)
 from service.errors import InvalidRequest, MalformedJson, PayloadTooLarge, ScantideError
 from service.settings import Settings, load_settings
 
@@ -134,7 +138,7 @@ def scan_request_from_s3(record: dict[str, Any]) -> ScanRequest | None:
         # An s3:// URI is parsed as a URL on the way to the worker; these would cut the key short.
         raise InvalidRequest(f"S3 keys with '?' or '#' are not supported: {key!r}", code="invalid_scan_uri")
     metadata = {"source": "s3", "bucket": bucket, "key": key, "size": obj.get("size"), "etag": obj.get("eTag")}
-    return validated({"scan_id": scan_id_for_key(key), "scan_uri": f"s3://{bucket}/{key}", "metadata": metadata})
+    return scan_request_from({"scan_id": scan_id_for_key(key), "scan_uri": f"s3://{bucket}/{key}", "metadata": metadata})
 
 
 def handle_s3(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -182,11 +186,7 @@ def handle_http(event: dict[str, Any]) -> dict[str, Any]:
         log.exception("unhandled_error")
         return http_response(500, {"error": {"code": "internal_error",
                                              "message": "internal error; the function log has the details"}})
-    task = submission.task
-    body = {"task_id": task.task_id, "scan_id": task.scan_id, "algorithm": task.algorithm, "state": task.state.value,
-            "created": submission.created,
-            "links": {"task": f"/v1/tasks/{task.task_id}", "scan": f"/v1/scans/{task.scan_id}"}}
-    return http_response(202 if submission.created else 200, body)
+    return http_response(202 if submission.created else 200, submission_body(submission))
 
 
 def http_body(event: dict[str, Any], max_bytes: int) -> bytes:
@@ -240,32 +240,5 @@ def handle_sqs_message(body: str) -> None:
         for record in payload["Records"]:
             submit_s3_record(record)
         return None
-    runtime().submit(validated(payload))
+    runtime().submit(scan_request_from(payload))
     return None
-
-
-# -- parsing ------------------------------------------------------------------------------------
-def parse_scan_request(body: bytes) -> ScanRequest:
-    """A ScanRequest from JSON bytes; raises ``MalformedJson`` or ``InvalidRequest``."""
-    try:
-        return ScanRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise _invalid(exc) from None
-
-
-def validated(data: Any) -> ScanRequest:
-    try:
-        return ScanRequest.model_validate(data)
-    except ValidationError as exc:
-        raise _invalid(exc) from None
-
-
-def _invalid(exc: ValidationError) -> InvalidRequest:
-    errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return MalformedJson("request body is not valid JSON")
-    parts = []
-    for e in errors[:5]:
-        loc = ".".join(str(x) for x in e.get("loc", ()))
-        parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
-    return InvalidRequest(f"invalid request: {'; '.join(parts)}")

@@ -14,15 +14,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from service.backends.base import TaskBackend
-from service.domain import JobState, ScanRequest, Submission, SubmitItem
+from service.domain import JobState, ScanRequest, Submission, SubmitItem, TaskInfo
 from service.errors import (
     InvalidRequest,
     PreviousScanNotCompleted,
     PreviousScanNotFound,
     ScantideError,
+    invalid_input,
 )
 from service.scan_uri import Resolver, system_resolver, validate_scan_uri
 from service.settings import Settings
@@ -46,11 +49,8 @@ class Enqueuer:
 
     @classmethod
     def from_settings(cls, settings: Settings, resolver: Resolver = system_resolver) -> Enqueuer:
-        out = str(settings.output_root)
-        if "://" not in out:
-            out = str(Path(out).resolve())
         return cls(default_algorithm=settings.default_algorithm, data_root=Path(settings.data_root).resolve(),
-                   output_root=out.rstrip("/"), allowed_hosts=tuple(settings.allowed_scan_hosts), resolver=resolver)
+                   output_root=settings.output_root_uri, allowed_hosts=tuple(settings.allowed_scan_hosts), resolver=resolver)
 
     def output_uri(self, algorithm: str, scan_id: str) -> str:
         """Where a task's outputs go: ``<output_root>/<algorithm>/<scan_id>``."""
@@ -126,6 +126,34 @@ def submit_item(backend: TaskBackend, item: SubmitItem) -> Submission:
         raise outcome
     log_submission(outcome)
     return outcome
+
+
+def parse_scan_request(body: bytes) -> ScanRequest:
+    """A ``ScanRequest`` from JSON bytes; raises ``MalformedJson`` or ``InvalidRequest``."""
+    try:
+        return ScanRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise invalid_input(list(exc.errors())) from None
+
+
+def scan_request_from(data: Any) -> ScanRequest:
+    """A ``ScanRequest`` from already-decoded JSON; raises ``InvalidRequest``."""
+    try:
+        return ScanRequest.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_input(list(exc.errors())) from None
+
+
+def task_links(task: TaskInfo) -> dict[str, str]:
+    """The HTTP API paths of a task and of its scan."""
+    return {"task": f"/v1/tasks/{task.task_id}", "scan": f"/v1/scans/{task.scan_id}"}
+
+
+def submission_body(submission: Submission) -> dict[str, Any]:
+    """The answer to an enqueue request, as the HTTP API and the Lambda's API Gateway route give it."""
+    task = submission.task
+    return {"task_id": task.task_id, "scan_id": task.scan_id, "algorithm": task.algorithm,
+            "state": task.state.value, "created": submission.created, "links": task_links(task)}
 
 
 def log_submission(submission: Submission) -> None:

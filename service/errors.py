@@ -104,6 +104,19 @@ class ConfigError(ScantideError):
     status = 500
 
 
+def invalid_input(errors: list[dict]) -> InvalidRequest:
+    """The error for input that failed pydantic validation (``ValidationError.errors()``):
+    ``MalformedJson`` when it was not JSON at all, else ``InvalidRequest`` naming up to five fields
+    (the ``body`` prefix FastAPI adds is dropped)."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return MalformedJson("request body is not valid JSON")
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+    return InvalidRequest(f"invalid request: {'; '.join(parts)}")
+
+
 # -- model registry and treatment tracking ---------------------------------------------------------
 class ModelVersionNotFound(NotFound):
     code = "model_version_not_found"

@@ -121,8 +121,7 @@ def models_root(settings: Settings) -> str:
     """Where registered files go: ``<state_dir>/models`` (embedded), ``<output_root>/models`` (ClearML)."""
     if settings.backend == "embedded":
         return str((settings.state_dir / "models").resolve())
-    root = str(settings.output_root)
-    return f"{root.rstrip('/')}/models" if "://" in root else str((Path(root) / "models").resolve())
+    return f"{settings.output_root_uri}/models"
 
 
 def register_model(backend: TaskBackend, settings: Settings, algorithm: str, version: str, path: Path, *,

@@ -113,6 +113,13 @@ class Settings(BaseSettings):
         return self.state_dir / "api_token"
 
     @property
+    def output_root_uri(self) -> str:
+        """``output_root`` as task and model URIs start: a URL prefix as given, a local path resolved;
+        no trailing ``/``."""
+        root = str(self.output_root)
+        return (root if "://" in root else str(Path(root).resolve())).rstrip("/")
+
+    @property
     def autoscaler_journal(self) -> Path:
         """The autoscaler's decisions, JSON lines; the monitor turns its launch failures into events."""
         return self.state_dir / "autoscaler" / "journal.jsonl"

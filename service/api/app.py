@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import json
-
 from fastapi import Depends, FastAPI, Request, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from service.api.auth import TokenAuth
 from service.api.batching import SubmitBatcher
-from service.api.errors import describe, install_error_handlers
+from service.api.errors import install_error_handlers
 from service.api.limits import BodySizeLimit
 from service.api.models import models_router
 from service.backends import open_backend
 from service.backends.base import TaskBackend
-from service.domain import ScanRequest, TaskInfo
-from service.enqueue import Enqueuer, log_submission
-from service.errors import BackendUnavailable, InvalidRequest, MalformedJson, ScanNotFound
+from service.domain import ScanRequest
+from service.enqueue import (
+    Enqueuer,
+    log_submission,
+    parse_scan_request,
+    submission_body,
+    task_links,
+)
+from service.errors import BackendUnavailable, ScanNotFound
 from service.scan_uri import needs_resolution
 from service.settings import Settings
 
@@ -45,20 +50,6 @@ class ErrorResponse(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 422, 503)
 }
-
-
-def parse_scan_request(body: bytes) -> ScanRequest:
-    try:
-        return ScanRequest.model_validate_json(body)
-    except ValidationError as exc:
-        errors = list(exc.errors())
-        if any(e.get("type") == "json_invalid" for e in errors):
-            raise MalformedJson("request body is not valid JSON") from None
-        raise InvalidRequest(f"invalid request: {describe(errors)}") from None
-
-
-def _links(task: TaskInfo) -> dict[str, str]:
-    return {"task": f"/v1/tasks/{task.task_id}", "scan": f"/v1/scans/{task.scan_id}"}
 
 
 def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAPI:
@@ -96,10 +87,7 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
             item = enqueuer.prepare(scan)
         submission = await batcher.submit(item)
         log_submission(submission)
-        task = submission.task
-        body = {"task_id": task.task_id, "scan_id": task.scan_id, "algorithm": task.algorithm,
-                "state": task.state.value, "created": submission.created, "links": _links(task)}
-        return Response(json.dumps(body), status_code=202 if submission.created else 200,
+        return Response(json.dumps(submission_body(submission)), status_code=202 if submission.created else 200,
                         media_type="application/json")
 
     @app.get("/v1/scans/{scan_id}", dependencies=[Depends(auth.require("read"))], summary="Every task of a scan")
@@ -107,12 +95,12 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
         tasks = backend.tasks_for_scan(scan_id)
         if not tasks:
             raise ScanNotFound(f"no scan {scan_id!r} has been submitted")
-        return {"scan_id": scan_id, "tasks": [{**t.to_dict(), "links": _links(t)} for t in tasks]}
+        return {"scan_id": scan_id, "tasks": [{**t.to_dict(), "links": task_links(t)} for t in tasks]}
 
     @app.get("/v1/tasks/{task_id}", dependencies=[Depends(auth.require("read"))], summary="One task")
     def get_task(task_id: str) -> dict[str, Any]:
         task = backend.get_task(task_id)
-        return {**task.to_dict(), "links": _links(task)}
+        return {**task.to_dict(), "links": task_links(task)}
 
     @app.get("/v1/queues", dependencies=[Depends(auth.require("read"))], summary="Queue depth and workers")
     def get_queues() -> dict[str, Any]:

@@ -326,10 +326,8 @@ class ClearMLBackend(TaskBackend):
         return out
 
     def request_drain(self, worker_id: str) -> None:
-        for doc in self.store.worker_docs():
-            if doc.get("id") == worker_id:
-                for q in doc.get("queues") or []:
-                    self.store.record_drain(q["id"], worker_id)
+        for qid in self.store.worker_queue_ids(worker_id):
+            self.store.record_drain(qid, worker_id)
 
     # -- agent side (clearml_agent) --------------------------------------------------------
     def register_worker(self, worker_id: str, queue: str) -> None:

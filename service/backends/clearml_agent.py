@@ -94,10 +94,7 @@ class ClearMLAgent:
         if name is not None:
             qid = self.store.queue_id(name)
             return [qid] if qid else []
-        for doc in self.store.worker_docs():  # registered by another process
-            if doc.get("id") == worker_id:
-                return [q["id"] for q in doc.get("queues") or [] if q.get("id")]
-        return []
+        return self.store.worker_queue_ids(worker_id)  # registered by another process
 
     def _report(self, worker_id: str, task_id: str | None, qids: list[str], queue: str | None = None) -> None:
         """Report the worker alive (and its task); one never registered, or whose registration lapsed

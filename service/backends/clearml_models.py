@@ -78,14 +78,8 @@ class ClearMLModels:
         out = [replace(version_from_doc(d), promoted=d["id"] in ids) for d in docs]
         return sorted(out, key=lambda m: (m.algorithm, m.registered_at))
 
-    def _promoted_doc(self, algorithm: str) -> dict | None:
-        newest = None
-        for doc in self._docs(algorithm, PROMOTED_TAG):
-            newest = _newest(doc, newest)
-        return newest
-
     def promoted(self, algorithm: str) -> ModelVersion | None:
-        doc = self._promoted_doc(algorithm)
+        doc = _current(self._docs(algorithm, PROMOTED_TAG))
         return version_from_doc(doc) if doc else None
 
     def history(self, algorithm: str | None) -> list[AuditEntry]:
@@ -123,11 +117,12 @@ class ClearMLModels:
             known = ", ".join(m.version for m in self.listing(algorithm)) or "none"
             raise ModelVersionNotFound(f"no version {version!r} of {algorithm!r} is registered in ClearML; "
                                        f"registered: {known}")
-        current = self._promoted_doc(algorithm)
+        tagged = self._docs(algorithm, PROMOTED_TAG)
+        current = _current(tagged)
         if current is not None and current["id"] == target["id"]:
             return None
         self._set_tags(target, [*target.get("tags", []), PROMOTED_TAG])
-        for doc in self._docs(algorithm, PROMOTED_TAG):
+        for doc in tagged:
             if doc["id"] != target["id"]:
                 self._set_tags(doc, [t for t in doc.get("tags", []) if t != PROMOTED_TAG])
         entry = AuditEntry(algorithm, action, _tag_value(current, "version:") if current else None, version, by,
@@ -161,6 +156,14 @@ def metadata_of(doc: dict) -> dict[str, str]:
 
 def _tag_value(doc: dict, prefix: str) -> str:
     return next((t[len(prefix):] for t in doc.get("tags", []) if t.startswith(prefix)), "")
+
+
+def _current(tagged: list[dict]) -> dict | None:
+    """The promoted version among those tagged ``promoted``: the one updated last."""
+    newest = None
+    for doc in tagged:
+        newest = _newest(doc, newest)
+    return newest
 
 
 def _newest(doc: dict, other: dict | None) -> dict:

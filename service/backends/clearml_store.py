@@ -117,6 +117,13 @@ class ClearMLStore:
         # last_seen=0: every registered worker; the server drops one silent past its timeout
         return self.send(workers.GetAllRequest(last_seen=0)).get("workers", [])
 
+    def worker_queue_ids(self, worker_id: str) -> list[str]:
+        """The ids of the queues a registered worker serves; [] for one not registered."""
+        for doc in self.worker_docs():
+            if doc.get("id") == worker_id:
+                return [q["id"] for q in doc.get("queues") or [] if q.get("id")]
+        return []
+
     def report_worker(self, worker_id: str, task_id: str | None, queue_ids: list[str]) -> None:
         """``workers.status_report``: keeps the worker registered and names its task."""
         self.send(workers.StatusReportRequest(worker=worker_id, timestamp=int(time.time() * 1000), task=task_id,

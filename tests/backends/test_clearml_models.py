@@ -4,7 +4,6 @@ ClearML's model registry holds the version with its tags, and enqueue pins the p
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -21,14 +20,13 @@ BUCKET = "scantide-models-test"
 
 
 @pytest.fixture
-def s3_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    server = MotoServer().start()
+def s3_settings(moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     for name, value in AWS_TEST_ENV.items():
         monkeypatch.setenv(name, value)
-    server.client("s3").create_bucket(Bucket=BUCKET)
-    yield load_settings(state_dir=tmp_path / "state", backend="clearml", output_root=f"s3://{BUCKET}/outputs",
-                        s3_endpoint_url=server.url)
-    server.stop()
+    moto.reset()
+    moto.client("s3").create_bucket(Bucket=BUCKET)
+    return load_settings(state_dir=tmp_path / "state", backend="clearml", output_root=f"s3://{BUCKET}/outputs",
+                         s3_endpoint_url=moto.url)
 
 
 def test_register_uploads_to_s3_tags_the_promoted_version_and_enqueue_pins_it(
