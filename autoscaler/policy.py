@@ -306,5 +306,3 @@ def _poisson_quantile(mu: float, q: float) -> int:
         term *= mu / n
         cdf += term
     return n
-
-

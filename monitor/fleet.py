@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ def read_new(path: Path, pos: Position) -> tuple[list[dict[str, Any]], Position]
     """Complete entries written since ``pos`` and the position after them."""
     try:
         with open(path, "rb") as f:
-            st = path.stat()
+            st = os.fstat(f.fileno())  # the file opened, even if the path was replaced since
             if st.st_ino != pos.inode or st.st_size < pos.offset:
                 pos = Position(st.st_ino, 0)
             f.seek(pos.offset)

@@ -1,4 +1,4 @@
-"""Static checks of the container images and the deployment guide (issue 5).
+"""Static checks of the container images and the deployment guide.
 
 No Docker engine runs here, so the Dockerfile is parsed and everything it names is checked
 against the code: its stages, the paths it copies, the modules, handler and ``scantide``
@@ -149,7 +149,7 @@ def normalise(words: tuple[str, ...], group: Any) -> tuple[str, ...]:
 
 
 # -- Dockerfile: stages, bases, files ------------------------------------------------------------------
-def test_every_stage_named_in_the_issue_exists_on_its_base(dockerfile):
+def test_every_stage_exists_on_its_base(dockerfile):
     instructions, _ = dockerfile
     bases = {i.stage: i.args.split()[0] for i in instructions if i.keyword == "FROM" and i.stage}
     for stage, base in STAGES.items():
@@ -349,6 +349,11 @@ def fenced_blocks(text: str, lang: str | None = None) -> list[str]:
             if lang is None or m.group(1) == lang]
 
 
+def autoscaler_examples(text: str) -> list[dict[str, Any]]:
+    """The ``toml`` blocks in ``text`` that are complete autoscaler configs (they have ``pools``)."""
+    return [e for e in (tomllib.loads(b) for b in fenced_blocks(text, "toml")) if "pools" in e]
+
+
 def inline_code(text: str) -> list[str]:
     prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
     return re.findall(r"`([^`\n]+)`", prose)
@@ -389,7 +394,7 @@ def test_the_readmes_autoscaler_example_loads_into_an_ec2_provider():
     from service.settings import Settings
 
     readme = (ROOT / "README.md").read_text()
-    (example,) = [e for e in (tomllib.loads(b) for b in fenced_blocks(readme, "toml")) if "pools" in e]
+    (example,) = autoscaler_examples(readme)
     config = parse_config(example, Settings(), source="README.md")
     assert config.provider == "ec2" and config.pools[0].warm_pool.enabled
     from_config(config, Settings())  # builds the launch specs and renders the user data
@@ -400,8 +405,7 @@ def test_the_guides_autoscaler_example_loads_into_an_ec2_provider(deploy_md):
     from autoscaler.providers.ec2 import from_config
     from service.settings import Settings
 
-    examples = [tomllib.loads(b) for b in fenced_blocks(deploy_md, "toml")]
-    examples = [e for e in examples if "pools" in e]
+    examples = autoscaler_examples(deploy_md)
     assert len(examples) == 1, "expected one complete autoscaler example"
     config = parse_config(examples[0], Settings(), source="docs/deploy.md")
     assert config.provider == "ec2"
@@ -419,14 +423,14 @@ def test_the_guide_shows_the_iam_policies_as_they_are_in_docs_iam(deploy_md):
     shown = [json.loads(b) for b in fenced_blocks(deploy_md, "json")]
     files = sorted(IAM_DIR.glob("*.json"))
     assert {f.name for f in files} >= set(IAM_FILES)
-    for path in files:
-        policy = json.loads(path.read_text())
+    policies = [json.loads(path.read_text()) for path in files]
+    for path, policy in zip(files, policies, strict=True):
         assert policy.get("Version") == "2012-10-17" and policy.get("Statement"), path.name
         assert policy in shown, f"docs/deploy.md does not show docs/iam/{path.name} as it is"
         assert f"docs/iam/{path.name}" in deploy_md
     for block in shown:
         if "Statement" in block:
-            assert block in [json.loads(p.read_text()) for p in files], "a policy in the guide has no file"
+            assert block in policies, "a policy in the guide has no file"
 
 
 def _statements(name: str) -> list[dict]:

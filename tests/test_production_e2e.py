@@ -9,7 +9,6 @@ signatures.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import signal
 import subprocess
@@ -105,15 +104,7 @@ instance_type = "g5.xlarge"
 market = "spot"
 price_per_hour = 0.45
 
-[pools.ec2]
-endpoint_url = "{moto.url}"
-region = "{REGION}"
-ami = "{world.ami}"
-subnets = {json.dumps(list(world.subnets))}
-security_group_ids = ["{world.security_group}"]
-ssm_prefix = "{SSM_PREFIX}"
-instance_profile_name = "scantide-worker"
-""")
+{world.ec2_toml(moto, SSM_PREFIX)}""")
     return path
 
 

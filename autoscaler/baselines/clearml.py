@@ -36,15 +36,12 @@ No drain, no lost-worker handling, no cost cap, no warm pool, no spot fallback: 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 from autoscaler.daemon import Journal, QueueView
 from autoscaler.model import PoolConfig
 from autoscaler.providers.base import ComputeProvider
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

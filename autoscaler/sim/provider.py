@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from autoscaler.model import InstanceOption
 from autoscaler.providers.base import CapacityError, ComputeProvider, ProviderInstance
@@ -49,7 +49,6 @@ class _Instance:
     option: InstanceOption
     state: str  # pending | running | stopping | stopped
     launched_at: float
-    running_at: float
     generation: int = 0  # bumped on every state change that cancels scheduled events
     billed_from: float | None = None
     stopped_since: float | None = None  # storage billing
@@ -63,7 +62,6 @@ class Bill:
     cold_launches: int = 0
     warm_starts: int = 0
     capacity_errors: int = 0
-    segments: list[tuple[str, float, float]] = field(default_factory=list)  # (instance, from, to)
 
 
 class SimProvider(ComputeProvider):
@@ -91,7 +89,7 @@ class SimProvider(ComputeProvider):
         for _ in range(count):
             self._ids += 1
             inst = _Instance(id=f"i-{self._ids:05d}", pool=pool, option=option, state="pending",
-                             launched_at=0.0, running_at=0.0)
+                             launched_at=0.0)
             self._instances[inst.id] = inst
             self._boot(inst, self._draw("cold", self.boot.cold_boot_s))
             self.bill.cold_launches += 1
@@ -132,10 +130,6 @@ class SimProvider(ComputeProvider):
         self._on_change()
 
     # -- what the simulator reads ----------------------------------------------------------
-    def running_at(self, instance_id: str) -> float:
-        """When the instance reaches (or reached) the provider state ``running``."""
-        return self._instances[instance_id].running_at
-
     def billed_count(self) -> int:
         """Instances launched or started and not yet stopping, stopped or terminated."""
         return sum(1 for i in self._instances.values() if i.state in ("pending", "running"))
@@ -152,7 +146,7 @@ class SimProvider(ComputeProvider):
         now = self.loop.now
         self._end_storage(inst, now)
         pending = min(self._draw("pending", self.boot.pending_s), boot_s)
-        inst.state, inst.launched_at, inst.running_at = "pending", now, now + pending
+        inst.state, inst.launched_at = "pending", now
         inst.generation += 1
         self._at(now + pending, inst, self._running)
         self._at(now + boot_s, inst, self._ready)
@@ -184,7 +178,6 @@ class SimProvider(ComputeProvider):
         seconds = max(MIN_BILLED_S, math.ceil(now - inst.billed_from))
         self.bill.billed_s += seconds
         self.bill.cost += seconds * inst.option.price_per_hour / 3600.0
-        self.bill.segments.append((inst.id, inst.billed_from, now))
         inst.billed_from = None
 
     def _end_storage(self, inst: _Instance, now: float) -> None:

@@ -49,7 +49,6 @@ class SimQueue:
         self.enqueued_total = 0
         self.interrupted = 0  # tasks given back because their instance went away while running them
         self.finished = 0
-        self.last_finish_s = 0.0
         self._workers: dict[str, _Worker] = {}
         self._rng = random.Random(f"{seed}:dispatch")
         self._on_change = on_change
@@ -92,9 +91,6 @@ class SimQueue:
             self.interrupted += 1
             self._dispatch()
 
-    def busy_count(self) -> int:
-        return sum(1 for w in self._workers.values() if w.task is not None)
-
     def _dispatch(self) -> None:
         while self.pending:
             idle = [w for w in self._workers.values() if w.task is None and not w.draining]
@@ -111,7 +107,7 @@ class SimQueue:
     def _finish(self, worker: _Worker, generation: int) -> None:
         if self._workers.get(worker.id) is not worker or worker.generation != generation or worker.task is None:
             return
-        worker.task.finished_at = self.last_finish_s = self.loop.now
+        worker.task.finished_at = self.loop.now
         self.finished += 1
         worker.task, worker.idle_since = None, self.loop.now
         self._dispatch()

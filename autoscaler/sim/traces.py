@@ -39,14 +39,6 @@ class Trace:
     jobs: tuple[tuple[float, float], ...]  # (arrival_s, service_s), sorted by arrival
     duration_s: float
 
-    @property
-    def busy_s(self) -> float:
-        return sum(s for _, s in self.jobs)
-
-
-def builtin_names() -> tuple[str, ...]:
-    return tuple(_BUILTINS)
-
 
 def load_trace(name: str, seed: int = 0) -> Trace:
     """A built-in trace by name, or a CSV file by path."""
@@ -87,7 +79,7 @@ def grin_day(seed: int) -> Trace:
     per_weight = background / sum(_DAY_PROFILE) / HOUR  # arrivals/s per unit of weight
     peak = max(_DAY_PROFILE) * per_weight
     # a Poisson stream at the peak rate, thinned to each hour's share of it
-    arrivals = [t for t in _poisson(rng, peak, 24 * HOUR)
+    arrivals = [t for t in poisson_arrivals(rng, peak, 24 * HOUR)
                 if rng.random() < _DAY_PROFILE[int(t // HOUR)] / max(_DAY_PROFILE)]
     for _ in range(10):
         start = rng.uniform(8 * HOUR, 18 * HOUR)
@@ -97,19 +89,20 @@ def grin_day(seed: int) -> Trace:
 
 def steady(seed: int) -> Trace:
     rng = random.Random(f"{seed}:steady")
-    return _finish("steady", rng, _poisson(rng, 1 / 900, 24 * HOUR), 24 * HOUR)
+    return _finish("steady", rng, poisson_arrivals(rng, 1 / 900, 24 * HOUR), 24 * HOUR)
 
 
 def burst(seed: int) -> Trace:
     rng = random.Random(f"{seed}:burst")
-    arrivals = _poisson(rng, 1 / 1800, 12 * HOUR)
+    arrivals = poisson_arrivals(rng, 1 / 1800, 12 * HOUR)
     for k in range(6):
         start = (k + 0.5) * 2 * HOUR + rng.uniform(-20 * 60, 20 * 60)
         arrivals += [start + rng.uniform(0, 180) for _ in range(rng.randint(10, 25))]
     return _finish("burst", rng, arrivals, 12 * HOUR)
 
 
-def _poisson(rng: random.Random, rate_per_s: float, duration_s: float) -> list[float]:
+def poisson_arrivals(rng: random.Random, rate_per_s: float, duration_s: float) -> list[float]:
+    """Arrival times (seconds) of a Poisson stream at ``rate_per_s`` over ``[0, duration_s)``."""
     out, t = [], rng.expovariate(rate_per_s)
     while t < duration_s:
         out.append(t)

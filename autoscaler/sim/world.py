@@ -33,17 +33,18 @@ class SimSettings:
     overrun_s: float = 12 * 3600.0  # give up on unfinished tasks this long after the trace ends
 
 
-def default_pool(warm_pool: bool = False) -> PoolConfig:
+def default_pool() -> PoolConfig:
     """One g5.xlarge-class on-demand GPU pool (about $1/h), ten instances at most.
 
-    With the warm pool on, every one of the ten is kept pre-initialised (``min_size`` 10, so that a
-    burst of ten starts warm): a stopped instance bills only its volume (about $0.011/h for 100 GB
-    of gp3, reported as storage beside the GPU bill), and the policy pays for initialising them (a
-    cold launch each) at the start of the run.
+    The warm pool is off here (``simulate(warm_pool=True)`` turns it on). With it on, every one of
+    the ten is kept pre-initialised (``min_size`` 10, so that a burst of ten starts warm): a stopped
+    instance bills only its volume (about $0.011/h for 100 GB of gp3, reported as storage beside
+    the GPU bill), and the policy pays for initialising them (a cold launch each) at the start of
+    the run.
     """
     return PoolConfig(name="gpu", queue="scans",
                       options=(InstanceOption("g5.xlarge", Market.on_demand, price_per_hour=1.006),),
-                      max_instances=10, warm_pool=WarmPoolConfig(enabled=warm_pool, min_size=10, max_size=10))
+                      max_instances=10, warm_pool=WarmPoolConfig(enabled=False, min_size=10, max_size=10))
 
 
 @dataclass

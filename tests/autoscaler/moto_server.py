@@ -6,6 +6,7 @@ credentials, so nothing can reach AWS even if the environment were wrong.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import urllib.request
@@ -16,6 +17,7 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 REGION = "us-east-1"
+INSTANCE_PROFILE = "scantide-worker"  # the instance profile build_world creates
 DUMMY_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
                      "aws_session_token": "testing"}
 AWS_TEST_ENV = {
@@ -73,6 +75,19 @@ class Ec2World:
     security_group: str
     instance_profile_arn: str
 
+    def ec2_toml(self, moto: MotoServer, ssm_prefix: str) -> str:
+        """The ``[pools.ec2]`` table of an autoscaler config that launches into this world on ``moto``."""
+        return f"""\
+[pools.ec2]
+endpoint_url = "{moto.url}"
+region = "{REGION}"
+ami = "{self.ami}"
+subnets = {json.dumps(list(self.subnets))}
+security_group_ids = ["{self.security_group}"]
+ssm_prefix = "{ssm_prefix}"
+instance_profile_name = "{INSTANCE_PROFILE}"
+"""
+
 
 def build_world(moto: MotoServer) -> Ec2World:
     ec2 = moto.client("ec2")
@@ -86,7 +101,7 @@ def build_world(moto: MotoServer) -> Ec2World:
     sg = ec2.create_security_group(GroupName="scantide-workers", Description="workers", VpcId=vpc)["GroupId"]
     iam = moto.client("iam")
     iam.create_role(RoleName="scantide-worker", AssumeRolePolicyDocument="{}")
-    profile = iam.create_instance_profile(InstanceProfileName="scantide-worker")["InstanceProfile"]
-    iam.add_role_to_instance_profile(InstanceProfileName="scantide-worker", RoleName="scantide-worker")
+    profile = iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)["InstanceProfile"]
+    iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName="scantide-worker")
     return Ec2World(ami=images[0]["ImageId"], vpc=vpc, subnets=subnets, security_group=sg,  # type: ignore[arg-type]
                     instance_profile_arn=profile["Arn"])

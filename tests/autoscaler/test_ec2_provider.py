@@ -19,12 +19,12 @@ from autoscaler.daemon import Autoscaler
 from autoscaler.model import Action, InstanceOption, InstanceState, Launch, Market, PoolConfig, Snapshot
 from autoscaler.providers.base import CapacityError
 from autoscaler.providers.ec2 import TAG_MANAGED, TAG_POOL, Ec2Provider
-from autoscaler.providers.ec2_spec import USER_DATA_LIMIT_BYTES, Ec2PoolSpec, render_user_data
 from autoscaler.providers.ec2_client import Ec2Client, Ec2Error, Ec2Throttled
+from autoscaler.providers.ec2_spec import USER_DATA_LIMIT_BYTES, Ec2PoolSpec, render_user_data
 from service.backends.embedded import EmbeddedBackend
 from service.domain import Template
 from service.errors import ConfigError
-from tests.autoscaler.moto_server import AWS_TEST_ENV, REGION, Ec2World, MotoServer, build_world
+from tests.autoscaler.moto_server import REGION, Ec2World, MotoServer
 
 POOL = "gpu"
 QUEUE = "gpu-scans"
@@ -97,16 +97,6 @@ class FaultyClient(Ec2Client):
 
 
 # -- fixtures -----------------------------------------------------------------------------------
-@pytest.fixture
-def world(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Ec2World:
-    for key, value in AWS_TEST_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.url)  # a backstop: any stray client lands on moto too
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    moto.reset()
-    return build_world(moto)
-
-
 def make_spec(world: Ec2World, **overrides: Any) -> Ec2PoolSpec:
     fields: dict[str, Any] = dict(ami=world.ami, subnets=list(world.subnets), security_group_ids=[world.security_group],
                                   queue=QUEUE, region=REGION, ssm_prefix=SSM_PREFIX,

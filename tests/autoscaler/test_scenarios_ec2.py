@@ -48,13 +48,18 @@ from service.backends.embedded import EmbeddedBackend
 from service.domain import TaskInfo, Template, WorkerInfo
 from service.settings import load_settings
 from service.supervisor import cli_argv
-from tests.autoscaler.moto_server import AWS_TEST_ENV, REGION, Ec2World, MotoServer, build_world
+from tests.autoscaler.moto_server import (
+    AWS_TEST_ENV,
+    INSTANCE_PROFILE,
+    REGION,
+    Ec2World,
+    MotoServer,
+)
 from tests.conftest import wait_for
 
 POOL = "gpu"
 QUEUE = "gpu-scans"
 SSM_PREFIX = "/scantide/test"
-PROFILE = "scantide-worker"  # the instance profile build_world creates
 SPOT = InstanceOption("g5.xlarge", Market.spot, 0.45)
 ON_DEMAND = InstanceOption("g5.xlarge", Market.on_demand, 1.006)
 OTHER_TYPE = InstanceOption("g6.xlarge", Market.spot, 0.52)
@@ -135,16 +140,6 @@ class TrackingExecutor(ThreadPoolExecutor):
 
 
 # -- fixtures -----------------------------------------------------------------------------------
-@pytest.fixture
-def world(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Ec2World:
-    for key, value in AWS_TEST_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.url)  # a backstop: any stray client lands on moto too
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    moto.reset()
-    return build_world(moto)
-
-
 def make_pool(*options: InstanceOption, **overrides: Any) -> PoolConfig:
     fields: dict[str, Any] = dict(name=POOL, queue=QUEUE, options=options or (SPOT, ON_DEMAND), max_instances=4,
                                   boot_timeout_s=LONG_S, lost_after_s=LONG_S, idle_timeout_s=300.0,
@@ -163,7 +158,7 @@ class Fleet:
         self.backend.register_template(Template(name="video_summary", queue=QUEUE))
         self.client = SeamClient(Ec2Client.create(REGION, endpoint_url=moto.url))
         spec = Ec2PoolSpec(ami=world.ami, subnets=world.subnets, security_group_ids=[world.security_group],
-                           queue=QUEUE, region=REGION, ssm_prefix=SSM_PREFIX, instance_profile_name=PROFILE)
+                           queue=QUEUE, region=REGION, ssm_prefix=SSM_PREFIX, instance_profile_name=INSTANCE_PROFILE)
         self.provider = Ec2Provider({POOL: spec}, self.client, sleep=lambda _s: None)
         self.journal_path = tmp_path / "autoscaler" / "journal.jsonl"
         self.clock = Clock()
@@ -642,15 +637,7 @@ instance_type = "{ON_DEMAND.instance_type}"
 market = "on_demand"
 price_per_hour = {ON_DEMAND.price_per_hour}
 
-[pools.ec2]
-endpoint_url = "{moto.url}"
-region = "{REGION}"
-ami = "{world.ami}"
-subnets = {json.dumps(list(world.subnets))}
-security_group_ids = ["{world.security_group}"]
-ssm_prefix = "{SSM_PREFIX}"
-instance_profile_name = "{PROFILE}"
-""")
+{world.ec2_toml(moto, SSM_PREFIX)}""")
     return state_dir, config
 
 

@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from autoscaler.cli import register
-from autoscaler.sim.traces import Trace, TraceError, load_trace
+from autoscaler.sim.traces import Trace, TraceError, load_trace, poisson_arrivals
 from autoscaler.simulate import simulate
 
 FIELDS = {"cost_ratio_vs_baseline", "p95_wait_s", "baseline_p95_wait_s", "p50_wait_s", "cost_over_busy",
@@ -21,10 +21,7 @@ FIELDS = {"cost_ratio_vs_baseline", "p95_wait_s", "baseline_p95_wait_s", "p50_wa
 def small_trace(seed: int = 7) -> Trace:
     """Four hours: a scan every ten minutes or so, and a burst of eight in the second hour."""
     rng = random.Random(seed)
-    arrivals, t = [], rng.expovariate(1 / 600)
-    while t < 4 * 3600:
-        arrivals.append(t)
-        t += rng.expovariate(1 / 600)
+    arrivals = poisson_arrivals(rng, 1 / 600, 4 * 3600)
     arrivals += [5400 + rng.uniform(0, 90) for _ in range(8)]
     jobs = tuple(sorted((a, rng.uniform(40, 120)) for a in arrivals))
     return Trace(name="small", jobs=jobs, duration_s=4 * 3600)
@@ -63,7 +60,7 @@ def test_default_policy_beats_the_baseline_on_both_axes(warm_pool: bool) -> None
     assert record["p95_wait_s"] < record["baseline_p95_wait_s"]
 
 
-# The issue's goal figures against ClearML's policy, seed 0: (cost ratio, p95 ratio) at most.
+# The goal figures against ClearML's policy, seed 0: (cost ratio, p95 ratio) at most.
 COLD_GOAL, WARM_GOAL = (0.45, 0.7), (0.3, 0.3)
 
 
@@ -83,10 +80,7 @@ def test_goal_figures_on_the_built_in_traces(trace: str, warm_pool: bool) -> Non
 
 def poisson_trace(name: str, per_hour: float, hours: float, seed: int) -> Trace:
     rng = random.Random(seed)
-    arrivals, t = [], rng.expovariate(per_hour / 3600)
-    while t < hours * 3600:
-        arrivals.append(t)
-        t += rng.expovariate(per_hour / 3600)
+    arrivals = poisson_arrivals(rng, per_hour / 3600, hours * 3600)
     return Trace(name=name, jobs=tuple((a, rng.uniform(40, 120)) for a in arrivals), duration_s=hours * 3600)
 
 
