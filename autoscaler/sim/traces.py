@@ -2,9 +2,10 @@
 
 Built-ins (seeded, service times uniform 40–120 s):
 
-- ``grin-day``: 24 h of a clinic network's day, a scan every 4 minutes on average (~360): quiet
-  nights, a daytime peak (late morning and mid-afternoon about 8x the night rate) and ten short
-  bursts of 4–8 scans within two minutes in working hours.
+- ``grin-day``: 24 h of a clinic network's day, a scan every 4 minutes on average (~360; 327–393
+  over seeds 0–4): quiet nights (about 1.4 scans/h from midnight to 5 am), a daytime peak (about
+  30 scans/h late in the morning and mid-afternoon, 2.4x the day's mean) and ten short bursts of
+  4–8 scans within two minutes between 8 am and 6 pm.
 - ``steady``: a constant rate for 24 h, Poisson arrivals one scan every 15 minutes on average
   (~96): a small steady site, where the whole question is whether to idle or to boot for each scan.
 - ``burst``: 12 h, quiet (a scan every 30 minutes on average) broken by six bursts of 10–25 scans
