@@ -81,7 +81,7 @@ def _run(settings: Settings, console: Console, receiver: Receiver, scans: int, w
 
     log_path = settings.state_dir / "logs" / f"demo-{run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    register_bundled_model(settings, console)
+    register_bundled_model(settings, console, run_id)
     with open(log_path, "wb") as log_file:
         up = subprocess.Popen(cli_argv("up"), env={**os.environ, **settings_env(settings)}, stdout=log_file,
                               stderr=log_file, stdin=subprocess.DEVNULL)
@@ -119,23 +119,31 @@ def _run(settings: Settings, console: Console, receiver: Receiver, scans: int, w
 DEMO_MODEL_VERSION = "1"
 
 
-def register_bundled_model(settings: Settings, console: Console) -> None:
+def register_bundled_model(settings: Settings, console: Console, run_id: str) -> None:
     """``scantide models register --bundled … --promote`` in a child process (the CLI that loads the
-    file in the algorithm lives above ``service``). On failure the demo goes on with the bundled
+    file in the algorithm lives above ``service``). When version 1 of this state dir holds other
+    weights (made before the bundled ones changed) they are registered as ``1-<run_id>``
+    instead, so the demo runs the weights it ships. On failure the demo goes on with the bundled
     weights and tasks show no model version."""
-    argv = cli_argv("models", "register", "--bundled", "--algorithm", settings.default_algorithm, "--version",
-                    DEMO_MODEL_VERSION, "--promote", "--notes", "weights bundled with the algorithm", "--by",
-                    "scantide demo")
-    done = subprocess.run(argv, env={**os.environ, **settings_env(settings)}, capture_output=True, text=True,
-                          check=False, timeout=300)
-    if done.returncode == 0:
-        console.print(f"model {settings.default_algorithm} {DEMO_MODEL_VERSION} (bundled weights) is promoted")
-    elif "model_version_exists" in done.stderr:  # the weights changed since this state dir was made
+    done = _register_bundled(settings, DEMO_MODEL_VERSION)
+    version = DEMO_MODEL_VERSION
+    if done.returncode != 0 and "model_version_exists" in done.stderr:
+        version = f"{DEMO_MODEL_VERSION}-{run_id}"
         console.print(f"[yellow]version {DEMO_MODEL_VERSION} in {settings.state_dir} holds earlier bundled weights; "
-                      f"the demo runs it (delete {settings.state_dir} to start afresh)[/yellow]")
+                      f"registering these as {version}[/yellow]")
+        done = _register_bundled(settings, version)
+    if done.returncode == 0:
+        console.print(f"model {settings.default_algorithm} {version} (bundled weights) is promoted")
     else:
         console.print(f"[yellow]could not register the bundled model, going on without one: "
                       f"{(done.stderr or done.stdout).strip()[-500:]}[/yellow]")
+
+
+def _register_bundled(settings: Settings, version: str) -> subprocess.CompletedProcess[str]:
+    argv = cli_argv("models", "register", "--bundled", "--algorithm", settings.default_algorithm, "--version",
+                    version, "--promote", "--notes", "weights bundled with the algorithm", "--by", "scantide demo")
+    return subprocess.run(argv, env={**os.environ, **settings_env(settings)}, capture_output=True, text=True,
+                          check=False, timeout=300)
 
 
 def _wait_events(receiver: Receiver, outcomes: int, timeout_s: float) -> None:

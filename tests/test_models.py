@@ -140,3 +140,25 @@ def test_cli_says_what_to_install_when_torch_is_missing(settings: Settings, tmp_
                           capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "config_error" in done.stderr and "algorithms extra" in done.stderr and "torch" in done.stderr
+
+
+def test_demo_registers_changed_bundled_weights_beside_an_older_version_1(
+        settings: Settings, backend: TaskBackend, tmp_path: Path) -> None:
+    """A state dir from before the bundled weights changed holds other weights as version 1: the
+    demo registers the shipped ones under a new name and promotes them, so its tasks run them."""
+    import torch
+    from rich.console import Console
+
+    from algorithms.video_summary.model import FrameQualityNet
+    from service.demo import register_bundled_model
+
+    torch.manual_seed(1)
+    older = tmp_path / "older.pt"
+    torch.save(FrameQualityNet().state_dict(), older)
+    assert run_cli(settings, "register", str(older), "-a", ALGO, "-v", "1", "--promote").returncode == 0
+    console = Console(record=True, width=200)
+    register_bundled_model(settings, console, "ab12")
+    promoted = backend.promoted_model(ALGO)
+    assert promoted.version == "1-ab12"
+    assert promoted.sha256 == hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()
+    assert "holds earlier bundled weights" in console.export_text()

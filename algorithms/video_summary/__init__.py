@@ -7,7 +7,7 @@ the Laplacian at ``analysis_width``, exposure, motion), picks keyframes spread o
 good frame per equal-length window, skipping near-duplicates by embedding similarity) and, when
 ``previous_summary`` is given, compares the scan with an earlier one (compare.py). It writes:
 
-- ``summary.json`` (version 2): ``algorithm``, ``algorithm_version``, ``model`` {``version``
+- ``summary.json`` (version 3): ``algorithm``, ``algorithm_version``, ``model`` {``version``
   (param ``model_version`` or null), ``sha256``, ``architecture``, ``device``}, ``frame_count``,
   ``fps``, ``fps_assumed``, ``duration_s``, ``width``, ``height``, ``quality`` {``score`` (mean
   network quality), ``poor_frame_fraction`` (poor: scored under ``min_quality``, or a blur
@@ -20,6 +20,10 @@ good frame per equal-length window, skipping near-duplicates by embedding simila
   ``previous_summary``, ``comparison`` (see compare.py).
 - ``keyframes/kf_XX_fNNNNNN.jpg``, ``contact_sheet.jpg``, ``frames.csv``.
 
+Changes from version 2 (same fields): frames are decoded with PyAV and analysed from their
+YUV planes (decode.py, picture.py), the display rotation is honoured as before, and the
+network is narrower and retrained on views with 4:2:0 colour; scores and embeddings differ
+from version 2's, so a comparison needs both scans analysed by the same version.
 Changes from version 1: ``quality`` is the network's score (was a product of the OpenCV
 metrics; ``sharpness_reference`` is gone), embeddings are stored, ``model`` and ``comparison``
 are new, ``dedupe_threshold`` became ``dedupe_similarity``.
@@ -66,7 +70,7 @@ __all__ = [
 
 NAME = "video_summary"
 # Bump when outputs for the same scan and params would change.
-VERSION = "2"
+VERSION = "3"
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +111,7 @@ def run(
     scorer = scorer_for(weights, effective.device)
     sha256 = file_sha256(weights)
     # Checked before decoding: a bad previous summary should not cost a whole pass.
-    previous = load_previous(effective.previous_summary, sha256) if effective.previous_summary else None
+    previous = load_previous(effective.previous_summary, sha256, VERSION) if effective.previous_summary else None
     model = {"version": effective.model_version, "sha256": sha256, "architecture": ARCHITECTURE,
              "device": scorer.device.type}
     reporter = ProgressReporter(progress)

@@ -1,18 +1,21 @@
 """The single decoding pass: the network's score and embedding plus cheap metrics for every frame.
 
-The decode thread decodes and downscales each frame to ``analysis_width`` and hands batches over
-(decode.VideoReader.batches). This thread measures each small frame (sharpness, exposure,
-motion), builds the network's input, scores the batch in one forward pass and offers every frame
-to the candidate pool, which keeps the few that may become keyframes at full resolution.
+The decode thread decodes each frame, makes its views at ``analysis_width`` (I420 planes and
+grey) and hands batches over (decode.VideoReader.batches). This thread measures each grey view
+(sharpness, exposure, motion), builds the network's input from the planes, scores the batch in
+one forward pass and offers every frame to the candidate pool, which keeps the few that may
+become keyframes at full resolution.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from .candidates import Candidate, CandidatePool
@@ -20,7 +23,7 @@ from .decode import VideoInfo, VideoReader
 from .model import CHANNELS, EMBEDDING_DIM, INPUT_HEIGHT, INPUT_WIDTH, model_input
 from .params import Params
 from .progress import ProgressReporter
-from .quality import downscale, frame_metrics, to_gray
+from .quality import frame_metrics
 from .scorer import FrameScorer
 
 logger = logging.getLogger(__name__)
@@ -55,6 +58,19 @@ class Analysis:
     candidates: list[Candidate]
 
 
+@contextmanager
+def _opencv_threads(count: int) -> Iterator[None]:
+    """OpenCV's own thread pool off for the pass: the pass already keeps the cores busy with
+    its two threads (decode, analysis), and OpenCV splitting each small image over a pool that
+    spins while it waits cost a third more CPU for no gain. Process-wide, restored on exit."""
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(count)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
+
+
 def analyse(
     path: str | os.PathLike[str], params: Params, scorer: FrameScorer, progress: ProgressReporter
 ) -> Analysis:
@@ -64,25 +80,23 @@ def analyse(
     metrics: list[tuple[float, float, float]] = []
     width = height = 0
     previous: np.ndarray | None = None
-    prepare = functools.partial(downscale, width=params.analysis_width)
-    with VideoReader(path, params.max_frames) as reader:
+    with _opencv_threads(1), VideoReader(path, params.max_frames, params.analysis_width) as reader:
         reported = reader.info.reported_frames
         # Twice as many windows as keyframes: when the container's count is right, each final
         # window spans about two pool windows; when it is wrong, merging keeps them near-equal.
         pool = CandidatePool(2 * params.keyframes, reported)
         with scorer.session():
-            for batch in reader.batches(params.batch_size, prepare):
+            for batch in reader.batches(params.batch_size):
                 if not metrics:
-                    height, width = batch[0].frame.shape[:2]
+                    width, height = batch[0].picture.size
                 inputs = np.empty((len(batch), INPUT_HEIGHT, INPUT_WIDTH, CHANNELS), np.uint8)
                 for slot, decoded in enumerate(batch):
-                    model_input(decoded.small, inputs[slot])
-                    gray = to_gray(decoded.small)
-                    metrics.append(frame_metrics(gray, previous))
-                    previous = gray
+                    model_input(decoded.planes, inputs[slot])
+                    metrics.append(frame_metrics(decoded.grey, previous))
+                    previous = decoded.grey
                 scores, vectors = scorer.score(inputs)
                 for decoded, score, vector in zip(batch, scores, vectors, strict=True):
-                    pool.offer(decoded.index, float(score), vector, decoded.frame)
+                    pool.offer(decoded.index, float(score), vector, decoded.picture)
                 quality.append(scores)
                 embedding.append(vectors)
                 if reported:

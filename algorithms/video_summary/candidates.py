@@ -7,7 +7,8 @@ merged (window length doubled) whenever the scan outgrows them, so memory stays 
 windows stay roughly equal whatever the real length. Final selection re-windows at the end.
 
 A frame is copied only when it ranks among its window's best (the decoder reuses its
-buffers), which costs little: a few copies per window. When raw frames would exceed
+buffers), which costs little: a few copies per window, kept in the decoder's YUV (half the
+bytes of BGR) and converted only when written. When raw frames would exceed
 RAW_BUDGET_BYTES (4K scans, many keyframes), a window's candidates are JPEG-encoded once the
 scan has moved past it: windows are visited in time order, so each frame is encoded at most
 once and only the few final candidates of each window ever are.
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from .picture import Picture
 
 logger = logging.getLogger(__name__)
 
@@ -40,33 +43,31 @@ class Candidate:
     """A frame that may become a keyframe.
 
     index: frame index (from 0). quality: the network's score (0..1). embedding: its unit
-    embedding, for near-duplicate checks and comparisons. Exactly one of ``image`` (BGR uint8,
-    full resolution) and ``jpeg`` (its encoded bytes) is set.
+    embedding, for near-duplicate checks and comparisons. Exactly one of ``image`` (the frame at
+    full resolution, as decoded) and ``jpeg`` (its encoded bytes) is set.
     """
 
     index: int
     quality: float
     embedding: np.ndarray
-    image: np.ndarray | None = None
+    image: Picture | None = None
     jpeg: bytes | None = None
 
-    def jpeg_bytes(self) -> bytes:
-        """The frame as JPEG bytes (JPEG_QUALITY)."""
-        if self.jpeg is not None:
-            return self.jpeg
-        assert self.image is not None
-        return encode_jpeg(self.image)
+    def rendered_jpeg(self, image: np.ndarray) -> bytes:
+        """The frame as JPEG bytes (JPEG_QUALITY); ``image`` is ``self.bgr()``, made once by the
+        caller, who needs it too."""
+        return self.jpeg if self.jpeg is not None else encode_jpeg(image)
 
     def seal(self) -> None:
         """Hold the frame as JPEG bytes instead of a raw array (idempotent)."""
         if self.image is not None:
-            self.jpeg = encode_jpeg(self.image)
+            self.jpeg = encode_jpeg(self.image.bgr())
             self.image = None
 
     def bgr(self) -> np.ndarray:
-        """The frame as a BGR uint8 array."""
+        """The frame upright, as a full-resolution BGR uint8 array."""
         if self.image is not None:
-            return self.image
+            return self.image.bgr()
         assert self.jpeg is not None
         return cv2.imdecode(np.frombuffer(self.jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
 
@@ -93,12 +94,12 @@ class CandidatePool:
         self._encode: bool | None = None  # decided on the first frame, when its size is known
         self._active = 0  # window the last frame fell in; earlier windows are closed
 
-    def offer(self, index: int, quality: float, embedding: np.ndarray, frame: np.ndarray) -> None:
+    def offer(self, index: int, quality: float, embedding: np.ndarray, frame: Picture) -> None:
         """Consider frame ``index`` (offered in increasing order); keep it if it ranks among
         the best of its window by ``quality``.
 
-        frame: the full-resolution BGR frame; copied when kept, as the decoder reuses its
-        buffers (only frames that rank are copied, a few per window).
+        frame: the full-resolution frame as decoded; copied when kept, as the decoder reuses
+        its buffers (only frames that rank are copied, a few per window).
         """
         if self._encode is None:
             self._plan_memory(frame.nbytes)

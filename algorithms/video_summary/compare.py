@@ -32,8 +32,9 @@ from .model import EMBEDDING_DIM
 _SCORE = 4
 
 
-def load_previous(path: str, model_sha256: str) -> dict[str, Any]:
-    """Read and check the previous summary at ``path``. Raises InvalidParams with the reason."""
+def load_previous(path: str, model_sha256: str, version: str) -> dict[str, Any]:
+    """Read and check the previous summary at ``path``: made by this algorithm ``version`` (how
+    frames are read and scored) with the same weights. Raises InvalidParams with the reason."""
     where = f"previous_summary {path}"
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -47,10 +48,10 @@ def load_previous(path: str, model_sha256: str) -> dict[str, Any]:
         raise InvalidParams(f"{where}: not JSON ({exc.msg} at line {exc.lineno})") from exc
     if not isinstance(previous, dict) or previous.get("algorithm") != "video_summary":
         raise InvalidParams(f"{where}: not a video_summary summary.json")
-    version = previous.get("algorithm_version")
-    if version != "2":
+    theirs_version = previous.get("algorithm_version")
+    if theirs_version != version:
         raise InvalidParams(
-            f"{where}: made by video_summary version {version!r}, which stores no embeddings; "
+            f"{where}: made by video_summary version {theirs_version!r}, this run is version {version!r}; "
             "re-run that scan with this version first"
         )
     theirs = (previous.get("model") or {}).get("sha256")

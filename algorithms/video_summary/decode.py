@@ -1,4 +1,12 @@
-"""Frame iteration over one video file, with every way a file can be bad turned into InvalidVideo."""
+"""Frame iteration over one video file with PyAV (FFmpeg), every way a file can be bad turned
+into InvalidVideo.
+
+Frames stay in the decoder's YUV: each is shrunk to its analysis views in the decode thread
+(picture.analysis_views: small I420 planes and a grey image) and handed over with its
+full-resolution planes, which only the few keyframe candidates are ever converted from
+(picture.Picture). The container's rotation is
+honoured, as players do.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +15,16 @@ import math
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-import cv2
+import av
 import numpy as np
 
 from .errors import InvalidVideo
+from .picture import Picture, Planes, analysis_views
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +35,15 @@ TRUNCATION_RATIO = 0.9
 # Batches decoded ahead of the consumer: one being filled while one waits is enough to keep the
 # decoder busy while the model works; memory stays a few batches of frames.
 PREFETCH = 2
-# Raw frames of one batch may take about this much memory (bytes): 4K scans get smaller batches.
+# Full-resolution frames of one batch may take about this much memory (bytes): 4K scans get
+# smaller batches.
 BATCH_BYTES = 128 * 1024 * 1024
-# Batch buffers in use at once: one being filled, PREFETCH queued, one with the consumer.
-BUFFERS = PREFETCH + 2
+# The first batch holds this many frames and each next one twice as many, up to the batch size:
+# the analysis starts after a few frames instead of a whole batch, time in which the consumer's
+# core would otherwise wait (the results do not depend on batch sizes).
+FIRST_BATCH = 4
+# Pixel formats handed over as planes; FFmpeg converts any other to BGR.
+_I420 = frozenset({"yuv420p"})
 
 # Queue markers from the decode thread: end of stream, or a decoder failure at a frame index.
 _END = object()
@@ -43,13 +57,14 @@ class _Failure:
 
 @dataclass(frozen=True)
 class DecodedFrame:
-    """index: frame index from 0. frame: full-resolution BGR uint8, a view into a buffer the
-    reader reuses: valid until the consumer asks for the next batch (copy what must live
-    longer). small: what the reader's ``prepare`` made of it in the decode thread."""
+    """index: frame index from 0. picture: the full-resolution frame, possibly a view into the
+    decoder's buffers (``picture.copy()`` what must outlive the batch). planes, grey: the frame
+    upright at the analysis width as I420 planes and as a grey image (picture.analysis_views)."""
 
     index: int
-    frame: np.ndarray
-    small: np.ndarray
+    picture: Picture
+    planes: Planes
+    grey: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -66,21 +81,31 @@ class VideoInfo:
     reported_frames: int
 
 
-class VideoReader:
-    """Context manager over ``cv2.VideoCapture`` that yields BGR frames once, in order.
+def decoder_threads() -> int:
+    """Decoder threads: every core but one, which the analysis thread uses (at least one)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
-    Usage: ``with VideoReader(path, max_frames) as reader: for batch in reader.batches(n, f): ...``
-    then ``reader.check_complete(decoded)`` once the loop ends.
+
+class VideoReader:
+    """Context manager over one video stream that yields its frames once, in order.
+
+    Usage: ``with VideoReader(path, max_frames, width) as reader: for batch in
+    reader.batches(n): ...`` then ``reader.check_complete(decoded)`` once the loop ends.
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_frames: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], max_frames: int, analysis_width: int) -> None:
         self._path = os.fspath(path)
         self._max_frames = max_frames
-        self._cap: cv2.VideoCapture | None = None
+        self._width = analysis_width
+        self._container: av.container.InputContainer | None = None
+        self._stream: av.video.stream.VideoStream | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._queue: queue.Queue[object] = queue.Queue(maxsize=PREFETCH)
-        self._free: queue.Queue[np.ndarray] = queue.Queue()
         self.info = VideoInfo(fps=DEFAULT_FPS, fps_assumed=True, reported_frames=0)
 
     def __enter__(self) -> Self:
@@ -92,14 +117,19 @@ class VideoReader:
         if os.path.getsize(path) == 0:
             raise InvalidVideo(f"could not open video: file is empty: {path}")
         try:
-            cap = cv2.VideoCapture(path, capture_backend())
-        except cv2.error as exc:
-            raise InvalidVideo(f"could not open video: {path}: {exc}") from exc
-        if not cap.isOpened():
-            cap.release()
-            raise InvalidVideo(f"could not open video: {path} (not a video, or its container is damaged)")
-        self._cap = cap
-        self.info = _read_info(cap)
+            container = av.open(path, mode="r")
+        except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+            raise InvalidVideo(f"could not open video: {path} (not a video, or its container is damaged: "
+                               f"{_short(exc)})") from exc
+        self._container = container
+        if not container.streams.video:
+            self.close()
+            raise InvalidVideo(f"could not open video: {path} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.thread_count = decoder_threads()
+        self._stream = stream
+        self.info = _read_info(stream)
         if self.info.reported_frames > self._max_frames:
             self.close()
             raise InvalidVideo(
@@ -116,35 +146,29 @@ class VideoReader:
         self.close()
 
     def close(self) -> None:
-        # The decode thread must be gone before the capture is released under it.
+        # The decode thread must be gone before the container is closed under it.
         self._stop_prefetch()
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+            self._stream = None
 
-    def batches(self, size: int, prepare: Callable[[np.ndarray], np.ndarray]) -> Iterator[list[DecodedFrame]]:
+    def batches(self, size: int) -> Iterator[list[DecodedFrame]]:
         """Yield lists of up to ``size`` consecutive DecodedFrame, in order; indices count from 0.
 
-        A background thread decodes each frame, runs ``prepare`` on it (e.g. the downscale to
-        the analysis width) and hands full batches over through a queue of PREFETCH batches, so
-        decoding overlaps the caller's work on the previous batch (OpenCV and torch release the
-        GIL). The batch is smaller than ``size`` when ``size`` frames would exceed
-        BATCH_BYTES. A decoder failure is raised here, as InvalidVideo for OpenCV errors.
-        Leaving the loop early (an error, a break) stops and joins the thread.
-
-        Frames are decoded into BUFFERS preallocated batch arrays, recycled once the consumer
-        asks for the next batch: a fresh array per frame would cost fresh memory pages (and
-        their page faults) for every frame while batches are held, which made a threaded
-        reader a quarter slower than a plain decode loop.
+        A background thread decodes each frame, makes its analysis views and hands full batches
+        over through a queue of PREFETCH batches, so decoding overlaps the caller's work on the
+        previous batch (FFmpeg, OpenCV and torch release the GIL). The batch is smaller than
+        ``size`` when ``size`` frames would exceed BATCH_BYTES, and the first ones ramp up from
+        FIRST_BATCH. A decoder failure is raised
+        here, as InvalidVideo for FFmpeg errors. Leaving the loop early (an error, a break)
+        stops and joins the thread.
         """
-        if self._cap is None:
+        if self._container is None:
             raise RuntimeError("VideoReader used outside its with-block")
         self._queue = queue.Queue(maxsize=PREFETCH)
-        self._free = queue.Queue()
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._produce, args=(max(1, size), prepare), name="video-decode", daemon=True
-        )
+        self._thread = threading.Thread(target=self._produce, args=(max(1, size),), name="video-decode", daemon=True)
         self._thread.start()
         try:
             while True:
@@ -152,76 +176,46 @@ class VideoReader:
                 if item is _END:
                     return
                 if isinstance(item, _Failure):
-                    if isinstance(item.error, cv2.error):
-                        message = str(item.error).strip().splitlines() or ["cv2.error"]
+                    if isinstance(item.error, av.FFmpegError):
                         raise InvalidVideo(
-                            f"video could not be decoded at frame {item.index}: {message[-1]}"
+                            f"video could not be decoded at frame {item.index}: {_short(item.error)}"
                         ) from item.error
                     raise item.error
-                assert isinstance(item, tuple)
-                buffer, batch = item
-                if batch[-1].index >= self._max_frames:
+                assert isinstance(item, list)
+                if item[-1].index >= self._max_frames:
                     raise InvalidVideo(f"video is too long: more than {self._max_frames} frames")
-                yield batch
-                self._free.put(buffer)  # the consumer is done with this batch's frames
+                yield item
         finally:
             self._stop_prefetch()
 
-    def _produce(self, size: int, prepare: Callable[[np.ndarray], np.ndarray]) -> None:
-        """Decode thread: put (buffer, list of DecodedFrame) per batch, then _END or a _Failure."""
-        cap = self._cap
-        assert cap is not None
-        index = 0
+    def _produce(self, size: int) -> None:
+        """Decode thread: put a list of DecodedFrame per batch, then _END or a _Failure."""
+        assert self._container is not None and self._stream is not None
+        index = sent = 0
         batch: list[DecodedFrame] = []
-        buffer: np.ndarray | None = None
-        allocated = 0
         try:
-            ok, frame = cap.read()
-            if ok and frame is not None:
-                size = max(1, min(size, BATCH_BYTES // max(1, frame.nbytes)))
-            while ok and frame is not None and not self._stop.is_set():
-                if buffer is None:
-                    # The first frame of a batch picks a buffer of its shape (a stream whose
-                    # size changes mid-way gets fresh ones; cv2 never writes past a slot).
-                    buffer = self._take_buffer(size, frame, allocated < BUFFERS)
-                    if buffer is None:
-                        return
-                    allocated += 1
-                slot = buffer[len(batch)]
-                if frame.shape == slot.shape and not np.shares_memory(frame, slot):
-                    slot[...] = frame
-                    frame = slot
-                batch.append(DecodedFrame(index, frame, prepare(frame)))
+            for frame in self._container.decode(self._stream):
+                if self._stop.is_set():
+                    return
+                picture = _picture(frame)
+                if index == 0:
+                    size = max(1, min(size, BATCH_BYTES // max(1, picture.nbytes)))
+                planes, grey = analysis_views(picture, self._width)
+                batch.append(DecodedFrame(index, picture, planes, grey))
                 index += 1
-                if len(batch) >= size:
-                    if not self._put((buffer, batch)):
+                if len(batch) >= min(size, FIRST_BATCH << sent) or index > self._max_frames:
+                    if not self._put(batch):
                         return
-                    batch, buffer = [], None
-                    ok, frame = cap.read()
-                else:
-                    ok, frame = cap.read(image=buffer[len(batch)])
+                    batch, sent = [], sent + 1
+                    if index > self._max_frames:
+                        return  # the consumer raises "too long" on this batch
         except BaseException as exc:  # noqa: BLE001 - handed over; the consumer raises it
             # Whatever happens here must reach the consumer, or it would wait forever.
             self._put(_Failure(index, exc))
             return
-        if batch and not self._put((buffer, batch)):
+        if batch and not self._put(batch):
             return
         self._put(_END)
-
-    def _take_buffer(self, size: int, frame: np.ndarray, may_allocate: bool) -> np.ndarray | None:
-        """A batch buffer for frames shaped like ``frame``: a recycled one, a new one while
-        fewer than BUFFERS exist, else the next one the consumer frees. None once stopped."""
-        while not self._stop.is_set():
-            try:
-                buffer = self._free.get(block=not may_allocate, timeout=None if may_allocate else 0.05)
-            except queue.Empty:
-                if may_allocate:
-                    return np.empty((size, *frame.shape), frame.dtype)
-                continue
-            if buffer.shape[1:] == frame.shape and buffer.dtype == frame.dtype:
-                return buffer
-            return np.empty((size, *frame.shape), frame.dtype)
-        return None
 
     def _put(self, item: object) -> bool:
         # Bounded waits so a consumer that stopped early (error, too long) never strands us.
@@ -251,19 +245,44 @@ class VideoReader:
             logger.info("frame count differs from container decoded=%d reported=%d", decoded, reported)
 
 
-def capture_backend() -> int:
-    """The ``cv2.VideoCapture`` backend scans are read with: FFMPEG when the build has it, as
-    CAP_ANY may hand an odd file to the image-sequence backend, and one backend keeps results
-    identical from run to run."""
-    return cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
+def read_views(path: str | os.PathLike[str], analysis_width: int, max_frames: int = 100_000) -> list[Planes]:
+    """Every frame's planes at ``analysis_width``, exactly as ``run()`` sees them (training's
+    evaluation on real video files, tests). Raises InvalidVideo like the reader."""
+    views: list[Planes] = []
+    with VideoReader(path, max_frames, analysis_width) as reader:
+        for batch in reader.batches(32):
+            views.extend(decoded.planes for decoded in batch)
+        reader.check_complete(len(views))
+    return views
 
 
-def _read_info(cap: cv2.VideoCapture) -> VideoInfo:
-    fps = float(cap.get(cv2.CAP_PROP_FPS))
+def _picture(frame: av.VideoFrame) -> Picture:
+    """The decoder's frame as a Picture: zero-copy plane views for even-sided yuv420p, else one
+    BGR conversion by FFmpeg (4:2:2 and 4:4:4, full-range JPEG YUV, 10-bit, odd sizes)."""
+    rotation = round(frame.rotation) % 360 if frame.rotation else 0
+    if frame.format.name in _I420 and frame.width % 2 == 0 and frame.height % 2 == 0:
+        planes = tuple(_plane_view(plane) for plane in frame.planes)
+        return Picture(planes, rotation)
+    return Picture((frame.to_ndarray(format="bgr24"),), rotation)
+
+
+def _plane_view(plane: av.video.plane.VideoPlane) -> np.ndarray:
+    # Rows are line_size bytes apart (padding for SIMD); the view skips the padding, no copy.
+    rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+    return rows[: plane.height, : plane.width]
+
+
+def _read_info(stream: av.video.stream.VideoStream) -> VideoInfo:
+    rate = stream.average_rate or stream.guessed_rate
+    fps = float(rate) if rate else 0.0
     # Some containers report 0, NaN or a timebase (e.g. 90000) instead of a frame rate.
     fps_assumed = not math.isfinite(fps) or fps <= 0 or fps > 1000
-    count = float(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    reported = int(count) if math.isfinite(count) and count > 0 else 0
+    reported = int(stream.frames) if stream.frames and stream.frames > 0 else 0
     if fps_assumed:
         logger.info("container frame rate unusable fps=%r assumed=%s", fps, DEFAULT_FPS)
     return VideoInfo(fps=DEFAULT_FPS if fps_assumed else fps, fps_assumed=fps_assumed, reported_frames=reported)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__

@@ -1,6 +1,6 @@
 """The frame network: a small CNN that scores frame quality and embeds frame content.
 
-Input (``model_input``): two 64x48 BGR views of a frame already downscaled to the analysis width,
+Input (``model_input``): two 64x48 BGR views of a frame already shrunk to the analysis width,
 stacked as 6 channels: the whole frame (layout, exposure, coarse blur) and a same-size crop of
 its centre at the analysis resolution (fine detail: blur and noise the whole-frame view averages
 away). Output: a quality logit (sigmoid gives a score in [0, 1], ~1 = clean) and an
@@ -26,15 +26,19 @@ from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import InvalidModel
+from .picture import Planes, planes_bgr
+from .quality import halve_towards
 
 # The committed weights (made by train.py); runs use them unless params name another file.
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "frame_quality_v1.pt"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "frame_quality_v2.pt"
 # Model input: width and height of each view (pixels) and channels (two BGR views).
 INPUT_WIDTH, INPUT_HEIGHT, CHANNELS = 64, 48, 6
 EMBEDDING_DIM = 32
-ARCHITECTURE = f"FrameQualityNet({CHANNELS}x{INPUT_HEIGHT}x{INPUT_WIDTH}, embedding={EMBEDDING_DIM})"
-# Channel widths of the four stride-2 stages: 48x64 -> 24x32 -> 12x16 -> 6x8 -> 3x4.
+# Channel widths of the four stride-2 stages: 48x64 -> 24x32 -> 12x16 -> 6x8 -> 3x4. The first
+# two, at the largest sizes, cost most: kept narrow (v1 had 24, 32 and 64 at the third stage).
 _WIDTHS = (24, 32, 64, 64)
+ARCHITECTURE = (f"FrameQualityNet({CHANNELS}x{INPUT_HEIGHT}x{INPUT_WIDTH}, widths={'-'.join(map(str, _WIDTHS))}, "
+                f"embedding={EMBEDDING_DIM})")
 
 
 def _stage(c_in: int, c_out: int) -> nn.Sequential:
@@ -75,25 +79,39 @@ class FrameQualityNet(nn.Module):
         return logits, embedding
 
 
-def model_input(small: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """The network's input for one frame: INPUT_HEIGHT x INPUT_WIDTH x CHANNELS uint8.
+def model_input(planes: Planes, out: np.ndarray | None = None) -> np.ndarray:
+    """The network's input for one frame: INPUT_HEIGHT x INPUT_WIDTH x CHANNELS uint8, BGR.
 
-    small: the BGR frame at the analysis width. Channels 0-2 are the whole frame resized
-    (INTER_AREA), 3-5 its centre crop at the analysis resolution (the frame resized up when
-    it is smaller than a view). out: where to write it (e.g. one slot of a batch array), else
-    a new array.
+    planes: the frame at the analysis width as I420 planes (picture.analysis_views; training
+    converts its drawn views with picture.i420_planes). Channels 0-2 are the whole frame: each
+    plane halved by 2x2 box averages while at least twice too big, then a bilinear step to the
+    view's size, then converted. Channels 3-5 are its centre crop at the analysis resolution
+    (the frame resized up when it is smaller than a view). Only these two small views are ever
+    converted to BGR. out: where to write it (e.g. one slot of a contiguous batch array), else a
+    new array.
     """
-    if out is None:
-        out = np.empty((INPUT_HEIGHT, INPUT_WIDTH, CHANNELS), np.uint8)
-    size = (INPUT_WIDTH, INPUT_HEIGHT)
-    out[..., :3] = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
-    height, width = small.shape[:2]
+    y, u, v = planes
+    size, half = (INPUT_WIDTH, INPUT_HEIGHT), (INPUT_WIDTH // 2, INPUT_HEIGHT // 2)
+    whole = planes_bgr((_fit(y, size), _fit(u, half), _fit(v, half)))
+    height, width = y.shape
     if width >= INPUT_WIDTH and height >= INPUT_HEIGHT:
-        top, left = (height - INPUT_HEIGHT) // 2, (width - INPUT_WIDTH) // 2
-        out[..., 3:] = small[top : top + INPUT_HEIGHT, left : left + INPUT_WIDTH]
+        # Even offsets, so the chroma crop covers the same pixels as the luma crop.
+        top, left = (height - INPUT_HEIGHT) // 4 * 2, (width - INPUT_WIDTH) // 4 * 2
+        rows, cols = slice(top, top + INPUT_HEIGHT), slice(left, left + INPUT_WIDTH)
+        chroma = (slice(top // 2, (top + INPUT_HEIGHT) // 2), slice(left // 2, (left + INPUT_WIDTH) // 2))
+        crop = planes_bgr((y[rows, cols], u[chroma], v[chroma]))
     else:
-        out[..., 3:] = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
-    return out
+        crop = cv2.resize(planes_bgr(planes), size, interpolation=cv2.INTER_LINEAR)
+    # One interleaving pass in OpenCV; numpy's two strided channel-slice copies cost 5x more.
+    merged = cv2.merge([whole, crop], dst=out)
+    if out is not None and merged is not out:  # out was not a contiguous array OpenCV could fill
+        out[...] = merged
+        return out
+    return merged
+
+
+def _fit(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return cv2.resize(halve_towards(plane, size), size, interpolation=cv2.INTER_LINEAR)
 
 
 def fuse_for_inference(network: FrameQualityNet) -> FrameQualityNet:

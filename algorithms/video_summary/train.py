@@ -1,11 +1,12 @@
 """Train the frame network on procedurally drawn scans and write the weights and a report.
 
-    python -m algorithms.video_summary.train --out weights/frame_quality_v1.pt [--seed 0] [--epochs 6]
+    python -m algorithms.video_summary.train --out algorithms/video_summary/weights/frame_quality_v2.pt [--seed 0] [--epochs 6]
 
 Data (synth.py): a pool of drawn scenes; each training sample is a 320x240 view of one (random
 crop and flip), a second view shifted by up to 16 pixels with slightly different brightness
 (what a neighbouring video frame looks like), and a degraded copy of the first view (blur,
-motion blur, noise, over- or under-exposure, or blur plus noise). Losses:
+motion blur, noise, over- or under-exposure, or blur plus noise); each view is converted to
+I420 planes (picture.i420_planes), the form run() gets a video frame in. Losses:
 
 - pairwise ranking (logistic): the clean view's logit above its degraded copy's;
 - binary cross-entropy anchoring the scale: clean views towards 1, degraded towards 0, so
@@ -37,7 +38,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .decode import read_views
 from .model import ARCHITECTURE, FrameQualityNet, file_sha256, model_input
+from .picture import i420_planes
 from .synth import DEGRADATIONS, compress, degrade, render_scene
 
 logger = logging.getLogger(__name__)
@@ -93,9 +96,9 @@ def _batch(
         views = [first, second, degrade(rng, first)[0]]
         if compressed_share > 0:  # no draws otherwise: the default's random stream stays as it was
             views = [compress(rng, v) if rng.random() < compressed_share else v for v in views]
-        clean.append(model_input(views[0]))
-        shifted.append(model_input(views[1]))
-        damaged.append(model_input(views[2]))
+        clean.append(model_input(i420_planes(views[0])))
+        shifted.append(model_input(i420_planes(views[1])))
+        damaged.append(model_input(i420_planes(views[2])))
     return np.stack(clean), np.stack(shifted), np.stack(damaged)
 
 
@@ -166,14 +169,15 @@ def held_out_pairs(seed: int, count: int) -> list[tuple[np.ndarray, np.ndarray, 
         scene = render_scene(rng, VIEW[0] + _MARGIN, VIEW[1] + _MARGIN)
         view, _ = _views(rng, scene)
         damaged, kind = degrade(rng, view, DEGRADATIONS[i % len(DEGRADATIONS)])
-        pairs.append((model_input(view), model_input(damaged), kind))
+        pairs.append((model_input(i420_planes(view)), model_input(i420_planes(damaged)), kind))
     return pairs
 
 
 def video_pairs(seed: int, frames: int, folder: Path) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """Pairs from two mp4 (mp4v) files written by OpenCV and decoded again: a pan across one
-    large drawn scene, and the same frames each degraded once (kinds in turn) before encoding,
-    so the codec's artefacts land on the damage as they would in a real scan."""
+    """Pairs from two mp4 (mp4v) files written by OpenCV and decoded again as run() decodes
+    them (decode.read_views): a pan across one large drawn scene, and the same frames each
+    degraded once (kinds in turn) before encoding, so the codec's artefacts land on the damage
+    as they would in a real scan."""
     if frames <= 0:
         return []
     rng = np.random.default_rng(seed + 2 * _EVAL_SEED_OFFSET)
@@ -190,20 +194,8 @@ def video_pairs(seed: int, frames: int, folder: Path) -> list[tuple[np.ndarray, 
         writers[1].write(degrade(rng, frame, kinds[i])[0])
     for writer in writers:
         writer.release()
-    decoded = [_decode(clean_path), _decode(damaged_path)]
+    decoded = [read_views(clean_path, width), read_views(damaged_path, width)]
     return [(model_input(a), model_input(b), kind) for a, b, kind in zip(*decoded, kinds, strict=False)]
-
-
-def _decode(path: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return frames
 
 
 def save_weights(network: FrameQualityNet, path: Path) -> None:

@@ -259,7 +259,7 @@ def test_encoded_candidates_match_raw(
 ) -> None:
     # Just under one raw frame per pool window (2 x 8 keyframes) of budget: closed windows are
     # held as JPEG bytes, with as many candidates as in memory. Same keyframes, same files.
-    frame_bytes = scan["width"] * scan["height"] * 3
+    frame_bytes = scan["width"] * scan["height"] * 3 // 2  # kept as YUV 4:2:0
     monkeypatch.setattr(candidates, "RAW_BUDGET_BYTES", frame_bytes * 16 - 1)
     result, out, _ = outcome
     low_memory = run(scan["path"], PLATFORM_PARAMS, tmp_path)

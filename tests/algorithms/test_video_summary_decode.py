@@ -1,15 +1,21 @@
-"""The decode thread: batches in order, failures raised in the consumer, no thread left behind."""
+"""The decode thread and the YUV views: batches in order, pixels as OpenCV decodes them,
+rotation honoured, failures raised in the consumer, no thread left behind."""
 
 from __future__ import annotations
 
 import threading
+from fractions import Fraction
 from pathlib import Path
 
+import av
+import cv2
 import numpy as np
 import pytest
 
-from algorithms.video_summary.decode import VideoReader
-from algorithms.video_summary.train import _decode as plain_decode
+from algorithms.video_summary import decode, run
+from algorithms.video_summary.decode import VideoReader, read_views
+from algorithms.video_summary.picture import planes_bgr
+from algorithms.video_summary.quality import downscale
 from service.synthetic import write_scan_video
 
 
@@ -17,50 +23,138 @@ def _decode_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "video-decode"]
 
 
+def _opencv_frames(path: str | Path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+def _mean_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
 @pytest.fixture(scope="module")
 def video(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return write_scan_video(tmp_path_factory.mktemp("v") / "v.mp4", frames=30, blur=None, exposure=None)["path"]
+    return write_scan_video(tmp_path_factory.mktemp("v") / "v.mp4", frames=30, size=(640, 480),
+                            blur=None, exposure=None)["path"]
 
 
-def test_batches_cover_every_frame_in_order(video: str) -> None:
-    expected = plain_decode(Path(video))
+def test_batches_cover_every_frame_in_order_with_opencvs_pixels(video: str) -> None:
+    expected = _opencv_frames(video)
     sizes, indices = [], []
-    with VideoReader(video, 1000) as reader:
-        # Batch size 2 cycles through the reused buffers many times over 30 frames.
-        for batch in reader.batches(2, lambda frame: frame[::4, ::4].copy()):
+    with VideoReader(video, 1000, 320) as reader:
+        for batch in reader.batches(4):
             sizes.append(len(batch))
             for decoded in batch:
                 indices.append(decoded.index)
-                assert np.array_equal(decoded.frame, expected[decoded.index])
-                assert decoded.small.shape == (60, 80, 3)
-                assert np.array_equal(decoded.small, expected[decoded.index][::4, ::4])
+                reference = expected[decoded.index]
+                # Full resolution: the same decoder, OpenCV's YUV->BGR conversion (chroma
+                # upsampling may differ by a grey level or two).
+                assert decoded.picture.i420 and decoded.picture.size == (640, 480)
+                assert _mean_difference(decoded.picture.bgr(), reference) < 2.0
+                # The planes shrunk in YUV match shrinking OpenCV's BGR frame (their chroma has
+                # half the view's resolution, as in the video; grey is full range).
+                y, u, v = decoded.planes
+                assert y.shape == decoded.grey.shape == (240, 320) and u.shape == v.shape == (120, 160)
+                small, view = downscale(reference, 320), planes_bgr(decoded.planes)
+                assert _mean_difference(view, small) < 5.0  # a colourful texture: chroma detail
+                assert np.all(np.abs(view.mean(axis=(0, 1)) - small.mean(axis=(0, 1))) < 2.0)
+                grey = cv2.cvtColor(downscale(reference, 320), cv2.COLOR_BGR2GRAY)
+                assert _mean_difference(decoded.grey, grey) < 2.0
         reader.check_complete(sum(sizes))
-    assert sizes == [2] * 15
+    assert sizes == [4] * 7 + [2]
+    with VideoReader(video, 1000, 320) as reader:
+        assert [len(b) for b in reader.batches(32)] == [4, 8, 16, 2]  # ramping up from FIRST_BATCH
     assert indices == list(range(30))
-    with VideoReader(video, 1000) as reader:
-        assert [len(b) for b in reader.batches(8, lambda frame: frame)] == [8, 8, 8, 6]
     assert not _decode_threads()
 
 
-def test_failure_in_the_decode_thread_reaches_the_consumer(video: str) -> None:
-    def prepare(frame: np.ndarray) -> np.ndarray:
-        if prepare.calls == 13:  # type: ignore[attr-defined]
-            raise MemoryError("no room for frame 13")
-        prepare.calls += 1  # type: ignore[attr-defined]
-        return frame
+def test_kept_pictures_survive_the_decoders_buffer_reuse(video: str) -> None:
+    kept = {}
+    with VideoReader(video, 1000, 320) as reader:
+        for batch in reader.batches(2):
+            for decoded in batch:
+                if decoded.index in (0, 29):
+                    kept[decoded.index] = decoded.picture.copy()
+    frames = _opencv_frames(video)
+    assert _mean_difference(kept[0].bgr(), frames[0]) < 2.0
+    assert _mean_difference(kept[29].bgr(), frames[29]) < 2.0
+    assert _mean_difference(kept[0].bgr(), frames[29]) > 5.0  # a panned scene: frames differ
 
-    prepare.calls = 0  # type: ignore[attr-defined]
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotated_video_is_analysed_upright_as_opencv_shows_it(tmp_path: Path, video: str, rotation: int) -> None:
+    # A phone held upright stores landscape frames and a display matrix saying how to turn them.
+    frames = _opencv_frames(video)[:6]
+    path = tmp_path / "turned.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=Fraction(24))
+        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
+        stream.set_display_rotation(rotation)
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
+        container.mux(stream.encode())
+    upright = _opencv_frames(path)[0]  # OpenCV applies the display matrix
+    size = (upright.shape[1], upright.shape[0])
+    assert size == ((640, 480) if rotation == 180 else (480, 640))
+    with VideoReader(path, 1000, size[0] // 2) as reader:
+        decoded = next(iter(reader.batches(6)))[0]
+    assert decoded.picture.size == size
+    assert _mean_difference(decoded.picture.bgr(), upright) < 2.0
+    view = planes_bgr(decoded.planes)
+    assert view.shape == (size[1] // 2, size[0] // 2, 3)
+    assert _mean_difference(view, downscale(upright, size[0] // 2)) < 5.0
+    if rotation == 90:
+        result = run(path, {"device": "cpu"}, tmp_path / "out")
+        assert (result.summary["width"], result.summary["height"]) == size
+        keyframe = cv2.imread(str(tmp_path / "out" / result.summary["keyframes"][0]["file"]))
+        assert keyframe.shape == (size[1], size[0], 3)
+
+
+def test_other_pixel_formats_take_the_bgr_path(tmp_path: Path, video: str) -> None:
+    # MJPEG decodes to full-range 4:2:2: converted to BGR by FFmpeg, views shrunk from it.
+    frames = _opencv_frames(video)[:5]
+    path = tmp_path / "scan.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 24.0, (640, 480))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    with VideoReader(path, 1000, 320) as reader:
+        decoded = [d for batch in reader.batches(8) for d in batch]
+    assert len(decoded) == 5 and not decoded[0].picture.i420
+    assert planes_bgr(decoded[0].planes).shape == (240, 320, 3) and decoded[0].grey.shape == (240, 320)
+    assert _mean_difference(decoded[0].picture.bgr(), frames[0]) < 4.0
+    assert len(read_views(path, 320)) == 5
+
+
+def test_failure_in_the_decode_thread_reaches_the_consumer(video: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = decode.analysis_views
+
+    def failing(picture: object, width: int) -> object:
+        if len(calls) == 13:
+            raise MemoryError("no room for frame 13")
+        calls.append(1)
+        return real(picture, width)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decode, "analysis_views", failing)
     seen: list[int] = []
-    with VideoReader(video, 1000) as reader, pytest.raises(MemoryError, match="frame 13"):
-        for batch in reader.batches(4, prepare):
+    with VideoReader(video, 1000, 320) as reader, pytest.raises(MemoryError, match="frame 13"):
+        for batch in reader.batches(4):
             seen.extend(d.index for d in batch)
     assert seen == list(range(12))  # the batches before the failure, then the error
     assert not _decode_threads()
 
 
 def test_consumer_leaving_early_stops_the_thread(video: str) -> None:
-    with VideoReader(video, 1000) as reader:
-        for batch in reader.batches(2, lambda frame: frame):
+    with VideoReader(video, 1000, 320) as reader:
+        for batch in reader.batches(2):
             assert batch[0].index == 0
             break
     assert not _decode_threads()

@@ -20,11 +20,11 @@ from algorithms.video_summary import (
     run,
     validate_model,
 )
+from algorithms.video_summary.decode import read_views
+from algorithms.video_summary.picture import i420_planes, planes_bgr
 from algorithms.video_summary.model import ARCHITECTURE, FrameQualityNet, model_input
-from algorithms.video_summary.quality import downscale
 from algorithms.video_summary.scorer import FrameScorer
 from algorithms.video_summary.synth import DEGRADATIONS, degrade
-from algorithms.video_summary.train import _decode as plain_decode
 from service.synthetic import write_scan_video
 
 SMALL = {"keyframes": 3, "segments": 3}
@@ -157,15 +157,15 @@ def test_cuda_without_gpu_is_a_param_error(scan: dict[str, Any], tmp_path: Path)
 
 def test_network_ranks_clean_demo_frames_above_degraded_copies(tmp_path: Path) -> None:
     # Frames of the project's demo scans (service/synthetic.py, a texture the network was not
-    # trained on), written and decoded by OpenCV, each degraded once per kind by synth.degrade.
+    # trained on), written by OpenCV and decoded as run() decodes them, each degraded once per
+    # kind by synth.degrade.
     video = write_scan_video(tmp_path / "demo.mp4", frames=24, size=(640, 480), blur=None, exposure=None, seed=8)
     rng = np.random.default_rng(0)
     clean, damaged, kinds = [], [], []
-    for frame in plain_decode(Path(video["path"])):
-        small = downscale(frame, 320)
+    for planes in read_views(video["path"], 320):
         for kind in DEGRADATIONS:
-            clean.append(model_input(small))
-            damaged.append(model_input(degrade(rng, small, kind)[0]))
+            clean.append(model_input(planes))
+            damaged.append(model_input(i420_planes(degrade(rng, planes_bgr(planes), kind)[0])))
             kinds.append(kind)
     scorer = FrameScorer(DEFAULT_WEIGHTS, "cpu")
     with scorer.session():
