@@ -4,8 +4,7 @@ into InvalidVideo.
 Frames stay in the decoder's YUV: each is shrunk to its analysis views in the decode thread
 (picture.analysis_views: small I420 planes and a grey image) and handed over with its
 full-resolution planes, which only the few keyframe candidates are ever converted from
-(picture.Picture). The container's rotation is
-honoured, as players do.
+(picture.Picture). The container's rotation is honoured, as players do.
 """
 
 from __future__ import annotations

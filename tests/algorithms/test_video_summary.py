@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import json
 import threading
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -291,7 +292,18 @@ def _missing(tmp_path: Path, scan: dict[str, Any]) -> Path:
     return tmp_path / "nowhere.mp4"
 
 
-@pytest.mark.parametrize("make", [_zero_bytes, _text_file, _truncated_mp4, _missing], ids=lambda f: f.__name__[1:])
+def _audio_only(tmp_path: Path, scan: dict[str, Any]) -> Path:
+    path = tmp_path / "dictation.mp4"  # a real media file, with sound only
+    with wave.open(str(path), "wb") as sound:
+        sound.setnchannels(1)
+        sound.setsampwidth(2)
+        sound.setframerate(8000)
+        sound.writeframes(b"\x00\x01" * 8000)
+    return path
+
+
+@pytest.mark.parametrize("make", [_zero_bytes, _text_file, _truncated_mp4, _missing, _audio_only],
+                         ids=lambda f: f.__name__[1:])
 def test_invalid_video(make: Any, scan: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(InvalidVideo) as info:
         run(make(tmp_path, scan), {}, tmp_path / "out")
