@@ -1,8 +1,8 @@
 """The single decoding pass: the network's score and embedding plus cheap metrics for every frame.
 
-The decode thread decodes each frame, makes its views at ``analysis_width`` (I420 planes and
-grey) and hands batches over (decode.VideoReader.batches). This thread measures each grey view
-(sharpness, exposure, motion), builds the network's input from the planes, scores the batch in
+The decode thread decodes each frame, shrinks it to ``analysis_width`` (I420 planes) and hands
+batches over (decode.VideoReader.batches). This thread measures each luma plane (sharpness,
+exposure, motion), builds the network's input from the planes, scores the batch in
 one forward pass and offers every frame to the candidate pool, which keeps the few that may
 become keyframes at full resolution.
 """
@@ -92,8 +92,9 @@ def analyse(
                 inputs = np.empty((len(batch), INPUT_HEIGHT, INPUT_WIDTH, CHANNELS), np.uint8)
                 for slot, decoded in enumerate(batch):
                     model_input(decoded.planes, inputs[slot])
-                    metrics.append(frame_metrics(decoded.grey, previous))
-                    previous = decoded.grey
+                    luma = decoded.planes[0]
+                    metrics.append(frame_metrics(luma, previous))
+                    previous = luma
                 scores, vectors = scorer.score(inputs)
                 for decoded, score, vector in zip(batch, scores, vectors, strict=True):
                     pool.offer(decoded.index, float(score), vector, decoded.picture)

@@ -1,8 +1,8 @@
 """Frame iteration over one video file with PyAV (FFmpeg), every way a file can be bad turned
 into InvalidVideo.
 
-Frames stay in the decoder's YUV: each is shrunk to its analysis views in the decode thread
-(picture.analysis_views: small I420 planes and a grey image) and handed over with its
+Frames stay in the decoder's YUV: each is shrunk to small I420 planes in the decode thread
+(picture.analysis_views) and handed over with its
 full-resolution planes, which only the few keyframe candidates are ever converted from
 (picture.Picture). The container's rotation is honoured, as players do.
 """
@@ -57,13 +57,12 @@ class _Failure:
 @dataclass(frozen=True)
 class DecodedFrame:
     """index: frame index from 0. picture: the full-resolution frame, possibly a view into the
-    decoder's buffers (``picture.copy()`` what must outlive the batch). planes, grey: the frame
-    upright at the analysis width as I420 planes and as a grey image (picture.analysis_views)."""
+    decoder's buffers (``picture.copy()`` what must outlive the batch). planes: the frame
+    upright at the analysis width as I420 planes (picture.analysis_views)."""
 
     index: int
     picture: Picture
     planes: Planes
-    grey: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -199,8 +198,7 @@ class VideoReader:
                 picture = _picture(frame)
                 if index == 0:
                     size = max(1, min(size, BATCH_BYTES // max(1, picture.nbytes)))
-                planes, grey = analysis_views(picture, self._width)
-                batch.append(DecodedFrame(index, picture, planes, grey))
+                batch.append(DecodedFrame(index, picture, analysis_views(picture, self._width)))
                 index += 1
                 if len(batch) >= min(size, FIRST_BATCH << sent) or index > self._max_frames:
                     if not self._put(batch):

@@ -3,8 +3,8 @@
 Converting a whole frame to BGR costs about as much as decoding it, yet the analysis needs the
 frame only small (``analysis_width``), and only the few keyframes at full resolution. So a 4:2:0
 frame is shrunk plane by plane and stays YUV: the network's input is made from the small planes
-(model.model_input, which converts just its two 64x48 views), the luma plane is the grey view the
-metrics use, and a ``Picture`` keeps the full-resolution planes and converts them only when a
+(model.model_input, which converts just its two 64x48 views), the metrics read the luma plane,
+and a ``Picture`` keeps the full-resolution planes and converts them only when a
 keyframe is written. Other pixel formats (4:2:2 MJPEG, 10-bit, odd sizes) arrive as BGR from
 FFmpeg and are converted to small I420 once.
 """
@@ -18,10 +18,6 @@ import numpy as np
 
 from .quality import shrink_to
 
-# Video luma is limited range (16..235); grey views are full range (0..255), as a grey
-# conversion of the decoded BGR frame gives, so metrics mean the same whatever the format:
-# grey = saturate(round((Y - 16) * 255 / 219)), one saturating affine pass (3x cheaper than cv2.LUT).
-_RANGE_SCALE, _RANGE_OFFSET = 255.0 / 219.0, -16 * 255.0 / 219.0
 # Display rotation (degrees counter-clockwise, as in the container's display matrix) -> cv2.rotate code.
 _ROTATE = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
 
@@ -69,24 +65,22 @@ class Picture:
 Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def analysis_views(picture: Picture, width: int) -> tuple[Planes, np.ndarray]:
-    """Return (planes, grey): ``picture`` upright and at most ``width`` pixels wide (never
-    upscaled; even sides, the aspect kept to within a pixel) as I420 planes, and its grey view.
+def analysis_views(picture: Picture, width: int) -> Planes:
+    """``picture`` upright and at most ``width`` pixels wide (never upscaled; even sides, the
+    aspect kept to within a pixel) as I420 planes.
 
     An I420 frame is shrunk plane by plane with 2x2 box averages (quality.shrink_to) and never
-    converted here: the network's input is made from the planes (model.model_input), and the
-    grey view is the luma plane stretched to full range. Other formats are shrunk in BGR and
+    converted here: the network's input is made from the planes (model.model_input) and the
+    metrics read the luma plane (quality.frame_metrics). Other formats are shrunk in BGR and
     converted to I420 once, small.
     """
     w, h = _small_size(picture.planes[0].shape, width, picture.rotation)
     if picture.i420:
         y, u, v = picture.planes
         planes = (shrink_to(y, (w, h)), shrink_to(u, (w // 2, h // 2)), shrink_to(v, (w // 2, h // 2)))
-        planes = (_upright(planes[0], picture.rotation), _upright(planes[1], picture.rotation),
-                  _upright(planes[2], picture.rotation))
-    else:
-        planes = i420_planes(_upright(shrink_to(picture.planes[0], (w, h)), picture.rotation))
-    return planes, cv2.addWeighted(planes[0], _RANGE_SCALE, planes[0], 0.0, _RANGE_OFFSET)
+        return (_upright(planes[0], picture.rotation), _upright(planes[1], picture.rotation),
+                _upright(planes[2], picture.rotation))
+    return i420_planes(_upright(shrink_to(picture.planes[0], (w, h)), picture.rotation))
 
 
 def i420_planes(bgr: np.ndarray) -> Planes:

@@ -1,8 +1,9 @@
 """Cheap per-frame measures beside the network's score: sharpness, exposure and motion.
 
 They explain a score (why a frame is poor) and see what the network's 64x48 views cannot:
-sharpness is measured on the whole frame at ``analysis_width``. Everything runs on a small grey
-copy, so it costs a fraction of decoding.
+sharpness is measured on the whole frame at ``analysis_width``. Everything runs on the frame's
+small luma plane as the decoder gives it (video range, 16..235), so it costs a fraction of
+decoding; results are given in full-range grey units (0..255), as a grey image would give them.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# Grey levels at or beyond these count as clipped (crushed shadows, blown highlights).
-_CLIP_LOW, _CLIP_HIGH = 4, 251
+# Video-range luma: black at 16, white at 235; one full-range grey level is 219/255 of a step.
+_BLACK, _RANGE = 16, 219
+_TO_FULL = 255.0 / _RANGE
+# Luma at or beyond these counts as clipped (crushed shadows, blown highlights): grey 4 and 251.
+_CLIP_LOW, _CLIP_HIGH = 19, 232
 # Mean brightness (0..1) inside this band is well exposed; the score falls linearly to 0 at the
 # outer edges.
 _BRIGHT_OK = (0.25, 0.75)
@@ -53,24 +57,26 @@ def to_gray(small: np.ndarray) -> np.ndarray:
     return small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
 
 
-def frame_metrics(gray: np.ndarray, previous: np.ndarray | None) -> tuple[float, float, float]:
-    """Return ``(sharpness, exposure, motion)`` for one small grey frame.
+def frame_metrics(luma: np.ndarray, previous: np.ndarray | None) -> tuple[float, float, float]:
+    """Return ``(sharpness, exposure, motion)`` for one small frame's video-range luma plane.
 
-    sharpness: variance of the Laplacian (grey levels squared; depends on analysis_width, hence
-    normalised per scan later). exposure: score in [0, 1], 1 = well exposed. motion: mean absolute
-    difference to ``previous`` in [0, 1], 0 for the first frame.
+    sharpness: variance of the Laplacian in full-range grey levels squared (depends on
+    analysis_width, hence normalised per scan later). exposure: score in [0, 1], 1 = well
+    exposed. motion: mean absolute difference to ``previous`` in [0, 1], 0 for the first frame.
+    Measured on the luma directly and scaled: stretching it to full range first cost as much as
+    all of these measures together.
     """
-    pixels = float(gray.size)
+    pixels = float(luma.size)
     # int16 Laplacian (exact for uint8 input) and variance as E[L^2] - E[L]^2 from two
     # reductions: several times cheaper than a float Laplacian plus meanStdDev.
-    laplacian = cv2.Laplacian(gray, cv2.CV_16S)
+    laplacian = cv2.Laplacian(luma, cv2.CV_16S)
     mean_lap = cv2.sumElems(laplacian)[0] / pixels
-    sharpness = max(0.0, cv2.norm(laplacian, cv2.NORM_L2) ** 2 / pixels - mean_lap**2)
-    brightness = cv2.mean(gray)[0] / 255.0
-    clipped = 1.0 - cv2.countNonZero(cv2.inRange(gray, _CLIP_LOW + 1, _CLIP_HIGH - 1)) / pixels
+    sharpness = max(0.0, cv2.norm(laplacian, cv2.NORM_L2) ** 2 / pixels - mean_lap**2) * _TO_FULL**2
+    brightness = min(1.0, max(0.0, (cv2.mean(luma)[0] - _BLACK) / _RANGE))
+    clipped = 1.0 - cv2.countNonZero(cv2.inRange(luma, _CLIP_LOW + 1, _CLIP_HIGH - 1)) / pixels
     motion = 0.0
-    if previous is not None and previous.shape == gray.shape:
-        motion = cv2.norm(gray, previous, cv2.NORM_L1) / (255.0 * pixels)
+    if previous is not None and previous.shape == luma.shape:
+        motion = min(1.0, cv2.norm(luma, previous, cv2.NORM_L1) / (_RANGE * pixels))
     return sharpness, exposure_score(brightness, clipped), motion
 
 

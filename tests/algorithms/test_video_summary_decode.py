@@ -15,7 +15,7 @@ import pytest
 from algorithms.video_summary import decode, run
 from algorithms.video_summary.decode import VideoReader, read_views
 from algorithms.video_summary.picture import planes_bgr
-from algorithms.video_summary.quality import downscale
+from algorithms.video_summary.quality import downscale, exposure_score, frame_metrics
 from service.synthetic import write_scan_video
 
 
@@ -59,14 +59,14 @@ def test_batches_cover_every_frame_in_order_with_opencvs_pixels(video: str) -> N
                 assert decoded.picture.i420 and decoded.picture.size == (640, 480)
                 assert _mean_difference(decoded.picture.bgr(), reference) < 2.0
                 # The planes shrunk in YUV match shrinking OpenCV's BGR frame (their chroma has
-                # half the view's resolution, as in the video; grey is full range).
+                # half the view's resolution, as in the video; luma is video range).
                 y, u, v = decoded.planes
-                assert y.shape == decoded.grey.shape == (240, 320) and u.shape == v.shape == (120, 160)
+                assert y.shape == (240, 320) and u.shape == v.shape == (120, 160)
                 small, view = downscale(reference, 320), planes_bgr(decoded.planes)
                 assert _mean_difference(view, small) < 5.0  # a colourful texture: chroma detail
                 assert np.all(np.abs(view.mean(axis=(0, 1)) - small.mean(axis=(0, 1))) < 2.0)
-                grey = cv2.cvtColor(downscale(reference, 320), cv2.COLOR_BGR2GRAY)
-                assert _mean_difference(decoded.grey, grey) < 2.0
+                grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.float64)
+                assert np.abs((y - 16.0) * 255 / 219 - grey).mean() < 2.0
         reader.check_complete(sum(sizes))
     assert sizes == [4] * 7 + [2]
     with VideoReader(video, 1000, 320) as reader:
@@ -128,7 +128,7 @@ def test_other_pixel_formats_take_the_bgr_path(tmp_path: Path, video: str) -> No
     with VideoReader(path, 1000, 320) as reader:
         decoded = [d for batch in reader.batches(8) for d in batch]
     assert len(decoded) == 5 and not decoded[0].picture.i420
-    assert planes_bgr(decoded[0].planes).shape == (240, 320, 3) and decoded[0].grey.shape == (240, 320)
+    assert planes_bgr(decoded[0].planes).shape == (240, 320, 3)
     assert _mean_difference(decoded[0].picture.bgr(), frames[0]) < 4.0
     assert len(read_views(path, 320)) == 5
 
@@ -158,3 +158,22 @@ def test_consumer_leaving_early_stops_the_thread(video: str) -> None:
             assert batch[0].index == 0
             break
     assert not _decode_threads()
+
+
+def test_metrics_on_video_range_luma_read_as_full_range_grey() -> None:
+    # frame_metrics reads the decoder's luma (16..235) and reports full-range grey units: the
+    # same figures as measuring a full-range grey image of the same frame.
+    rng = np.random.default_rng(3)
+    grey = cv2.GaussianBlur(rng.integers(0, 256, (240, 320), dtype=np.uint8), (0, 0), 1.0)
+    grey[:30] = 255  # a blown-out band
+    shifted = np.roll(grey, 3, axis=1)
+
+    def luma(image: np.ndarray) -> np.ndarray:
+        return np.round(16 + image * (219 / 255)).astype(np.uint8)
+
+    sharpness, exposure, motion = frame_metrics(luma(grey), luma(shifted))
+    laplacian = cv2.Laplacian(grey, cv2.CV_64F)
+    assert sharpness == pytest.approx(laplacian.var(), rel=0.03)
+    clipped = float(np.mean((grey <= 4) | (grey >= 251)))
+    assert exposure == pytest.approx(exposure_score(grey.mean() / 255, clipped), abs=0.01)
+    assert motion == pytest.approx(np.abs(grey.astype(float) - shifted).mean() / 255, rel=0.03)
