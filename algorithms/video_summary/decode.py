@@ -37,9 +37,10 @@ PREFETCH = 2
 # Full-resolution frames of one batch may take about this much memory (bytes): 4K scans get
 # smaller batches.
 BATCH_BYTES = 128 * 1024 * 1024
-# The first batch holds this many frames and each next one twice as many, up to the batch size:
-# the analysis starts after a few frames instead of a whole batch, time in which the consumer's
-# core would otherwise wait (the results do not depend on batch sizes).
+# The first batch holds this many frames and each next one twice as many, up to the batch size,
+# and near the container's frame count they shrink again (half the frames left): the analysis
+# starts after a few frames instead of a whole batch and ends a few frames after decoding, time
+# in which one core would otherwise wait for the other (results do not depend on batch sizes).
 FIRST_BATCH = 4
 # Pixel formats handed over as planes; FFmpeg converts any other to BGR.
 _I420 = frozenset({"yuv420p"})
@@ -157,8 +158,8 @@ class VideoReader:
         A background thread decodes each frame, makes its analysis views and hands full batches
         over through a queue of PREFETCH batches, so decoding overlaps the caller's work on the
         previous batch (FFmpeg, OpenCV and torch release the GIL). The batch is smaller than
-        ``size`` when ``size`` frames would exceed BATCH_BYTES, and the first ones ramp up from
-        FIRST_BATCH. A decoder failure is raised
+        ``size`` when ``size`` frames would exceed BATCH_BYTES, and ramps from and to
+        FIRST_BATCH at the ends. A decoder failure is raised
         here, as InvalidVideo for FFmpeg errors. Leaving the loop early (an error, a break)
         stops and joins the thread.
         """
@@ -200,7 +201,7 @@ class VideoReader:
                     size = max(1, min(size, BATCH_BYTES // max(1, picture.nbytes)))
                 batch.append(DecodedFrame(index, picture, analysis_views(picture, self._width)))
                 index += 1
-                if len(batch) >= min(size, FIRST_BATCH << sent) or index > self._max_frames:
+                if len(batch) >= self._batch_limit(size, sent, index) or index > self._max_frames:
                     if not self._put(batch):
                         return
                     batch, sent = [], sent + 1
@@ -213,6 +214,12 @@ class VideoReader:
         if batch and not self._put(batch):
             return
         self._put(_END)
+
+    def _batch_limit(self, size: int, sent: int, decoded: int) -> int:
+        """Frames in the batch being filled after ``sent`` batches and ``decoded`` frames."""
+        reported = self.info.reported_frames  # a hint: a wrong count only changes batch sizes
+        ending = max(FIRST_BATCH, (reported - decoded) // 2) if reported else size
+        return min(size, FIRST_BATCH << sent, ending)
 
     def _put(self, item: object) -> bool:
         # Bounded waits so a consumer that stopped early (error, too long) never strands us.
