@@ -50,15 +50,11 @@ class Picture:
 
     def copy(self) -> Picture:
         """A copy that owns its memory (the decoder reuses its buffers)."""
-        return Picture(tuple(np.ascontiguousarray(p).copy() for p in self.planes), self.rotation)
+        return Picture(tuple(np.array(p, order="C", copy=True) for p in self.planes), self.rotation)
 
     def bgr(self) -> np.ndarray:
         """The frame upright, as a full-resolution BGR uint8 array."""
-        if self.i420:
-            image = cv2.cvtColor(_pack(*self.planes), cv2.COLOR_YUV2BGR_I420)
-        else:
-            image = self.planes[0]
-        return _upright(image, self.rotation)
+        return _upright(planes_bgr(self.planes) if self.i420 else self.planes[0], self.rotation)
 
 
 # A small frame as I420 planes: Y (h x w, even sides), U and V (h/2 x w/2); video range, BT.601.
@@ -76,10 +72,9 @@ def analysis_views(picture: Picture, width: int) -> Planes:
     """
     w, h = _small_size(picture.planes[0].shape, width, picture.rotation)
     if picture.i420:
-        y, u, v = picture.planes
-        planes = (shrink_to(y, (w, h)), shrink_to(u, (w // 2, h // 2)), shrink_to(v, (w // 2, h // 2)))
-        return (_upright(planes[0], picture.rotation), _upright(planes[1], picture.rotation),
-                _upright(planes[2], picture.rotation))
+        y, u, v = (_upright(shrink_to(plane, size), picture.rotation)
+                   for plane, size in zip(picture.planes, ((w, h), (w // 2, h // 2), (w // 2, h // 2)), strict=True))
+        return y, u, v
     return i420_planes(_upright(shrink_to(picture.planes[0], (w, h)), picture.rotation))
 
 
