@@ -1,6 +1,7 @@
 """Train the frame network on procedurally drawn scans and write the weights and a report.
 
-    python -m algorithms.video_summary.train --out algorithms/video_summary/weights/frame_quality_v2.pt [--seed 0] [--epochs 6]
+    python -m algorithms.video_summary.train --out algorithms/video_summary/weights/frame_quality_v2.pt \
+        [--seed 0] [--epochs 6]
 
 Data (synth.py): a pool of drawn scenes; each training sample is a 320x240 view of one (random
 crop and flip), a second view shifted by up to 16 pixels with slightly different brightness

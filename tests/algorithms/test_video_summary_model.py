@@ -21,8 +21,8 @@ from algorithms.video_summary import (
     validate_model,
 )
 from algorithms.video_summary.decode import read_views
-from algorithms.video_summary.picture import i420_planes, planes_bgr
 from algorithms.video_summary.model import ARCHITECTURE, FrameQualityNet, model_input
+from algorithms.video_summary.picture import i420_planes, planes_bgr
 from algorithms.video_summary.scorer import FrameScorer
 from algorithms.video_summary.synth import DEGRADATIONS, degrade
 from service.synthetic import write_scan_video
