@@ -113,6 +113,9 @@ def _claimer(path: str, worker_id: str, barrier: Any, results: Any) -> None:
             if task is None:
                 break
             claimed.append(task.task_id)
+            # A worker works between claims. Without a pause, SQLite's lock (no fairness: waiters
+            # back off and sleep) can hand every claim to one process on a loaded machine.
+            time.sleep(0.002)
             if task.state is not JobState.running or task.worker_id != worker_id or task.attempt != 1:
                 errors.append(f"claimed {task.task_id} as {task.state} by {task.worker_id} attempt {task.attempt}")
             backend.finish(task.task_id, worker_id, result={"by": worker_id})
