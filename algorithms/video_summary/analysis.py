@@ -20,7 +20,7 @@ import numpy as np
 
 from .candidates import Candidate, CandidatePool
 from .decode import VideoInfo, VideoReader
-from .model import CHANNELS, EMBEDDING_DIM, INPUT_HEIGHT, INPUT_WIDTH, model_input
+from .model import EMBEDDING_DIM, model_inputs
 from .params import Params
 from .progress import ProgressReporter
 from .quality import frame_metrics
@@ -89,9 +89,8 @@ def analyse(
             for batch in reader.batches(params.batch_size):
                 if not metrics:
                     width, height = batch[0].picture.size
-                inputs = np.empty((len(batch), INPUT_HEIGHT, INPUT_WIDTH, CHANNELS), np.uint8)
-                for slot, decoded in enumerate(batch):
-                    model_input(decoded.planes, inputs[slot])
+                inputs = model_inputs([decoded.planes for decoded in batch])
+                for decoded in batch:
                     luma = decoded.planes[0]
                     metrics.append(frame_metrics(luma, previous))
                     previous = luma

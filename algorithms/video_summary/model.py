@@ -16,6 +16,7 @@ import hashlib
 import math
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
@@ -27,7 +28,6 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .errors import InvalidModel
 from .picture import Planes, planes_bgr
-from .quality import halve_towards
 
 # The committed weights (made by train.py); runs use them unless params name another file.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "frame_quality_v2.pt"
@@ -79,7 +79,7 @@ class FrameQualityNet(nn.Module):
         return logits, embedding
 
 
-def model_input(planes: Planes, out: np.ndarray | None = None) -> np.ndarray:
+def model_input(planes: Planes) -> np.ndarray:
     """The network's input for one frame: INPUT_HEIGHT x INPUT_WIDTH x CHANNELS uint8, BGR.
 
     planes: the frame at the analysis width as I420 planes (picture.analysis_views; training
@@ -87,31 +87,57 @@ def model_input(planes: Planes, out: np.ndarray | None = None) -> np.ndarray:
     plane halved by 2x2 box averages while at least twice too big, then a bilinear step to the
     view's size, then converted. Channels 3-5 are its centre crop at the analysis resolution
     (the frame resized up when it is smaller than a view). Only these two small views are ever
-    converted to BGR. out: where to write it (e.g. one slot of a contiguous batch array), else a
-    new array.
+    converted to BGR.
     """
-    y, u, v = planes
+    return model_inputs([planes])[0]
+
+
+def model_inputs(frames: Sequence[Planes]) -> np.ndarray:
+    """``model_input`` for a batch of frames: N x INPUT_HEIGHT x INPUT_WIDTH x CHANNELS uint8.
+
+    Frames of one size (a batch of one scan) go through each step together, as one image of
+    the frames stacked on top of each other: the same pixels as frame by frame (each 2x2
+    halving pairs rows within a frame, the bilinear steps run per frame, and the I420->BGR
+    conversion maps each row to its own frame's chroma), for a tenth of the OpenCV calls.
+    """
+    count = len(frames)
+    height, width = frames[0][0].shape
+    if any(f[0].shape != (height, width) for f in frames):  # the stream changed size mid-batch
+        return np.concatenate([model_inputs([f]) for f in frames])
+    if width < INPUT_WIDTH or height < INPUT_HEIGHT:
+        return np.stack([_small_frame_input(f) for f in frames])
+    ys, us, vs = (np.stack([f[i] for f in frames]) for i in range(3))
     size, half = (INPUT_WIDTH, INPUT_HEIGHT), (INPUT_WIDTH // 2, INPUT_HEIGHT // 2)
-    whole = planes_bgr((_fit(y, size), _fit(u, half), _fit(v, half)))
-    height, width = y.shape
-    if width >= INPUT_WIDTH and height >= INPUT_HEIGHT:
-        # Even offsets, so the chroma crop covers the same pixels as the luma crop.
-        top, left = (height - INPUT_HEIGHT) // 4 * 2, (width - INPUT_WIDTH) // 4 * 2
-        rows, cols = slice(top, top + INPUT_HEIGHT), slice(left, left + INPUT_WIDTH)
-        chroma = (slice(top // 2, (top + INPUT_HEIGHT) // 2), slice(left // 2, (left + INPUT_WIDTH) // 2))
-        crop = planes_bgr((y[rows, cols], u[chroma], v[chroma]))
-    else:
-        crop = cv2.resize(planes_bgr(planes), size, interpolation=cv2.INTER_LINEAR)
-    # One interleaving pass in OpenCV; numpy's two strided channel-slice copies cost 5x more.
-    merged = cv2.merge([whole, crop], dst=out)
-    if out is not None and merged is not out:  # out was not a contiguous array OpenCV could fill
-        out[...] = merged
-        return out
-    return merged
+    whole = planes_bgr((_fit_stacked(ys, size), _fit_stacked(us, half), _fit_stacked(vs, half)))
+    # The centre crops; even offsets, so the chroma crop covers the same pixels as the luma crop.
+    top, left = (height - INPUT_HEIGHT) // 4 * 2, (width - INPUT_WIDTH) // 4 * 2
+    crops = (ys[:, top : top + INPUT_HEIGHT, left : left + INPUT_WIDTH],
+             us[:, top // 2 : (top + INPUT_HEIGHT) // 2, left // 2 : (left + INPUT_WIDTH) // 2],
+             vs[:, top // 2 : (top + INPUT_HEIGHT) // 2, left // 2 : (left + INPUT_WIDTH) // 2])
+    crop = planes_bgr(tuple(c.reshape(-1, c.shape[2]) for c in crops))  # type: ignore[arg-type]
+    # One interleaving pass in OpenCV; numpy's strided channel-slice copies cost 5x more.
+    return cv2.merge([whole, crop]).reshape(count, INPUT_HEIGHT, INPUT_WIDTH, CHANNELS)
 
 
-def _fit(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return cv2.resize(halve_towards(plane, size), size, interpolation=cv2.INTER_LINEAR)
+def _fit_stacked(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """N frames' planes (N x h x w) halved together while at least twice too big (as
+    quality.halve_towards, but the evenness that keeps 2x2 blocks inside a frame is the
+    frame's), then each resized to ``size`` (bilinear); returned stacked, (N * size[1]) x size[0]."""
+    count, height, width = planes.shape
+    stacked = planes.reshape(count * height, width)
+    while width >= 2 * size[0] and height >= 2 * size[1] and width % 2 == 0 and height % 2 == 0:
+        height, width = height // 2, width // 2
+        stacked = cv2.resize(stacked, (width, count * height), interpolation=cv2.INTER_AREA)
+    frames = stacked.reshape(count, height, width)
+    return np.concatenate([cv2.resize(f, size, interpolation=cv2.INTER_LINEAR) for f in frames])
+
+
+def _small_frame_input(planes: Planes) -> np.ndarray:
+    """A frame smaller than a view: the whole frame and its "crop", the frame resized up."""
+    size, half = (INPUT_WIDTH, INPUT_HEIGHT), (INPUT_WIDTH // 2, INPUT_HEIGHT // 2)
+    y, u, v = (plane[np.newaxis] for plane in planes)
+    whole = planes_bgr((_fit_stacked(y, size), _fit_stacked(u, half), _fit_stacked(v, half)))
+    return cv2.merge([whole, cv2.resize(planes_bgr(planes), size, interpolation=cv2.INTER_LINEAR)])
 
 
 def fuse_for_inference(network: FrameQualityNet) -> FrameQualityNet:
