@@ -1,8 +1,9 @@
 """The single decoding pass: the network's score and embedding plus cheap metrics for every frame.
 
-The decode thread decodes each frame, shrinks it to ``analysis_width`` (I420 planes) and hands
-batches over (decode.VideoReader.batches). This thread measures each luma plane (sharpness,
-exposure, motion), builds the network's input from the planes, scores the batch in
+The decode thread decodes each frame and hands batches over (decode.VideoReader.batches). This
+thread shrinks each frame to ``analysis_width`` as I420 planes (picture.analysis_views),
+measures each luma plane (sharpness, exposure, motion), builds the network's inputs from the
+planes, scores the batch in
 one forward pass and offers every frame to the candidate pool, which keeps the few that may
 become keyframes at full resolution.
 """
@@ -22,6 +23,7 @@ from .candidates import Candidate, CandidatePool
 from .decode import VideoInfo, VideoReader
 from .model import EMBEDDING_DIM, model_inputs
 from .params import Params
+from .picture import analysis_views
 from .progress import ProgressReporter
 from .quality import frame_metrics
 from .scorer import FrameScorer
@@ -80,7 +82,7 @@ def analyse(
     metrics: list[tuple[float, float, float]] = []
     width = height = 0
     previous: np.ndarray | None = None
-    with _opencv_threads(1), VideoReader(path, params.max_frames, params.analysis_width) as reader:
+    with _opencv_threads(1), VideoReader(path, params.max_frames) as reader:
         reported = reader.info.reported_frames
         # Twice as many windows as keyframes: when the container's count is right, each final
         # window spans about two pool windows; when it is wrong, merging keeps them near-equal.
@@ -89,9 +91,9 @@ def analyse(
             for batch in reader.batches(params.batch_size):
                 if not metrics:
                     width, height = batch[0].picture.size
-                inputs = model_inputs([decoded.planes for decoded in batch])
-                for decoded in batch:
-                    luma = decoded.planes[0]
+                views = [analysis_views(decoded.picture, params.analysis_width) for decoded in batch]
+                inputs = model_inputs(views)
+                for (luma, _, _) in views:
                     metrics.append(frame_metrics(luma, previous))
                     previous = luma
                 scores, vectors = scorer.score(inputs)

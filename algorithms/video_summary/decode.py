@@ -1,10 +1,10 @@
 """Frame iteration over one video file with PyAV (FFmpeg), every way a file can be bad turned
 into InvalidVideo.
 
-Frames stay in the decoder's YUV: each is shrunk to small I420 planes in the decode thread
-(picture.analysis_views) and handed over with its
-full-resolution planes, which only the few keyframe candidates are ever converted from
-(picture.Picture). The container's rotation is honoured, as players do.
+Frames stay in the decoder's YUV and are handed over as their full-resolution planes
+(picture.Picture), views into the decoder's buffers: the decode thread only decodes, and the
+consumer shrinks them (picture.analysis_views); only the few keyframe candidates are ever
+converted to BGR. The container's rotation is honoured, as players do.
 """
 
 from __future__ import annotations
@@ -58,12 +58,10 @@ class _Failure:
 @dataclass(frozen=True)
 class DecodedFrame:
     """index: frame index from 0. picture: the full-resolution frame, possibly a view into the
-    decoder's buffers (``picture.copy()`` what must outlive the batch). planes: the frame
-    upright at the analysis width as I420 planes (picture.analysis_views)."""
+    decoder's buffers (``picture.copy()`` what must outlive the batch)."""
 
     index: int
     picture: Picture
-    planes: Planes
 
 
 @dataclass(frozen=True)
@@ -92,14 +90,13 @@ def decoder_threads() -> int:
 class VideoReader:
     """Context manager over one video stream that yields its frames once, in order.
 
-    Usage: ``with VideoReader(path, max_frames, width) as reader: for batch in
-    reader.batches(n): ...`` then ``reader.check_complete(decoded)`` once the loop ends.
+    Usage: ``with VideoReader(path, max_frames) as reader: for batch in reader.batches(n):
+    ...`` then ``reader.check_complete(decoded)`` once the loop ends.
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_frames: int, analysis_width: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], max_frames: int) -> None:
         self._path = os.fspath(path)
         self._max_frames = max_frames
-        self._width = analysis_width
         self._container: av.container.InputContainer | None = None
         self._stream: av.video.stream.VideoStream | None = None
         self._thread: threading.Thread | None = None
@@ -199,7 +196,7 @@ class VideoReader:
                 picture = _picture(frame)
                 if index == 0:
                     size = max(1, min(size, BATCH_BYTES // max(1, picture.nbytes)))
-                batch.append(DecodedFrame(index, picture, analysis_views(picture, self._width)))
+                batch.append(DecodedFrame(index, picture))
                 index += 1
                 if len(batch) >= self._batch_limit(size, sent, index) or index > self._max_frames:
                     if not self._put(batch):
@@ -253,9 +250,9 @@ def read_views(path: str | os.PathLike[str], analysis_width: int, max_frames: in
     """Every frame's planes at ``analysis_width``, exactly as ``run()`` sees them (training's
     evaluation on real video files, tests). Raises InvalidVideo like the reader."""
     views: list[Planes] = []
-    with VideoReader(path, max_frames, analysis_width) as reader:
+    with VideoReader(path, max_frames) as reader:
         for batch in reader.batches(32):
-            views.extend(decoded.planes for decoded in batch)
+            views.extend(analysis_views(decoded.picture, analysis_width) for decoded in batch)
         reader.check_complete(len(views))
     return views
 

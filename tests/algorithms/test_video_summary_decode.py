@@ -14,7 +14,7 @@ import pytest
 
 from algorithms.video_summary import decode, run
 from algorithms.video_summary.decode import VideoReader, read_views
-from algorithms.video_summary.picture import planes_bgr
+from algorithms.video_summary.picture import analysis_views, planes_bgr
 from algorithms.video_summary.quality import downscale, exposure_score, frame_metrics
 from service.synthetic import write_scan_video
 
@@ -48,7 +48,7 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_batches_cover_every_frame_in_order_with_opencvs_pixels(video: str) -> None:
     expected = _opencv_frames(video)
     sizes, indices = [], []
-    with VideoReader(video, 1000, 320) as reader:
+    with VideoReader(video, 1000) as reader:
         for batch in reader.batches(4):
             sizes.append(len(batch))
             for decoded in batch:
@@ -60,16 +60,17 @@ def test_batches_cover_every_frame_in_order_with_opencvs_pixels(video: str) -> N
                 assert _mean_difference(decoded.picture.bgr(), reference) < 2.0
                 # The planes shrunk in YUV match shrinking OpenCV's BGR frame (their chroma has
                 # half the view's resolution, as in the video; luma is video range).
-                y, u, v = decoded.planes
+                planes = analysis_views(decoded.picture, 320)
+                y, u, v = planes
                 assert y.shape == (240, 320) and u.shape == v.shape == (120, 160)
-                small, view = downscale(reference, 320), planes_bgr(decoded.planes)
+                small, view = downscale(reference, 320), planes_bgr(planes)
                 assert _mean_difference(view, small) < 5.0  # a colourful texture: chroma detail
                 assert np.all(np.abs(view.mean(axis=(0, 1)) - small.mean(axis=(0, 1))) < 2.0)
                 grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.float64)
                 assert np.abs((y - 16.0) * 255 / 219 - grey).mean() < 2.0
         reader.check_complete(sum(sizes))
     assert sizes == [4] * 7 + [2]
-    with VideoReader(video, 1000, 320) as reader:
+    with VideoReader(video, 1000) as reader:
         assert [len(b) for b in reader.batches(32)] == [4, 8, 6, 4, 4, 4]  # ramping up, then down near the end
     assert indices == list(range(30))
     assert not _decode_threads()
@@ -77,7 +78,7 @@ def test_batches_cover_every_frame_in_order_with_opencvs_pixels(video: str) -> N
 
 def test_kept_pictures_survive_the_decoders_buffer_reuse(video: str) -> None:
     kept = {}
-    with VideoReader(video, 1000, 320) as reader:
+    with VideoReader(video, 1000) as reader:
         for batch in reader.batches(2):
             for decoded in batch:
                 if decoded.index in (0, 29):
@@ -103,11 +104,11 @@ def test_rotated_video_is_analysed_upright_as_opencv_shows_it(tmp_path: Path, vi
     upright = _opencv_frames(path)[0]  # OpenCV applies the display matrix
     size = (upright.shape[1], upright.shape[0])
     assert size == ((640, 480) if rotation == 180 else (480, 640))
-    with VideoReader(path, 1000, size[0] // 2) as reader:
+    with VideoReader(path, 1000) as reader:
         decoded = next(iter(reader.batches(6)))[0]
     assert decoded.picture.size == size
     assert _mean_difference(decoded.picture.bgr(), upright) < 2.0
-    view = planes_bgr(decoded.planes)
+    view = planes_bgr(analysis_views(decoded.picture, size[0] // 2))
     assert view.shape == (size[1] // 2, size[0] // 2, 3)
     assert _mean_difference(view, downscale(upright, size[0] // 2)) < 5.0
     if rotation == 90:
@@ -125,27 +126,27 @@ def test_other_pixel_formats_take_the_bgr_path(tmp_path: Path, video: str) -> No
     for frame in frames:
         writer.write(frame)
     writer.release()
-    with VideoReader(path, 1000, 320) as reader:
+    with VideoReader(path, 1000) as reader:
         decoded = [d for batch in reader.batches(8) for d in batch]
     assert len(decoded) == 5 and not decoded[0].picture.i420
-    assert planes_bgr(decoded[0].planes).shape == (240, 320, 3)
+    assert planes_bgr(analysis_views(decoded[0].picture, 320)).shape == (240, 320, 3)
     assert _mean_difference(decoded[0].picture.bgr(), frames[0]) < 4.0
     assert len(read_views(path, 320)) == 5
 
 
 def test_failure_in_the_decode_thread_reaches_the_consumer(video: str, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = decode.analysis_views
+    real = decode._picture
 
-    def failing(picture: object, width: int) -> object:
+    def failing(frame: object) -> object:
         if len(calls) == 13:
             raise MemoryError("no room for frame 13")
         calls.append(1)
-        return real(picture, width)  # type: ignore[arg-type]
+        return real(frame)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(decode, "analysis_views", failing)
+    monkeypatch.setattr(decode, "_picture", failing)
     seen: list[int] = []
-    with VideoReader(video, 1000, 320) as reader, pytest.raises(MemoryError, match="frame 13"):
+    with VideoReader(video, 1000) as reader, pytest.raises(MemoryError, match="frame 13"):
         for batch in reader.batches(4):
             seen.extend(d.index for d in batch)
     assert seen == list(range(12))  # the batches before the failure, then the error
@@ -153,7 +154,7 @@ def test_failure_in_the_decode_thread_reaches_the_consumer(video: str, monkeypat
 
 
 def test_consumer_leaving_early_stops_the_thread(video: str) -> None:
-    with VideoReader(video, 1000, 320) as reader:
+    with VideoReader(video, 1000) as reader:
         for batch in reader.batches(2):
             assert batch[0].index == 0
             break
