@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import cv2
