@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,7 @@ from algorithms.video_summary import (
     validate_model,
 )
 from algorithms.video_summary.decode import read_views
-from algorithms.video_summary.model import ARCHITECTURE, FrameQualityNet, model_input
+from algorithms.video_summary.model import ARCHITECTURE, FrameQualityNet, model_input, model_inputs
 from algorithms.video_summary.picture import i420_planes, planes_bgr
 from algorithms.video_summary.scorer import FrameScorer
 from algorithms.video_summary.synth import DEGRADATIONS, degrade
@@ -173,3 +174,16 @@ def test_network_ranks_clean_demo_frames_above_degraded_copies(tmp_path: Path) -
     assert len(wins) == 24 * len(DEGRADATIONS)
     by_kind = {k: float(np.mean(wins[np.asarray(kinds) == k])) for k in DEGRADATIONS}
     assert float(np.mean(wins)) >= 0.9 and min(by_kind.values()) >= 0.75, by_kind
+
+
+@pytest.mark.parametrize("size, width", [((640, 480), 320), ((1280, 720), 250), ((90, 40), 320)])
+def test_batch_inputs_are_frame_by_frame_inputs(tmp_path: Path, size: tuple[int, int], width: int) -> None:
+    # Frames stacked into one image for each step must give each frame exactly its own input:
+    # no 2x2 block or bilinear tap may reach into a neighbouring frame (90x40: the small-frame path).
+    video = write_scan_video(tmp_path / "v.mp4", frames=9, size=size, blur=None, exposure=None)
+    views = read_views(video["path"], width)
+    batch = model_inputs(views)
+    assert batch.shape == (9, 48, 64, 6)
+    assert all(np.array_equal(batch[i], model_input(v)) for i, v in enumerate(views))
+    mixed = model_inputs([views[0], i420_planes(cv2.resize(planes_bgr(views[1]), (160, 120)))])
+    assert np.array_equal(mixed[0], batch[0])  # a stream that changed size mid-batch
