@@ -8,7 +8,7 @@ lease, renews it and finishes them. Implementations: ``embedded`` (SQLite) and `
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from service.domain import (
     ChangePage,
@@ -140,39 +140,61 @@ class TaskBackend(ABC):
         """Release connections."""
 
     # -- model registry (service.models holds the rules; files are placed before register_model) --
-    @abstractmethod
+    # Each backend keeps its registry in ``self.models`` (embedded_models, clearml_models); the
+    # backend's model methods are that registry's.
+    models: ModelRegistry
+
     def register_model(self, model: ModelVersion) -> ModelVersion:
         """Record a new version (not promoted) and its ``register`` audit entry; returns it as stored.
 
         Raises ``ModelVersionExists`` when ``(algorithm, version)`` is taken: versions are immutable.
         """
+        return self.models.register(model)
 
-    @abstractmethod
     def model_version(self, algorithm: str, version: str) -> ModelVersion | None:
         """One version, or None."""
+        return self.models.get(algorithm, version)
 
-    @abstractmethod
     def list_models(self, algorithm: str | None = None) -> list[ModelVersion]:
         """Registered versions, by algorithm then oldest first."""
+        return self.models.listing(algorithm)
 
-    @abstractmethod
     def promoted_model(self, algorithm: str) -> ModelVersion | None:
         """The version new tasks of ``algorithm`` get, or None (the algorithm's bundled weights).
 
         Exact: a promote that returned is seen by the very next call, from any process. Enqueue
         calls it once per algorithm per batch.
         """
+        return self.models.promoted(algorithm)
 
-    @abstractmethod
     def promote_model(self, algorithm: str, version: str, by: str) -> AuditEntry | None:
         """Make ``version`` the promoted one; None when it already is (nothing changes).
         Raises ``ModelVersionNotFound``."""
+        return self.models.promote(algorithm, version, by)
 
-    @abstractmethod
     def rollback_model(self, algorithm: str, by: str) -> AuditEntry:
         """Promote the version promoted before the current one (``service.models.rollback_target``).
         Raises ``NothingToRollBack``."""
+        return self.models.rollback(algorithm, by)
 
-    @abstractmethod
     def model_history(self, algorithm: str | None = None) -> list[AuditEntry]:
         """The audit trail, oldest first."""
+        return self.models.history(algorithm)
+
+
+class ModelRegistry(Protocol):
+    """A backend's store of model versions and their audit trail (see TaskBackend's methods)."""
+
+    def register(self, model: ModelVersion) -> ModelVersion: ...
+
+    def get(self, algorithm: str, version: str) -> ModelVersion | None: ...
+
+    def listing(self, algorithm: str | None) -> list[ModelVersion]: ...
+
+    def promoted(self, algorithm: str) -> ModelVersion | None: ...
+
+    def promote(self, algorithm: str, version: str, by: str) -> AuditEntry | None: ...
+
+    def rollback(self, algorithm: str, by: str) -> AuditEntry: ...
+
+    def history(self, algorithm: str | None) -> list[AuditEntry]: ...

@@ -71,7 +71,6 @@ from service.domain import (
     WorkerInfo,
 )
 from service.errors import BackendUnavailable, TaskNotFound, UnknownAlgorithm
-from service.models import AuditEntry, ModelVersion
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -348,25 +347,3 @@ class ClearMLBackend(TaskBackend):
 
     def reap_expired(self) -> list[TaskInfo]:
         return self.agent.reap_expired()
-
-    # -- model registry (clearml_models: ClearML's model registry) ---------------------------
-    def register_model(self, model: ModelVersion) -> ModelVersion:
-        return self.models.register(model)
-
-    def model_version(self, algorithm: str, version: str) -> ModelVersion | None:
-        return self.models.get(algorithm, version)
-
-    def list_models(self, algorithm: str | None = None) -> list[ModelVersion]:
-        return self.models.listing(algorithm)
-
-    def promoted_model(self, algorithm: str) -> ModelVersion | None:
-        return self.models.promoted(algorithm)
-
-    def promote_model(self, algorithm: str, version: str, by: str) -> AuditEntry | None:
-        return self.models.promote(algorithm, version, by)
-
-    def rollback_model(self, algorithm: str, by: str) -> AuditEntry:
-        return self.models.rollback(algorithm, by)
-
-    def model_history(self, algorithm: str | None = None) -> list[AuditEntry]:
-        return self.models.history(algorithm)

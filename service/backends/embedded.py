@@ -45,7 +45,6 @@ from service.errors import (
     TaskNotFound,
     UnknownAlgorithm,
 )
-from service.models import AuditEntry, ModelVersion
 
 
 class EmbeddedBackend(TaskBackend):
@@ -320,28 +319,6 @@ class EmbeddedBackend(TaskBackend):
             db.execute("UPDATE workers SET task_id = NULL WHERE id = ? AND task_id = ?", (task.worker_id, task.task_id))
             changed.append(task_from_row(new))
         return changed
-
-    # -- model registry (embedded_models) --------------------------------------------------
-    def register_model(self, model: ModelVersion) -> ModelVersion:
-        return self.models.register(model)
-
-    def model_version(self, algorithm: str, version: str) -> ModelVersion | None:
-        return self.models.get(algorithm, version)
-
-    def list_models(self, algorithm: str | None = None) -> list[ModelVersion]:
-        return self.models.listing(algorithm)
-
-    def promoted_model(self, algorithm: str) -> ModelVersion | None:
-        return self.models.promoted(algorithm)
-
-    def promote_model(self, algorithm: str, version: str, by: str) -> AuditEntry | None:
-        return self.models.promote(algorithm, version, by)
-
-    def rollback_model(self, algorithm: str, by: str) -> AuditEntry:
-        return self.models.rollback(algorithm, by)
-
-    def model_history(self, algorithm: str | None = None) -> list[AuditEntry]:
-        return self.models.history(algorithm)
 
 
 def new_task_id() -> str:
