@@ -182,3 +182,19 @@ def moto() -> Iterator[MotoServer]:
     server = MotoServer().start()
     yield server
     server.stop()
+
+
+# The bucket the ``aws`` fixture creates empty on the moto server.
+TEST_BUCKET = "scantide-test"
+
+
+@pytest.fixture
+def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+    """Dummy credentials for boto3's own chain, a fresh moto server state and an empty TEST_BUCKET."""
+    from tests.autoscaler.moto_server import AWS_TEST_ENV
+
+    for name, value in AWS_TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    moto.reset()
+    moto.client("s3").create_bucket(Bucket=TEST_BUCKET)
+    return moto

@@ -20,10 +20,11 @@ from service.settings import Settings, load_settings
 from service.synthetic import write_scan_video
 from tests.autoscaler.moto_server import AWS_TEST_ENV, MotoServer
 from tests.backends.conftest import clearml_backend, clearml_server  # noqa: F401 - the stand-in fixture
+from tests.conftest import TEST_BUCKET
 from tests.fakes.clearml_server import FakeClearMLServer
 
 REPO = Path(__file__).resolve().parents[2]
-BUCKET = "scantide-entry"
+BUCKET = TEST_BUCKET
 QUEUE = "entry-gpu"
 SMALL = {"keyframes": 3, "segments": 4}
 
@@ -40,15 +41,6 @@ def weights_copy(tmp_path: Path) -> tuple[Path, str]:
     copy = tmp_path / "weights-v7.pt"
     shutil.copyfile(DEFAULT_WEIGHTS, copy)
     return copy, hashlib.sha256(copy.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
-    for name, value in AWS_TEST_ENV.items():
-        monkeypatch.setenv(name, value)
-    moto.reset()
-    moto.client("s3").create_bucket(Bucket=BUCKET)
-    return moto
 
 
 @pytest.fixture

@@ -19,19 +19,10 @@ from service.settings import Settings, load_settings
 from service.storage import HttpsSource, LocalStorage, ObjectNotFound, ObjectTooLarge, Storage, storage_for
 from service.storage.s3 import S3Storage
 from tests.autoscaler.moto_server import AWS_TEST_ENV, MotoServer
+from tests.conftest import TEST_BUCKET
 
 REPO = Path(__file__).resolve().parents[2]
-BUCKET = "scantide-test"
-
-
-@pytest.fixture
-def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
-    """Dummy credentials for boto3's own chain, and an empty bucket."""
-    for name, value in AWS_TEST_ENV.items():
-        monkeypatch.setenv(name, value)
-    moto.reset()
-    moto.client("s3").create_bucket(Bucket=BUCKET)
-    return moto
+BUCKET = TEST_BUCKET
 
 
 @pytest.fixture
