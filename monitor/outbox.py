@@ -11,13 +11,13 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from monitor.events import Event
+from service.backends.embedded_db import transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -73,17 +73,8 @@ class Outbox:
             self._local.conn = conn
         return conn
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._conn()
-        with self._lock:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._conn(), self._lock)
 
     # -- state kept beside the events ------------------------------------------------------
     def get(self, name: str, default: Any = None) -> Any:

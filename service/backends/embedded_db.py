@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from service.backends.embedded_schema import (
@@ -23,6 +23,21 @@ from service.backends.embedded_schema import (
 from service.errors import BackendUnavailable, ConfigError
 
 _NO_LOCK = nullcontext()
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection, lock: AbstractContextManager[object], begin: str = "BEGIN IMMEDIATE",
+                ) -> Iterator[sqlite3.Connection]:
+    """One transaction on ``db`` (autocommit mode) under ``lock``: committed when the block
+    ends, rolled back when it raises. IMMEDIATE takes the write lock up front."""
+    with lock:
+        db.execute(begin)
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
 
 class Database:
@@ -58,17 +73,10 @@ class Database:
     @contextmanager
     def tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction; IMMEDIATE for writes so the write lock is taken up front."""
-        db = self.conn()
-        lock = self._write_lock if write else _NO_LOCK
         try:
-            with lock:
-                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                try:
-                    yield db
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
+            with transaction(self.conn(), self._write_lock if write else _NO_LOCK,
+                             "BEGIN IMMEDIATE" if write else "BEGIN") as db:
+                yield db
         except sqlite3.OperationalError as exc:
             raise BackendUnavailable(f"task store {self.path} is unavailable: {exc}") from exc
 
