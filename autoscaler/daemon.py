@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,10 +78,12 @@ class Journal:
         return [json.loads(line) for line in lines]
 
 
+@dataclass
 class _Ewma:
-    def __init__(self, alpha: float = 0.2) -> None:
-        self.alpha = alpha
-        self.value: float | None = None
+    """Exponentially weighted mean: each sample weighs ``alpha`` (or the weight ``add`` is given)."""
+
+    alpha: float = 0.2
+    value: float | None = None
 
     def add(self, x: float, alpha: float | None = None) -> None:
         a = self.alpha if alpha is None else alpha
@@ -94,18 +96,12 @@ class _PoolMemory:
 
     last_enqueued: int | None = None
     last_at: float | None = None
-    arrival_rate: _Ewma | None = None
-    service: _Ewma | None = None
-    boot: _Ewma | None = None
-    busy_since: dict[str, tuple[str, float]] | None = None  # instance → (task, since)
+    # Weighted by the time between ticks; starts at 0 so a first busy tick does not read as a
+    # sustained rate.
+    arrival_rate: _Ewma = field(default_factory=lambda: _Ewma(value=0.0))
+    service: _Ewma = field(default_factory=_Ewma)
+    busy_since: dict[str, tuple[str, float]] = field(default_factory=dict)  # instance → (task, since)
     launches_in_flight: int = 0
-
-    def __post_init__(self) -> None:
-        self.arrival_rate = _Ewma(0.3)
-        self.arrival_rate.value = 0.0  # a first busy tick must not read as a sustained rate
-        self.service = _Ewma(0.2)
-        self.boot = _Ewma(0.3)
-        self.busy_since = {}
 
 
 class Autoscaler:
@@ -139,7 +135,6 @@ class Autoscaler:
             pool=pool.name, pending=stats.pending, running=stats.running,
             oldest_queued_age_s=stats.oldest_queued_age_s, arrival_rate_per_s=mem.arrival_rate.value or 0.0,
             instances=instances, launches_in_flight=in_flight, service_time_s=mem.service.value,
-            boot_time_s=mem.boot.value,
         )
 
     @staticmethod

@@ -55,7 +55,7 @@ class PoolConfig:
     boot_timeout_s: float = 600.0  # a worker that has not registered by then is terminated
     lost_after_s: float = 120.0  # a worker silent this long is terminated
     expected_service_s: float = 60.0  # prior for one task's run time, until measured
-    expected_boot_s: float = 180.0  # prior for a cold boot, until measured
+    expected_boot_s: float = 180.0  # how long a cold boot takes, as the policy assumes it
     idle_policy: str = "breakeven"  # "breakeven" or "fixed"
     idle_timeout_s: float = 900.0  # for idle_policy="fixed", and the breakeven ceiling
     warm_pool: WarmPoolConfig = field(default_factory=WarmPoolConfig)
@@ -99,7 +99,6 @@ class PoolSnapshot:
     instances: tuple[Instance, ...]
     launches_in_flight: int = 0  # launch calls made but not yet visible in the provider's list
     service_time_s: float | None = None  # measured mean run time of recent tasks
-    boot_time_s: float | None = None  # measured mean cold boot of recent instances
 
     def in_state(self, *states: InstanceState) -> list[Instance]:
         return [i for i in self.instances if i.state in states]

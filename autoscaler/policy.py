@@ -159,7 +159,7 @@ class _Economics:
     @classmethod
     def of(cls, ps: PoolSnapshot, pool: PoolConfig) -> _Economics:
         return cls(pool, max(0.0, ps.arrival_rate_per_s), ps.service_time_s or pool.expected_service_s,
-                   ps.boot_time_s or pool.expected_boot_s)
+                   pool.expected_boot_s)
 
     def ready_at(self, inst: Instance, now: float, warm_pool: bool) -> float:
         """When a booting instance should register. The snapshot does not say whether it was started
