@@ -24,15 +24,6 @@ _BRIGHT_ZERO = (0.05, 0.95)
 _CLIP_ZERO = 0.3
 
 
-def downscale(frame: np.ndarray, width: int) -> np.ndarray:
-    """Return a ``frame`` at most ``width`` pixels wide (aspect kept); never upscales, and a
-    frame already narrow enough is returned as is."""
-    height, full_width = frame.shape[:2]
-    if full_width <= width:
-        return frame
-    return shrink_to(frame, (width, max(1, round(height * width / full_width))))
-
-
 def shrink_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``image`` resized down to ``size`` (width, height): halved while at least twice too big
     (``halve_towards``), then one INTER_AREA step to the exact size."""
@@ -51,10 +42,6 @@ def halve_towards(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
            and image.shape[1] % 2 == 0 and image.shape[0] % 2 == 0):
         image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
     return image
-
-
-def to_gray(small: np.ndarray) -> np.ndarray:
-    return small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
 
 
 def frame_metrics(luma: np.ndarray, previous: np.ndarray | None) -> tuple[float, float, float]:

@@ -15,7 +15,7 @@ import pytest
 from algorithms.video_summary import decode, run
 from algorithms.video_summary.decode import VideoReader, read_views
 from algorithms.video_summary.picture import analysis_views, planes_bgr
-from algorithms.video_summary.quality import downscale, exposure_score, frame_metrics
+from algorithms.video_summary.quality import exposure_score, frame_metrics
 from service.synthetic import write_scan_video
 
 
@@ -33,6 +33,12 @@ def _opencv_frames(path: str | Path) -> list[np.ndarray]:
         frames.append(frame)
     capture.release()
     return frames
+
+
+def downscale(frame: np.ndarray, width: int) -> np.ndarray:
+    """OpenCV's own shrink of a BGR frame to ``width`` (INTER_AREA), the reference for our views."""
+    height = round(frame.shape[0] * width / frame.shape[1])
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def _mean_difference(a: np.ndarray, b: np.ndarray) -> float:
