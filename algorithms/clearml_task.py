@@ -33,7 +33,10 @@ from typing import Any
 from clearml.backend_api.services.v2_23 import tasks
 
 from algorithms.entry import execute
+from service.algorithms import unregistered
+from service.backends.clearml_algorithms import ClearMLAlgorithms
 from service.backends.clearml_client import ClearMLClient
+from service.backends.clearml_store import ClearMLStore
 from service.backends.clearml_tasks import (
     TASK_FIELDS,
     progress_text,
@@ -106,9 +109,9 @@ class RunningTask:
             task=self.task_id, artifacts=[result_artifact(result, time.time())], force=True))
         log.info("result_recorded task=%s", self.task_id)
 
-    def record_error(self, code: str, message: str) -> None:
+    def record_error(self, code: str, message: str, log_tail: str = "") -> None:
         """Why the run failed, read back as the task's error once the agent marks it failed."""
-        error = TaskError.make(code, message)
+        error = TaskError.make(code, message, log_tail)
         self._set_runtime(error=json.dumps(asdict(error)))
         log.info("error_recorded task=%s code=%s", self.task_id, code)
 
@@ -126,6 +129,10 @@ def run_clearml_task() -> int:
             "output_uri": info.output_uri or str(info.params.get("output_uri") or "")}
     if not spec["output_uri"] or not info.params.get("scan_uri"):
         task.record_error("invalid_task", f"task {info.task_id} has no scan_uri or output_uri in section Args")
+        return 2
+    refusal = unregistered(ClearMLAlgorithms(ClearMLStore(task.client, settings.clearml_project)), info)
+    if refusal:
+        task.record_error("unregistered_algorithm", refusal)
         return 2
     try:
         return execute(spec, settings, task.progress, task.record_result, task.record_error)

@@ -24,63 +24,72 @@ size cap, allowed hosts); with ``--spec`` they are loaded only then.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
+import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from algorithms.task_files import SUMMARY, EntryError, Inputs
+from algorithms import runners
+from algorithms.task_files import EntryError, Inputs
+from service.catalog import DESCRIPTOR_NAMES, AlgorithmDescriptor, load_descriptor
+from service.errors import ScantideError
 from service.settings import Settings
 from service.storage import is_remote
+from service.storage.base import files_under
 from service.storage.local import local_path
 
 log = logging.getLogger("algorithms.entry")
 
-_ALGORITHM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
 Progress = Callable[[float], None]
-
-
-def load_algorithm(name: str) -> Any:
-    if not _ALGORITHM_NAME.match(name):
-        raise EntryError("unknown_algorithm", f"invalid algorithm name {name!r}")
-    try:
-        return importlib.import_module(f"algorithms.{name}")
-    except ModuleNotFoundError as exc:
-        raise EntryError("unknown_algorithm", f"algorithm {name!r} is not installed on this worker: {exc}") from exc
 
 
 def run_task(spec: dict[str, Any], settings: Settings | None = None,
              progress: Progress | None = None) -> dict[str, Any]:
-    """Run one task described by ``spec`` (``algorithm``, ``params``, ``output_uri``, optional
-    ``progress_path``); returns the result to record on the task. Raises ``EntryError``.
+    """Run one task described by ``spec`` (``params``, ``output_uri``, optional ``progress_path`` and
+    ``bundle_cache``); returns the result to record on the task. Raises ``EntryError``.
 
+    The task's params name its algorithm version's bundle (``bundle_uri``, ``bundle_sha256``,
+    pinned at enqueue); it is fetched, checked and unpacked, and its descriptor says how to run.
     settings: needed only for remote URIs; loaded from the environment when None.
     progress: called with 0..1; default: written to ``spec["progress_path"]`` when there is one.
     """
-    algorithm = load_algorithm(spec["algorithm"])
+    task_params = spec["params"]
     output_uri = spec["output_uri"]
     report = progress or _progress_file(spec.get("progress_path"))
     with tempfile.TemporaryDirectory(prefix="scantide-task-") as tmp:
         inputs = Inputs(Path(tmp), settings)
-        scan = inputs.get(spec["params"]["scan_uri"], "scan", "scan file")
-        params = inputs.params(spec["params"])
-        if not is_remote(output_uri):
-            return _run_local(algorithm, scan, params, local_path(output_uri), report)
-        out_dir = Path(tmp) / "outputs"
-        out_dir.mkdir()
-        result = _run_algorithm(algorithm, scan, params, out_dir, report)
-        inputs.upload(out_dir, output_uri)
-    return describe_result(result.summary, result.files, output_uri.rstrip("/"),
-                           getattr(algorithm, "VERSION", None), params.get("model_version"))
+        cache = Path(spec["bundle_cache"]) if spec.get("bundle_cache") else inputs.settings.state_dir / "bundles"
+        here = inputs.bundle(str(task_params.get("bundle_uri") or ""), str(task_params.get("bundle_sha256") or ""),
+                             cache)
+        descriptor = _descriptor(here)
+        scan = inputs.get(task_params["scan_uri"], "scan", "scan file")
+        params = inputs.params(task_params)
+        if is_remote(output_uri):
+            out_dir = Path(tmp) / "outputs"
+            out_dir.mkdir()
+            returned = runners.run(descriptor, here, scan, params, out_dir, report)
+            files = files_under(out_dir)
+            inputs.upload(out_dir, output_uri)
+        else:
+            returned, files = _run_local(descriptor, here, scan, params, local_path(output_uri), report)
+    return describe_result(returned, files, output_uri.rstrip("/"), descriptor.version, params.get("model_version"))
+
+
+def _descriptor(here: Path) -> AlgorithmDescriptor:
+    name = next((n for n in DESCRIPTOR_NAMES if (here / n).is_file()), None)
+    if name is None:
+        raise EntryError("invalid_task", f"the algorithm bundle holds no descriptor ({DESCRIPTOR_NAMES[0]})")
+    try:
+        return load_descriptor((here / name).read_bytes(), name)
+    except ScantideError as exc:
+        raise EntryError("invalid_task", exc.message) from exc
 
 
 def _progress_file(path: str | None) -> Progress:
@@ -91,67 +100,46 @@ def _progress_file(path: str | None) -> Progress:
     return write
 
 
-def _run_algorithm(algorithm: Any, scan: Path, params: dict[str, Any], out_dir: Path, progress: Progress) -> Any:
-    try:
-        return algorithm.run(scan, params, out_dir, progress=progress)
-    except algorithm.AlgorithmError as exc:
-        raise EntryError(exc.code, exc.message) from exc
-
-
-def _run_local(algorithm: Any, scan: Path, params: dict[str, Any], out_dir: Path, progress: Progress) -> dict[str, Any]:
+def _run_local(descriptor: AlgorithmDescriptor, here: Path, scan: Path, params: dict[str, Any], out_dir: Path,
+               progress: Progress) -> tuple[dict[str, Any], list[str]]:
     # Write into a fresh directory and swap it in, so a retried attempt never mixes its files
     # with a dead attempt's.
     staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.partial"
     staging.mkdir(parents=True)
     try:
-        result = _run_algorithm(algorithm, scan, params, staging, progress)
+        returned = runners.run(descriptor, here, scan, params, staging, progress)
+        files = files_under(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return describe_result(result.summary, result.files, str(out_dir), getattr(algorithm, "VERSION", None),
-                           params.get("model_version"))
+    return returned, files
 
 
-def describe_result(summary: dict[str, Any], files: list[str], output_uri: str, algorithm_version: str | None,
+def describe_result(returned: dict[str, Any], files: list[str], output_uri: str, algorithm_version: str,
                     model_version: str | None) -> dict[str, Any]:
-    """The result recorded on the task: where the outputs are and the headline figures."""
-    keyframes = summary.get("keyframes", [])
-    return {
-        "output_uri": output_uri,
-        "algorithm_version": algorithm_version,
-        "model_version": model_version,
-        "outputs": {
-            "summary": SUMMARY,
-            "contact_sheet": summary.get("contact_sheet"),
-            "keyframes": [k["file"] for k in keyframes],
-            "files": files,
-        },
-        "summary": {
-            "frame_count": summary.get("frame_count"),
-            "fps": summary.get("fps"),
-            "duration_s": summary.get("duration_s"),
-            "width": summary.get("width"),
-            "height": summary.get("height"),
-            "keyframes": len(keyframes),
-            "quality_score": summary.get("quality", {}).get("score"),
-        },
-    }
+    """The result recorded on the task: what the algorithm returned (its result.json), where the
+    outputs are, every file written, and the versions that made it."""
+    result = {**returned, "output_uri": output_uri, "algorithm_version": algorithm_version,
+              "outputs": {**(returned.get("outputs") or {}), "files": files}}
+    if model_version is not None:
+        result["model_version"] = model_version
+    return result
 
 
 def execute(spec: dict[str, Any], settings: Settings | None, progress: Progress | None,
-            record_result: Callable[[dict[str, Any]], None], record_error: Callable[[str, str], None]) -> int:
+            record_result: Callable[[dict[str, Any]], None], record_error: Callable[[str, str, str], None]) -> int:
     """Run the task and record its outcome with the given recorders; returns the exit status."""
     try:
         result = run_task(spec, settings, progress)
     except EntryError as exc:
         log.error("task_failed code=%s message=%s", exc.code, exc.message)
-        record_error(exc.code, exc.message)
+        record_error(exc.code, exc.message, exc.log_tail)
         return 2
     except Exception as exc:
         log.exception("task_crashed")
-        record_error("algorithm_crashed", f"{type(exc).__name__}: {exc}")
+        record_error("algorithm_crashed", f"{type(exc).__name__}: {exc}", traceback.format_exc())
         return 1
     record_result(result)
     log.info("task_completed task_id=%s", spec.get("task_id"))
@@ -164,8 +152,8 @@ def run_spec(spec_path: Path) -> int:
     result_path = Path(spec["result_path"])
     return execute(spec, None, None,
                    lambda result: _write_atomic(result_path, json.dumps({"result": result})),
-                   lambda code, message: _write_atomic(result_path, json.dumps({"error": {"code": code,
-                                                                                          "message": message}})))
+                   lambda code, message, _tail: _write_atomic(result_path, json.dumps(
+                       {"error": {"code": code, "message": message}})))
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -19,14 +19,16 @@ log = logging.getLogger(__name__)
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 MAX_MODEL_BYTES = 16 * 1024**3  # weights are small next to this; the cap only stops a wrong URI filling the disk
 MAX_SUMMARY_BYTES = 64 * 1024**2
+MAX_BUNDLE_BYTES = 1024**3
 SUMMARY = "summary.json"
 
 
 class EntryError(ScantideError):
     """Why a task failed: ``code`` as recorded on the task and sent in webhooks, ``message`` for a person."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, log_tail: str = "") -> None:
         super().__init__(message, code=code)
+        self.log_tail = log_tail  # the algorithm's last output, when it ran as a process of its own
 
 
 class Inputs:
@@ -80,6 +82,25 @@ class Inputs:
             out["previous_summary"] = str(self.get(uri, "previous_summary", "the previous scan's summary",
                                                    MAX_SUMMARY_BYTES))
         return out
+
+    def bundle(self, uri: str, sha256: str, cache_dir: Path) -> Path:
+        """The algorithm's folder: the bundle at ``uri`` unpacked under ``cache_dir/<sha256>``, fetched
+        and unpacked once per worker. A bundle whose bytes do not hash to ``sha256`` (the registered
+        digest) is refused, so only registered code ever runs."""
+        from service.bundles import unpack
+        from service.bundles import sha256 as digest
+
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
+            raise EntryError("invalid_task", "the task names no algorithm bundle digest (bundle_sha256): submit it "
+                                             "through scantide's enqueue, which pins a registered version")
+        folder = cache_dir / sha256
+        if folder.is_dir():
+            return folder
+        data = self.get(uri, "bundle", "the algorithm bundle", MAX_BUNDLE_BYTES).read_bytes()
+        if digest(data) != sha256:
+            raise EntryError("bundle_mismatch", f"the algorithm bundle at {uri} has sha256 {digest(data)[:12]}…, not "
+                                                f"the registered {sha256[:12]}…: it was changed after registration")
+        return unpack(data, folder)
 
     def upload(self, out_dir: Path, output_uri: str) -> None:
         """Store every file of ``out_dir`` under the ``output_uri`` prefix."""

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from service.backends import default_templates, open_backend
+from service.backends import open_backend
 from service.domain import Template
 from service.errors import ConfigError, InvalidRequest
 from service.settings import Settings
@@ -60,9 +60,7 @@ def register_template(
                           "set SCANTIDE_BACKEND=clearml (and CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, "
                           "CLEARML_API_SECRET_KEY)")
     name = algorithm or settings.default_algorithm
-    defaults = next((t for t in default_templates(settings) if t.name == name), Template(name=name))
-    template = Template(name=name, entry_point=defaults.entry_point, queue=queue or settings.default_queue,
-                        params={**defaults.params, **parse_params(param or [])},
+    template = Template(name=name, queue=queue or settings.default_queue, params=parse_params(param or []),
                         max_runtime_s=max_runtime if max_runtime is not None else settings.task_timeout_s)
     backend = open_backend(settings)
     try:

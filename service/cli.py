@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from service.algorithms_cli import algorithms_app
 from service.backends import open_backend
 from service.clearml_cli import clearml_app
 from service.domain import JobState, ScanRequest
@@ -23,6 +24,7 @@ from service.settings import Settings, load_settings, with_local_token
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="scantide: analyse uploaded video scans on autoscaled workers.")
 app.add_typer(clearml_app, name="clearml")
+app.add_typer(algorithms_app, name="algorithms")
 console = Console()
 err_console = Console(stderr=True)
 

@@ -36,6 +36,11 @@ class ScanRequest(BaseModel):
     scan_id: str = Field(pattern=SCAN_ID_PATTERN, description="Platform's id for the scan.")
     scan_uri: str = Field(min_length=1, max_length=2048, description="s3://, https:// or a path under the data root.")
     algorithm: str | None = Field(default=None, max_length=64, description="Defaults to the configured algorithm.")
+    algorithm_version: str | None = Field(
+        default=None, max_length=64, description="A registered version of the algorithm; default: the newest.")
+    params: dict[str, Any] | None = Field(
+        default=None, description="The algorithm's parameters, checked against its descriptor: unknown names and "
+        "values out of bounds are refused (422 invalid_params, naming the field).")
     metadata: dict[str, Any] | None = Field(default=None, description="Opaque; echoed in webhooks.")
     previous_scan_id: str | None = Field(
         default=None, pattern=SCAN_ID_PATTERN,
@@ -105,6 +110,9 @@ class SubmitItem:
     scan_id: str
     params: dict[str, Any]
     output_uri: str
+    queue: str | None = None  # the pinned algorithm version's queue; None: the template's
+    max_attempts: int | None = None  # runs before a lost worker fails the task; None: the backend's setting
+    user_params: dict[str, Any] | None = None  # the request's own params, checked against the descriptor at pin
 
 
 @dataclass(frozen=True)

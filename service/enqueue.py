@@ -1,7 +1,11 @@
 """The one enqueue use case. The HTTP API, the CLI and the Lambda handler all go through here.
 
 ``Enqueuer.prepare`` validates a request without touching the store; ``submit_items`` then pins
-each task to what the store says now and submits: the promoted model version of its algorithm
+each task to what the store says now and submits: the algorithm's version (the one asked for, else
+the newest registered; ``algorithm_version``, ``bundle_uri``, ``bundle_sha256``), against whose
+descriptor the request's ``params`` are checked (defaults applied; unknown names, wrong types and
+values out of bounds refused with ``InvalidParams``) and whose queue and attempt limit the task
+gets; the promoted model version of its algorithm
 (``model_version``, ``model_uri``; none promoted: ``model_version`` None and no ``model_uri``, so
 the algorithm uses its bundled weights) and, for a ``previous_scan_id``, that scan's outputs
 (``previous_output_uri``). The promoted version is asked of the store for every batch (any cache
@@ -22,6 +26,8 @@ from service.backends.base import TaskBackend
 from service.domain import JobState, ScanRequest, Submission, SubmitItem, TaskInfo
 from service.errors import (
     InvalidRequest,
+    InvalidScanUri,
+    UnknownAlgorithm,
     PreviousScanNotCompleted,
     PreviousScanNotFound,
     ScantideError,
@@ -31,6 +37,7 @@ from service.scan_uri import Resolver, system_resolver, validate_scan_uri
 from service.settings import Settings
 
 if TYPE_CHECKING:
+    from service.algorithms import AlgorithmVersion
     from service.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -67,21 +74,36 @@ class Enqueuer:
             "scan_uri": scan_uri,
             "output_uri": output_uri,
             "model_version": None,
+            "algorithm_version": request.algorithm_version,
             "metadata": request.metadata or {},
         }
         if request.previous_scan_id is not None:
             if request.previous_scan_id == request.scan_id:
                 raise InvalidRequest("previous_scan_id names this very scan: give an earlier scan's id")
             params["previous_scan_id"] = request.previous_scan_id
-        return SubmitItem(algorithm=algorithm, scan_id=request.scan_id, params=params, output_uri=output_uri)
+        return SubmitItem(algorithm=algorithm, scan_id=request.scan_id, params=params, output_uri=output_uri,
+                          user_params=request.params)
 
 
 def pin(backend: TaskBackend, items: list[SubmitItem]) -> list[SubmitItem | ScantideError]:
-    """Each item with the promoted model of its algorithm and its previous scan's outputs in its
-    params, or the error that refuses it. One promoted-version read per algorithm per call."""
+    """Each item pinned to its algorithm version (params checked, queue and attempt limit set), with
+    the promoted model of its algorithm and its previous scan's outputs in its params, or the error
+    that refuses it. One version read and one promoted-model read per algorithm per call."""
+    versions: dict[tuple[str, str | None], AlgorithmVersion | ScantideError] = {}
     promoted: dict[str, ModelVersion | None] = {}
     out: list[SubmitItem | ScantideError] = []
     for item in items:
+        key = (item.algorithm, item.params.get("algorithm_version"))
+        if key not in versions:
+            versions[key] = _algorithm_version(backend, *key)
+        version = versions[key]
+        try:
+            if isinstance(version, ScantideError):
+                raise version
+            item = _with_version(item, version)
+        except ScantideError as exc:
+            out.append(exc)
+            continue
         if item.algorithm not in promoted:
             promoted[item.algorithm] = backend.promoted_model(item.algorithm)
         model = promoted[item.algorithm]
@@ -97,6 +119,39 @@ def pin(backend: TaskBackend, items: list[SubmitItem]) -> list[SubmitItem | Scan
                 continue
         out.append(replace(item, params=params))
     return out
+
+
+def _algorithm_version(backend: TaskBackend, name: str, version: str | None) -> AlgorithmVersion | ScantideError:
+    found = backend.algorithm_version(name, version) if version else backend.latest_algorithm(name)
+    if found is not None:
+        return found
+    if version and backend.latest_algorithm(name) is not None:
+        known = ", ".join(v.version for v in backend.list_algorithms(name))
+        return UnknownAlgorithm(f"algorithm {name!r} has no version {version!r}; registered: {known}")
+    known = ", ".join(sorted({v.name for v in backend.list_algorithms()})) or "none"
+    return UnknownAlgorithm(f"unknown algorithm {name!r}; registered: {known} (register one with "
+                            "`scantide algorithms register FOLDER`)")
+
+
+def _with_version(item: SubmitItem, version: AlgorithmVersion) -> SubmitItem:
+    """The item pinned to ``version``: its params checked against the descriptor (defaults
+    applied), its scan's kind checked, the bundle named, the queue and attempt limit set."""
+    spec = version.spec
+    params = spec.validate_params(item.user_params)
+    scan_uri = str(item.params["scan_uri"])
+    name = scan_uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    if not spec.inputs.accepts(name):
+        raise InvalidScanUri(f"scan_uri: {spec.name} takes {' or '.join(spec.inputs.kinds)} files, and {name!r} "
+                             "is none by its extension")
+    if spec.inputs.max_bytes is not None and "://" not in scan_uri:
+        size = Path(scan_uri).stat().st_size if Path(scan_uri).is_file() else 0
+        if size > spec.inputs.max_bytes:
+            raise InvalidScanUri(f"scan_uri: the scan is {size} bytes; {spec.name} takes at most "
+                                 f"{spec.inputs.max_bytes}")
+    pinned = {**params, **item.params, "algorithm_version": version.version, "bundle_uri": version.uri,
+              "bundle_sha256": version.sha256}
+    return replace(item, params=pinned, queue=version.queue, max_attempts=spec.resources.max_attempts,
+                   user_params=None)
 
 
 def previous_output_uri(backend: TaskBackend, algorithm: str, scan_id: str) -> str:

@@ -146,3 +146,49 @@ class PreviousScanNotCompleted(Conflict):
     """The earlier scan has no result to compare with yet; submit again once it has completed."""
 
     code = "previous_scan_not_completed"
+
+
+# -- algorithm registry (bring your own algorithm) ---------------------------------------------------
+class InvalidDescriptor(InvalidRequest):
+    """An algorithm descriptor that cannot be registered; ``errors`` names each problem by field path."""
+
+    code = "invalid_descriptor"
+
+    def __init__(self, errors: list[str], source: str = "") -> None:
+        self.errors = list(errors)
+        where = f" {source}" if source else ""
+        super().__init__(f"invalid algorithm descriptor{where}: " + "; ".join(self.errors))
+
+
+class InvalidParams(InvalidRequest):
+    """Task parameters the algorithm's descriptor refuses (the message names the field path)."""
+
+    code = "invalid_params"
+
+
+class InvalidBundle(InvalidRequest):
+    """An uploaded algorithm folder that is not a readable tar.gz holding one descriptor."""
+
+    code = "invalid_bundle"
+
+
+class AlgorithmNotFound(NotFound):
+    code = "algorithm_not_found"
+
+
+class AlgorithmVersionExists(Conflict):
+    """A registered algorithm version names one content forever; other content needs a new version."""
+
+    code = "algorithm_version_exists"
+
+
+class RunnerUnavailable(InvalidRequest):
+    """The deployment cannot run this kind of algorithm (a container one without docker or podman)."""
+
+    code = "runner_unavailable"
+
+
+class TaskNotCancellable(Conflict):
+    """Only a queued task can be cancelled; a running or finished one is left as it is."""
+
+    code = "task_not_cancellable"

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 ENV_PREFIX = "SCANTIDE_"
 CONFIG_ENV = "SCANTIDE_CONFIG"  # path of an optional TOML file
 DEFAULT_CONFIG_FILE = "scantide.toml"
-SCOPES = ("enqueue", "read", "promote")
+SCOPES = ("enqueue", "read", "promote", "register")
 
 
 class Settings(BaseSettings):
@@ -41,6 +41,14 @@ class Settings(BaseSettings):
         "Empty: `scantide up` creates one with every scope in <state_dir>/api_token.",
     )
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest request body the API reads, bytes.")
+    max_bundle_bytes: int = Field(64 * 1024**2, ge=1024,
+                                  description="Largest algorithm folder registered (POST /v1/algorithms), bytes.")
+    max_blob_bytes: int = Field(16 * 1024**2, ge=1024,
+                                description="Largest input uploaded with POST /v1/blobs (a Knot call's argument), bytes.")
+    algorithm_queues: dict[str, str] = Field(
+        default_factory=dict,
+        description='Descriptor queue -> task-store queue, e.g. {"gpu": "gpu-scans"}. Unmapped: embedded mode '
+        "uses default_queue (its one local pool), ClearML mode the descriptor's name.")
     allowed_scan_hosts: list[str] = Field(
         default_factory=list,
         description="http(s) hosts allowed even though they resolve to loopback/private/link-local addresses.",

@@ -1,63 +1,10 @@
-"""Webhook signatures: ``Scantide-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.
-
-The timestamp is signed with the body, so a captured request cannot be replayed after the
-tolerance window; receivers compare in constant time and may accept several ``v1`` values
-(secret rotation).
-"""
+"""Webhook signatures, re-exported: the one implementation is ``scantide.signing`` (the public
+client package), so the server signs with exactly the code a receiver verifies with."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import time
-from collections.abc import Mapping
+from scantide.errors import SignatureError
+from scantide.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, compute_signature, sign, verify_signature
 
-from service.errors import ScantideError
-
-SIGNATURE_HEADER = "Scantide-Signature"
-EVENT_ID_HEADER = "Scantide-Event-Id"
-
-
-class SignatureError(ScantideError):
-    code = "invalid_signature"
-    status = 400
-
-
-def compute_signature(secret: str, timestamp: int, body: bytes) -> str:
-    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-
-
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The ``Scantide-Signature`` header value for ``body``."""
-    t = int(time.time()) if timestamp is None else timestamp
-    return f"t={t},v1={compute_signature(secret, t, body)}"
-
-
-def verify_signature(secret: str, headers: Mapping[str, str], body: bytes, tolerance_s: float = 300.0,
-                     now: float | None = None) -> None:
-    """Check a webhook request; raises ``SignatureError`` saying why it is not genuine.
-
-    ``headers`` may be any mapping (header names are matched case-insensitively); ``body`` is the
-    raw request body, byte for byte as received.
-    """
-    value = next((v for k, v in headers.items() if k.lower() == SIGNATURE_HEADER.lower()), None)
-    if not value:
-        raise SignatureError(f"missing {SIGNATURE_HEADER} header")
-    timestamp: int | None = None
-    candidates: list[str] = []
-    for part in value.split(","):
-        key, _, val = part.strip().partition("=")
-        if key == "t" and val.isascii() and val.isdigit():  # str.isdigit() also takes "²", which int() refuses
-            timestamp = int(val)
-        elif key == "v1":
-            candidates.append(val)
-    if timestamp is None or not candidates:
-        raise SignatureError(f"malformed {SIGNATURE_HEADER} header")
-    current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance_s:
-        raise SignatureError(f"signature timestamp is {abs(current - timestamp):.0f} s away from now "
-                             f"(tolerance {tolerance_s:.0f} s)", code="stale_signature")
-    expected = compute_signature(secret, timestamp, body)
-    # As bytes: compare_digest raises TypeError on a str with non-ASCII characters (a forged header).
-    if not any(hmac.compare_digest(expected.encode(), c.encode()) for c in candidates):
-        raise SignatureError("signature does not match the body")
+__all__ = ["EVENT_ID_HEADER", "SIGNATURE_HEADER", "SignatureError", "compute_signature", "sign",
+           "verify_signature"]

@@ -23,15 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.algorithms import ENTRY_POINT, unregistered
 from service.backends.base import TaskBackend
 from service.domain import TaskError, TaskInfo
 from service.errors import BackendUnavailable, LeaseLost, ScantideError
-from service.settings import Settings
+from service.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.2  # how often the worker checks its child, seconds
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+WITHHELD_ENV = frozenset({f"{ENV_PREFIX}API_TOKENS", f"{ENV_PREFIX}WEBHOOK_SECRET"})
 
 
 @dataclass
@@ -124,18 +126,26 @@ class Worker:
     # -- one task --------------------------------------------------------------------------
     def _run_child(self, task: TaskInfo) -> Outcome:
         template = self.backend.get_template(task.algorithm)
+        max_runtime_s = template.max_runtime_s
+        if template.entry_point == ENTRY_POINT:  # it runs registered bundles: only the registered one
+            refusal = unregistered(self.backend.algorithms, task)
+            if refusal:
+                return Outcome(error=TaskError.make("unregistered_algorithm", refusal))
+            version = self.backend.algorithm_version(task.algorithm, str(task.params["algorithm_version"]))
+            max_runtime_s = version.spec.resources.timeout_s if version else max_runtime_s
         work = self.log_dir / f"{task.task_id}-{task.attempt}"
         work.mkdir(parents=True, exist_ok=True)
         spec_path, result_path, progress_path = work / "spec.json", work / "result.json", work / "progress"
         log_path = work / "task.log"
         spec = {"task_id": task.task_id, "algorithm": task.algorithm, "params": task.params,
-                "output_uri": task.output_uri, "result_path": str(result_path), "progress_path": str(progress_path)}
+                "output_uri": task.output_uri, "result_path": str(result_path), "progress_path": str(progress_path),
+                "bundle_cache": str(self.settings.state_dir / "bundles")}
         spec_path.write_text(json.dumps(spec))
-        timeout_s = min(template.max_runtime_s, self.settings.task_timeout_s)
+        timeout_s = min(max_runtime_s, self.settings.task_timeout_s)
         with open(log_path, "wb") as log_file:
             child = subprocess.Popen(
                 [sys.executable, "-m", template.entry_point, "--spec", str(spec_path)],
-                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=task_env(),
                 start_new_session=True,  # a Ctrl-C to the worker's group must not kill the task: we drain
                 preexec_fn=_die_with_parent(),  # …but a worker killed outright must not leave it running
             )
@@ -177,6 +187,12 @@ class Worker:
                                 exc.message)
             time.sleep(TICK_S)
         return "exited"
+
+
+def task_env() -> dict[str, str]:
+    """The task process's environment: ours without the secrets it has no use for (API tokens, the
+    webhook secret), since it runs code and parses files from outside."""
+    return {k: v for k, v in os.environ.items() if k not in WITHHELD_ENV}
 
 
 def _read_outcome(result_path: Path, returncode: int, log_text: str) -> Outcome:

@@ -42,7 +42,7 @@ def settings(tmp_path: Path) -> Settings:
     """Settings over a fresh state dir, with short leases so failure paths run fast."""
     return load_settings(
         state_dir=tmp_path / "state",
-        api_tokens={TOKEN: ["enqueue", "read", "promote"], READ_TOKEN: ["read"]},
+        api_tokens={TOKEN: ["enqueue", "read", "promote", "register"], READ_TOKEN: ["read"]},
         api_port=free_port(),
         lease_s=3.0,
         heartbeat_s=0.5,

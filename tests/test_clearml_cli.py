@@ -44,7 +44,7 @@ def test_register_template_makes_a_template_an_agent_can_run(clearml_server: Fak
     backend = clearml_backend()
     template = backend.get_template("video_summary")
     assert (template.queue, template.max_runtime_s, template.params) == ("gpu-scans", 900.0,
-                                                                         {"keyframes": 4, "segments": 10})
+                                                                         {"keyframes": 4})
     # every scan task is a clone: it carries the script and the image to the agent
     task = backend.submit("video_summary", "s-1", {"scan_id": "s-1", "scan_uri": "s3://b/s-1.mp4"}, "s3://b/out").task
     clone = clearml_server.app.tasks[task.task_id]

@@ -65,6 +65,7 @@ __all__ = [
     "Params",
     "Result",
     "run",
+    "run_task",
     "validate_model",
 ]
 
@@ -142,6 +143,26 @@ def run(
         summary["frame_count"], len(keyframes), summary["quality"]["score"], scorer.device,
     )
     return Result(summary=summary, files=files)
+
+
+def run_task(
+    scan_path: str | os.PathLike[str],
+    params: Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
+    progress: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
+    """The descriptor's ``python`` runner (scantide-algorithm.yaml): ``run`` and the result the task
+    records, its outputs by role and the headline figures of summary.json."""
+    summary = run(scan_path, params, out_dir, progress).summary
+    keyframes = summary.get("keyframes", [])
+    return {
+        "outputs": {"summary": "summary.json", "contact_sheet": summary.get("contact_sheet"),
+                    "keyframes": [k["file"] for k in keyframes]},
+        "summary": {"frame_count": summary.get("frame_count"), "fps": summary.get("fps"),
+                    "duration_s": summary.get("duration_s"), "width": summary.get("width"),
+                    "height": summary.get("height"), "keyframes": len(keyframes),
+                    "quality_score": summary.get("quality", {}).get("score")},
+    }
 
 
 def _short_message(exc: Exception) -> str:

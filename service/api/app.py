@@ -9,11 +9,13 @@ from fastapi import Depends, FastAPI, Request, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from service.api.algorithms import algorithms_router
 from service.api.auth import TokenAuth
 from service.api.batching import SubmitBatcher
 from service.api.errors import install_error_handlers
 from service.api.limits import BodySizeLimit
 from service.api.models import models_router
+from service.api.tasks import tasks_router
 from service.backends import open_backend
 from service.backends.base import TaskBackend
 from service.domain import ScanRequest
@@ -62,11 +64,13 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
         title="scantide",
         version="0.1.0",
         description="Enqueue uploaded scans for analysis and follow their tasks. "
-        "Authenticate with `Authorization: Bearer <token>`; scopes: enqueue (POST /v1/scans), read (GET), "
-        "promote (POST /v1/models/…: promote and roll back model versions).",
+        "Authenticate with `Authorization: Bearer <token>`; scopes: enqueue (POST /v1/scans, /v1/blobs, "
+        "/v1/tasks/…/cancel), read (GET), promote (POST /v1/models/…: promote and roll back model versions), "
+        "register (POST /v1/algorithms: decides what code workers run).",
         responses=ERRORS,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
+                       larger={"/v1/algorithms": settings.max_bundle_bytes, "/v1/blobs": settings.max_blob_bytes})
     install_error_handlers(app)
     app.state.backend = backend
 
@@ -122,4 +126,6 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
         return {"status": "ok", "backend": settings.backend}
 
     app.include_router(models_router(backend, auth))  # after the hot path, which is matched first
+    app.include_router(algorithms_router(backend, settings, auth))
+    app.include_router(tasks_router(backend, settings, auth))
     return app

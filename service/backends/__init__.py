@@ -3,21 +3,7 @@
 from __future__ import annotations
 
 from service.backends.base import TaskBackend
-from service.domain import Template
 from service.settings import Settings
-
-
-def default_templates(settings: Settings) -> list[Template]:
-    """The templates every fresh store starts with: one per shipped algorithm."""
-    return [
-        Template(
-            name="video_summary",
-            entry_point="algorithms.entry",
-            queue=settings.default_queue,
-            params={"keyframes": 8, "segments": 10},
-            max_runtime_s=settings.task_timeout_s,
-        )
-    ]
 
 
 def open_backend(settings: Settings) -> TaskBackend:
@@ -25,8 +11,10 @@ def open_backend(settings: Settings) -> TaskBackend:
     if settings.backend == "embedded":
         from service.backends.embedded import EmbeddedBackend
 
+        from service.algorithms import ensure_builtin
+
         backend = EmbeddedBackend(settings.db_path, max_attempts=settings.max_attempts)
-        backend.ensure_templates(default_templates(settings))
+        ensure_builtin(backend, settings)
         return backend
     from service.errors import ConfigError
 

@@ -24,6 +24,7 @@ from service.domain import (
 from service.errors import ScantideError
 
 if TYPE_CHECKING:
+    from service.algorithms import AlgorithmVersion
     from service.models import AuditEntry, ModelVersion
 
 
@@ -81,6 +82,13 @@ class TaskBackend(ABC):
 
         Ordered by the store's own sequence, never a client clock, so paging until
         ``more`` is False sees every change exactly once.
+        """
+
+    @abstractmethod
+    def cancel(self, task_id: str) -> TaskInfo:
+        """Stop a queued task before any worker takes it (state ``stopped``, error ``cancelled``).
+
+        Raises ``TaskNotCancellable`` when it is running or finished, ``TaskNotFound``.
         """
 
     @abstractmethod
@@ -180,6 +188,39 @@ class TaskBackend(ABC):
     def model_history(self, algorithm: str | None = None) -> list[AuditEntry]:
         """The audit trail, oldest first."""
         return self.models.history(algorithm)
+
+
+    # -- algorithm registry (service.algorithms holds the rules; bundles are stored before) ----------
+    algorithms: AlgorithmRegistry
+
+    def register_algorithm(self, version: AlgorithmVersion) -> AlgorithmVersion:
+        """Record a version and make it its algorithm's template; returns the version as stored, which
+        is an earlier registration's when ``(name, version)`` was taken (the caller compares sha256)."""
+        return self.algorithms.register(version)[0]
+
+    def algorithm_version(self, name: str, version: str) -> AlgorithmVersion | None:
+        """One version, or None."""
+        return self.algorithms.get(name, version)
+
+    def latest_algorithm(self, name: str) -> AlgorithmVersion | None:
+        """The newest registered version (what enqueue pins when the request names none), or None."""
+        return self.algorithms.latest(name)
+
+    def list_algorithms(self, name: str | None = None) -> list[AlgorithmVersion]:
+        """Registered versions, by name then oldest first."""
+        return self.algorithms.listing(name)
+
+
+class AlgorithmRegistry(Protocol):
+    """A backend's store of algorithm versions (see TaskBackend's methods)."""
+
+    def register(self, version: AlgorithmVersion) -> tuple[AlgorithmVersion, bool]: ...
+
+    def get(self, name: str, version: str) -> AlgorithmVersion | None: ...
+
+    def latest(self, name: str) -> AlgorithmVersion | None: ...
+
+    def listing(self, name: str | None) -> list[AlgorithmVersion]: ...
 
 
 class ModelRegistry(Protocol):

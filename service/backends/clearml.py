@@ -30,6 +30,7 @@ from clearml.backend_api.services.v2_23 import queues, tasks
 
 from service.backends.base import TaskBackend
 from service.backends.clearml_agent import ClearMLAgent
+from service.backends.clearml_algorithms import ClearMLAlgorithms
 from service.backends.clearml_changes import read_changes
 from service.backends.clearml_client import ClearMLClient, ClearMLRefused
 from service.backends.clearml_models import ClearMLModels
@@ -44,6 +45,7 @@ from service.backends.clearml_store import (
 from service.backends.clearml_tasks import (
     SCAN_TAG,
     TASK_FIELDS,
+    CANCELLED,
     TASK_TYPE,
     TEMPLATE_FIELDS,
     TEMPLATE_PREFIX,
@@ -70,7 +72,7 @@ from service.domain import (
     Template,
     WorkerInfo,
 )
-from service.errors import BackendUnavailable, TaskNotFound, UnknownAlgorithm
+from service.errors import BackendUnavailable, TaskNotCancellable, TaskNotFound, UnknownAlgorithm
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,7 @@ class ClearMLBackend(TaskBackend):
         self.store = ClearMLStore(client, project, page_size=page_size)
         self.agent = ClearMLAgent(self.store, max_attempts=max_attempts, worker_timeout_s=worker_timeout_s)
         self.models = ClearMLModels(self.store)
+        self.algorithms = ClearMLAlgorithms(self.store)
         self._idle_since: dict[str, float] = {}  # worker id → when this process first saw it idle
         self._lock = threading.Lock()
 
@@ -145,8 +148,13 @@ class ClearMLBackend(TaskBackend):
             if template.name not in known:
                 self.register_template(template)
 
-    def _template_doc(self, algorithm: str) -> dict:
-        found = self._template_docs(algorithm)
+    def _template_doc(self, algorithm: str, version: str | None = None) -> dict:
+        """A version's template; without a version, the newest registered version's, else the
+        template registered without one (``register_template``)."""
+        versioned = self.algorithms.docs(algorithm, version)
+        if versioned:
+            return versioned[0] if version else versioned[-1]
+        found = [] if version else self._template_docs(algorithm)
         if not found:
             known = ", ".join(t.name for t in self.templates()) or "none"
             raise UnknownAlgorithm(f"unknown algorithm {algorithm!r}; registered in ClearML project "
@@ -158,15 +166,12 @@ class ClearMLBackend(TaskBackend):
         return template_from_doc(self._template_doc(algorithm))
 
     def templates(self) -> list[Template]:
-        by_name: dict[str, Template] = {}
-        for doc in self._template_docs():
-            template = template_from_doc(doc)
-            by_name.setdefault(template.name, template)
-        return sorted(by_name.values(), key=lambda t: t.name)
+        names = sorted({template_from_doc(doc).name for doc in self._template_docs()})
+        return [self.get_template(name) for name in names]
 
     # -- submit ----------------------------------------------------------------------------
     def submit(self, algorithm: str, scan_id: str, params: dict[str, Any], output_uri: str) -> Submission:
-        template_doc = self._template_doc(algorithm)
+        template_doc = self._template_doc(algorithm, params.get("algorithm_version"))
         queue = template_from_doc(template_doc).queue
         tags = scan_tags(algorithm, scan_id)
         found = self._candidates(tags)
@@ -284,6 +289,23 @@ class ClearMLBackend(TaskBackend):
             changes.append(Change(cursor=encode_cursor(doc), task_id=info.task_id, state=info.state,
                                   attempt=info.attempt, at=seconds(doc["status_changed"]) or 0.0, task=info))
         return ChangePage(changes=changes, cursor=changes[-1].cursor if changes else cursor, more=more)
+
+    def cancel(self, task_id: str) -> TaskInfo:
+        """Take a queued task off its queue (``tasks.dequeue``) and mark it stopped. A worker that
+        popped it meanwhile wins: the dequeue is refused and so is the cancel."""
+        task = self.get_task(task_id)
+        if task.state is not JobState.queued:
+            raise TaskNotCancellable(f"task {task_id} is {task.state.value}: only a queued task can be cancelled")
+        try:
+            self.store.send(tasks.DequeueRequest(task=task_id, status_reason="cancelled by the submitter"))
+            self.store.send(tasks.StoppedRequest(task=task_id, force=True, status_reason=CANCELLED,
+                                                 status_message="cancelled by the submitter before a worker took it"))
+        except ClearMLRefused as exc:
+            if refused(exc, INVALID_TASK_STATUS, FAILED_CHANGING_STATUS):
+                state = self.get_task(task_id).state.value
+                raise TaskNotCancellable(f"task {task_id} is {state}: only a queued task can be cancelled") from None
+            raise
+        return self.get_task(task_id)
 
     # -- queues and workers ----------------------------------------------------------------
     def queue_stats(self, queue: str) -> QueueStats:

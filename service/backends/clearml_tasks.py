@@ -54,6 +54,7 @@ EPOCH = "1970-01-01T00:00:00+00:00"
 _QUEUED = ("created", "queued")
 _DONE = ("completed", "published", "publishing", "closed")
 NO_RESULT = "the task ended as completed but recorded no result"
+CANCELLED = "cancelled"  # the status_reason of a task stopped before it ran (ClearMLBackend.cancel)
 
 
 def scan_tags(algorithm: str, scan_id: str) -> list[str]:
@@ -193,7 +194,8 @@ def _state(doc: dict, result: dict | None, runtime: dict) -> tuple[JobState, Tas
             return JobState.failed, TaskError("no_result", NO_RESULT)
         return JobState.completed, None
     if status == "stopped":
-        code = "worker_lost" if "non-responsive" in f"{reason} {message}" else "stopped"
+        code = ("worker_lost" if "non-responsive" in f"{reason} {message}" else
+                CANCELLED if reason == CANCELLED else "stopped")
         return JobState.stopped, TaskError.make(code, message or reason or "the task was stopped")
     recorded = _json(runtime.get("error"))
     if isinstance(recorded, dict) and recorded.get("code"):

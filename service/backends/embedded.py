@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from service.backends.base import TaskBackend
+from service.backends.embedded_algorithms import EmbeddedAlgorithms
 from service.backends.embedded_db import Database
 from service.backends.embedded_models import EmbeddedModels
 from service.backends.embedded_schema import (
@@ -42,6 +43,7 @@ from service.errors import (
     InvalidRequest,
     LeaseLost,
     ScantideError,
+    TaskNotCancellable,
     TaskNotFound,
     UnknownAlgorithm,
 )
@@ -55,6 +57,7 @@ class EmbeddedBackend(TaskBackend):
         self.path = self.db.path
         self.max_attempts = max_attempts
         self.models = EmbeddedModels(self.db)
+        self.algorithms = EmbeddedAlgorithms(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -119,9 +122,10 @@ class EmbeddedBackend(TaskBackend):
                 task_id = new_task_id()
                 row = db.execute(
                     "INSERT INTO tasks (id, algorithm, scan_id, queue, state, params, output_uri, created_at,"
-                    " queued_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT (scan_id, algorithm) DO NOTHING"
-                    f" RETURNING {TASK_COLUMNS}",
-                    (task_id, item.algorithm, item.scan_id, template.queue, encoded, item.output_uri, now, now),
+                    " queued_at, max_attempts) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"
+                    f" ON CONFLICT (scan_id, algorithm) DO NOTHING RETURNING {TASK_COLUMNS}",
+                    (task_id, item.algorithm, item.scan_id, item.queue or template.queue, encoded, item.output_uri,
+                     now, now, item.max_attempts),
                 ).fetchone()
                 if row is not None:
                     _record(db, task_id, JobState.queued, 0, now)
@@ -170,6 +174,21 @@ class EmbeddedBackend(TaskBackend):
             for r in rows[:limit]
         ]
         return ChangePage(changes=changes, cursor=changes[-1].cursor if changes else cursor, more=more)
+
+    def cancel(self, task_id: str) -> TaskInfo:
+        now = time.time()
+        error = dump(asdict(TaskError.make("cancelled", "cancelled by the submitter before a worker took it")))
+        with self.db.tx() as db:
+            row = db.execute(
+                f"UPDATE tasks SET state = 'stopped', finished_at = ?, error = ? WHERE id = ? AND state = 'queued'"
+                f" RETURNING {TASK_COLUMNS}", (now, error, task_id)).fetchone()
+            if row is not None:
+                _record(db, task_id, JobState.stopped, row["attempt"], now)
+                return task_from_row(row)
+            state = db.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if state is None:
+            raise TaskNotFound(f"no task {task_id!r}")
+        raise TaskNotCancellable(f"task {task_id} is {state['state']}: only a queued task can be cancelled")
 
     def queue_stats(self, queue: str) -> QueueStats:
         now = time.time()
@@ -292,12 +311,14 @@ class EmbeddedBackend(TaskBackend):
     def _reap(self, db: sqlite3.Connection, now: float) -> list[TaskInfo]:
         """Inside a write transaction: re-queue (or fail) tasks whose lease ran out."""
         expired = db.execute(
-            f"SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'running' AND lease_until < ?", (now,)
+            f"SELECT {TASK_COLUMNS}, max_attempts AS task_max_attempts FROM tasks"
+            " WHERE state = 'running' AND lease_until < ?", (now,)
         ).fetchall()
         changed = []
         for row in expired:
             task = task_from_row(row)
-            if task.attempt < self.max_attempts:
+            limit = row["task_max_attempts"] or self.max_attempts
+            if task.attempt < limit:
                 # queued_at stays: the re-queued task goes back to the front of the queue.
                 new = db.execute(
                     f"UPDATE tasks SET state = 'queued', worker_id = NULL, lease_until = NULL, started_at = NULL,"
@@ -309,7 +330,7 @@ class EmbeddedBackend(TaskBackend):
                 err = TaskError.make(
                     "worker_lost",
                     f"the worker running this task stopped responding (attempt {task.attempt} of "
-                    f"{self.max_attempts}); the task was not retried again",
+                    f"{limit}); the task was not retried again",
                 )
                 new = db.execute(
                     f"UPDATE tasks SET state = 'failed', lease_until = NULL, finished_at = ?, error = ?"

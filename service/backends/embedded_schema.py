@@ -10,7 +10,7 @@ from service.domain import JobState, TaskError, TaskInfo, Template
 
 # Bump SCHEMA_VERSION with every schema change and add the statements that upgrade the previous
 # version to MIGRATIONS[new version]; SCHEMA always holds the newest schema in full.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MODEL_TABLES = """
 CREATE TABLE IF NOT EXISTS models (
     algorithm TEXT NOT NULL, version TEXT NOT NULL, uri TEXT NOT NULL, sha256 TEXT NOT NULL,
@@ -25,6 +25,13 @@ CREATE TABLE IF NOT EXISTS model_audit (
     from_version TEXT, to_version TEXT, by TEXT NOT NULL, at REAL NOT NULL
 );
 """
+ALGORITHM_TABLES = """
+CREATE TABLE IF NOT EXISTS algorithms (
+    name TEXT NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, uri TEXT NOT NULL,
+    queue TEXT NOT NULL, descriptor TEXT NOT NULL, registered_at REAL NOT NULL, registered_by TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+"""
 MIGRATIONS: dict[int, list[str]] = {
     # v2: fewer indexes to write per submit (the old inline UNIQUE stays in migrated stores).
     2: ["CREATE UNIQUE INDEX IF NOT EXISTS tasks_scan ON tasks (scan_id, algorithm)",
@@ -33,6 +40,8 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE state = 'running'"],
     # v3: the model registry and its audit trail.
     3: [],  # filled below from MODEL_TABLES
+    # v4: the algorithm registry; each task's own attempt limit (its algorithm's resources.max_attempts).
+    4: ["ALTER TABLE tasks ADD COLUMN max_attempts INTEGER"],  # and ALGORITHM_TABLES, below
 }
 
 SCHEMA = """
@@ -45,7 +54,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     state TEXT NOT NULL, params TEXT NOT NULL, output_uri TEXT NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 0, worker_id TEXT, lease_until REAL,
     created_at REAL NOT NULL, queued_at REAL, started_at REAL, finished_at REAL,
-    result TEXT, error TEXT, progress REAL, heartbeat_at REAL,
+    result TEXT, error TEXT, progress REAL, heartbeat_at REAL, max_attempts INTEGER,
     UNIQUE (scan_id, algorithm)  -- the idempotency key, and the index for lookups by scan
 );
 CREATE INDEX IF NOT EXISTS tasks_by_queue ON tasks (queue, state, queued_at);
@@ -59,7 +68,7 @@ CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY, queue TEXT NOT NULL, task_id TEXT, last_seen REAL NOT NULL,
     idle_since REAL, draining INTEGER NOT NULL DEFAULT 0
 );
-""" + MODEL_TABLES
+""" + MODEL_TABLES + ALGORITHM_TABLES
 
 TASK_COLUMNS = (
     "id, algorithm, scan_id, queue, state, params, output_uri, attempt, worker_id, "
@@ -74,6 +83,7 @@ def statements(script: str) -> list[str]:
 
 
 MIGRATIONS[3] = statements(MODEL_TABLES)
+MIGRATIONS[4] += statements(ALGORITHM_TABLES)
 
 
 def prefixed(alias: str) -> str:

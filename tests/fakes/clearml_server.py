@@ -44,6 +44,8 @@ Endpoints (request fields used → ``data``):
 ``tasks.get_all`` / ``get_by_id``   see above → ``{tasks}`` / ``{task}``
 ``tasks.edit``                      task, force, editable fields (runtime, hyperparams, …); created only unless force
 ``tasks.enqueue``                   task, queue or queue_name (created when missing) → ``{queued, updated, fields}``
+``tasks.dequeue``                   task → leaves its queue, back to the status it was enqueued from
+                                    (``enqueue_status``, else created); 400/110 unless queued
 ``tasks.started``                   task → in_progress, sets ``started``
 ``tasks.completed`` / ``failed``    task, status_reason, status_message → sets ``completed``
 ``tasks.stopped``                   task → stopped
@@ -358,6 +360,17 @@ class FakeClearML:
         task.setdefault("execution", {})["queue"] = queue["id"]
         res["fields"]["execution.queue"] = queue["id"]
         return {"queued": 1, **res}
+
+    def tasks__dequeue(self, b: dict) -> dict:
+        # clearml-server bll/task/task_operations.py dequeue_task: only a queued task, restored to the
+        # status it was enqueued from
+        task = self._task(b["task"])
+        if task["status"] != "queued":
+            raise bad_request(110, f"invalid task status: task is not queued, status={task['status']}")
+        for queue in self.queues.values():
+            queue["entries"] = [e for e in queue["entries"] if e["task"] != task["id"]]
+        res = self._set_status(task, task.get("enqueue_status") or "created", {**b, "force": True})
+        return {"dequeued": 1, **res}
 
     def tasks__started(self, b: dict) -> dict:
         task = self._task(b["task"])

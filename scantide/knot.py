@@ -1,0 +1,126 @@
+"""``Knot``: run a plain Python function on scantide workers, one task per argument.
+
+The function travels pickled (cloudpickle, so lambdas and closures work) inside an algorithm
+bundle whose name and version derive from the pickle's sha256: the same function registers as
+the same algorithm version however often it is knotted, and a changed one as a new version. Each
+argument is uploaded as a blob and becomes one task's ``scan_uri``; the worker answers with the
+return value pickled in the result's ``return_pickle`` (base64).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import Any
+
+from scantide.client import Client, pack
+
+SCANTIDE_URL_ENV = "SCANTIDE_URL"
+SCANTIDE_TOKEN_ENV = "SCANTIDE_TOKEN"
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{2,40}$")
+FUNCTION_FILE = "function.pkl"
+DESCRIPTOR_FILE = "scantide-algorithm.json"
+_SLUG_MAX = 41 - len("fn__") - 8  # fn_<slug>_<sha8> fits NAME_PATTERN's 41 characters
+
+
+def client_from_env() -> Client:
+    """A client for ``$SCANTIDE_URL`` with ``$SCANTIDE_TOKEN``."""
+    url, token = os.environ.get(SCANTIDE_URL_ENV), os.environ.get(SCANTIDE_TOKEN_ENV)
+    missing = [name for name, value in ((SCANTIDE_URL_ENV, url), (SCANTIDE_TOKEN_ENV, token)) if not value]
+    if missing:
+        raise RuntimeError(f"{' and '.join(missing)} not set: set {SCANTIDE_URL_ENV} (the server's URL) and "
+                           f"{SCANTIDE_TOKEN_ENV} (an API token with the enqueue and register scopes), "
+                           "or pass client=Client(url, token)")
+    return Client(str(url), str(token))
+
+
+def function_name(func: Callable[..., Any], sha256: str) -> str:
+    """``fn_<slug>_<sha[:8]>``: the function's name made safe for an algorithm name."""
+    raw = getattr(func, "__name__", "function")
+    slug = "lambda" if raw == "<lambda>" else re.sub(r"[^a-z0-9_]", "_", raw.lower())
+    return f"fn_{slug[:_SLUG_MAX] or 'function'}_{sha256[:8]}"
+
+
+def decode_return(data: dict[str, Any]) -> Any:
+    """The function's return value from a completed task's body."""
+    import cloudpickle
+
+    result = data.get("result") or {}
+    if "return_pickle" not in result:
+        raise ValueError(f"task {data.get('task_id')} completed without a return_pickle in its result")
+    return cloudpickle.loads(base64.b64decode(result["return_pickle"]))
+
+
+class Knot:
+    """A function bound to a scantide server: ``Knot(f).map(args)`` runs ``f(arg)`` per argument.
+
+    ``requirements``: pip requirement lines the worker installs; ``timeout_s``: seconds one call
+    may run; ``memory_gib``: the memory one call needs; ``name``: the algorithm name (default
+    ``fn_<function name>_<sha[:8]>``). ``client`` defaults to one from ``$SCANTIDE_URL`` and
+    ``$SCANTIDE_TOKEN``.
+    """
+
+    def __init__(self, func: Callable[..., Any], client: Client | None = None, requirements: list[str] | None = None,
+                 *, name: str | None = None, timeout_s: float = 600, memory_gib: float = 1.0) -> None:
+        import cloudpickle  # only Knot needs it: the rest of the client is httpx alone
+
+        self.func = func
+        self._blob = cloudpickle.dumps(func)
+        sha = hashlib.sha256(self._blob).hexdigest()
+        self.version = sha[:12]
+        self.name = name if name is not None else function_name(func, sha)
+        if not NAME_PATTERN.match(self.name):
+            raise ValueError(f"algorithm name {self.name!r} must match {NAME_PATTERN.pattern}")
+        self.requirements = list(requirements or [])
+        self.timeout_s, self.memory_gib = timeout_s, memory_gib
+        self.client = client if client is not None else client_from_env()
+        self._registered: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def descriptor(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": f"Knot function {getattr(self.func, '__qualname__', self.name)}",
+            "function": FUNCTION_FILE,
+            "inputs": {"kinds": ["any"]},
+            "resources": {"gpu": 0, "cpu": 1, "memory_gib": self.memory_gib, "timeout_s": self.timeout_s,
+                          "max_attempts": 2},
+            "requirements": self.requirements,
+        }
+
+    def bundle(self) -> bytes:
+        """The algorithm bundle (tar.gz): the descriptor and the pickled function."""
+        descriptor = json.dumps(self.descriptor(), indent=2, sort_keys=True).encode()
+        return pack({DESCRIPTOR_FILE: (descriptor, False), FUNCTION_FILE: (self._blob, False)})
+
+    def register(self) -> dict[str, Any]:
+        """Register the function as an algorithm version, once; the server's answer."""
+        with self._lock:
+            if self._registered is None:
+                self._registered = self.client.register_bundle(self.bundle())
+            return self._registered
+
+    def map(self, iterable: Iterable[Any]) -> list[Future]:
+        """One task per element; each future's ``result()`` is the function's return value, or raises
+        ``TaskFailed`` (code ``algorithm_crashed``, the remote traceback in ``log_tail``)."""
+        import cloudpickle
+
+        self.register()
+        prefix = f"{self.name.replace('_', '-')}-{secrets.token_hex(4)}"  # scan ids take no "_"
+        futures = []
+        for index, arg in enumerate(iterable):
+            uri = self.client.upload(cloudpickle.dumps(arg))
+            task = self.client.submit(f"{prefix}-{index}", uri, self.name, algorithm_version=self.version)
+            futures.append(self.client._track(task, decode_return))
+        return futures
+
+    def __repr__(self) -> str:
+        return f"<Knot {self.name} version={self.version}>"

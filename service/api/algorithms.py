@@ -1,0 +1,99 @@
+"""The algorithm-registry endpoints: list and show (``read``), register an algorithm's folder
+(``register``: it decides what code workers run), and upload an input (``enqueue``: a ``Knot``
+call's pickled argument, stored content-addressed, returned as a URI to submit as a scan)."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, File, Request, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from service.algorithms import AlgorithmVersion, register_files
+from service.api.auth import TokenAuth
+from service.backends.base import TaskBackend
+from service.bundles import read_upload
+from service.errors import AlgorithmNotFound, InvalidRequest
+from service.settings import Settings
+
+BLOB_SUFFIX = ".pkl"
+
+
+def algorithm_body(versions: list[AlgorithmVersion]) -> dict[str, Any]:
+    """One algorithm: its newest version's summary and every version in full."""
+    latest = max(versions, key=lambda v: v.registered_at)
+    return {**latest.summary(), "latest": latest.version, "versions": [v.to_dict() for v in versions]}
+
+
+def blob_uri(settings: Settings, digest: str) -> str:
+    """Where an uploaded input lives: under the data root (local outputs), or beside the outputs
+    (``<output_root>/blobs``, S3 in production), where workers can fetch it."""
+    root = settings.output_root_uri
+    if "://" in root:
+        return f"{root}/blobs/{digest}{BLOB_SUFFIX}"
+    return str(Path(settings.data_root).resolve() / "blobs" / f"{digest}{BLOB_SUFFIX}")  # type: ignore[arg-type]
+
+
+def algorithms_router(backend: TaskBackend, settings: Settings, auth: TokenAuth) -> APIRouter:
+    router = APIRouter(tags=["algorithms"])
+
+    @router.get("/v1/algorithms", dependencies=[Depends(auth.require("read"))],
+                summary="Registered algorithms: each one's newest version")
+    def list_algorithms() -> dict[str, Any]:
+        by_name: dict[str, list[AlgorithmVersion]] = {}
+        for v in backend.list_algorithms():
+            by_name.setdefault(v.name, []).append(v)
+        return {"algorithms": [algorithm_body(vs) for _, vs in sorted(by_name.items())]}
+
+    @router.get("/v1/algorithms/{name}", dependencies=[Depends(auth.require("read"))],
+                summary="One algorithm: every registered version with its descriptor")
+    def show_algorithm(name: str) -> dict[str, Any]:
+        versions = backend.list_algorithms(name)
+        if not versions:
+            raise AlgorithmNotFound(f"no algorithm {name!r} is registered")
+        return algorithm_body(versions)
+
+    @router.post("/v1/algorithms", status_code=201, summary="Register an algorithm version from its folder",
+                 dependencies=[Depends(auth.require("register"))],
+                 responses={200: {"description": "The same content was registered already"}},
+                 description="Multipart field `bundle`: the folder (descriptor at its top) as a tar.gz. 422 "
+                 "invalid_descriptor names every problem by field path; 409 algorithm_version_exists for other "
+                 "content under a registered version; 422 runner_unavailable for a container algorithm where no "
+                 "container engine runs.")
+    async def register(request: Request, response: Response, bundle: UploadFile = File(...)) -> dict[str, Any]:
+        data = await bundle.read()
+        files = read_upload(data, settings.max_bundle_bytes)
+        version, created = await run_in_threadpool(register_files, backend, settings, files,
+                                                   by=auth.identity(request))
+        response.status_code = 201 if created else 200
+        return {**version.to_dict(), "created": created}
+
+    @router.post("/v1/blobs", status_code=201, summary="Upload an input (a pickled argument) to submit as a scan",
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def upload_blob(request: Request) -> dict[str, Any]:
+        auth.check(request, "enqueue")
+        data = await request.body()
+        if not data:
+            raise InvalidRequest("the body is empty: send the input's bytes")
+        digest = hashlib.sha256(data).hexdigest()
+        uri = blob_uri(settings, digest)
+        await run_in_threadpool(_store, settings, data, uri)
+        return {"uri": uri, "sha256": digest, "size": len(data)}
+
+    return router
+
+
+def _store(settings: Settings, data: bytes, uri: str) -> None:
+    from service.storage import storage_for
+
+    storage = storage_for(uri, settings)
+    if storage.exists(uri):  # content-addressed: the same bytes are there already
+        return
+    with tempfile.TemporaryDirectory(prefix="scantide-blob-") as tmp:
+        local = Path(tmp) / "blob"
+        local.write_bytes(data)
+        storage.put_file(local, uri)

@@ -1,0 +1,140 @@
+"""Algorithm bundles: an algorithm's folder (its descriptor and files) as one canonical tar.gz.
+
+The same files always make the same bytes (names sorted, times, owners and modes fixed, only
+the executable bit kept), so the bundle's sha256 says whether two registrations carry the same
+content, however the folder was packed for upload. An upload is read defensively: regular files
+and folders only, no absolute or ``..`` paths, bounded member count and size. Pure: bytes in,
+bytes out; ``unpack`` is the one function that writes, into a folder it creates.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+from pathlib import Path, PurePosixPath
+
+from service.catalog import DESCRIPTOR_NAMES, AlgorithmDescriptor, load_descriptor
+from service.errors import InvalidBundle, InvalidDescriptor
+
+MAX_FILES = 1000
+SKIPPED = ("__pycache__", ".git", ".venv", ".pytest_cache")
+
+
+def folder_files(folder: Path, max_bytes: int) -> dict[str, tuple[bytes, bool]]:
+    """The files of a local algorithm folder: ``{relative posix path: (content, executable)}``.
+    Dot-files, ``__pycache__`` and symbolic links are left out."""
+    if not folder.is_dir():
+        raise InvalidBundle(f"{folder} is not a folder: give the folder that holds {DESCRIPTOR_NAMES[0]}")
+    files: dict[str, tuple[bytes, bool]] = {}
+    total = 0
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") or part in SKIPPED for part in rel.parts) or path.is_symlink() or path.is_dir():
+            continue
+        data = path.read_bytes()
+        total += len(data)
+        if total > max_bytes or len(files) >= MAX_FILES:
+            raise InvalidBundle(f"{folder} holds more than {max_bytes} bytes or {MAX_FILES} files: "
+                                "an algorithm folder should hold code and small assets, not data")
+        files[rel.as_posix()] = (data, os.access(path, os.X_OK))
+    return files
+
+
+def pack(files: dict[str, tuple[bytes, bool]]) -> bytes:
+    """The canonical tar.gz of ``files``."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(files):
+            data, executable = files[name]
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o755 if executable else 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+
+
+def read_upload(data: bytes, max_bytes: int) -> dict[str, tuple[bytes, bool]]:
+    """The files of an uploaded tar.gz (or plain tar). A descriptor at the top, or in the one folder
+    at the top (``tar czf x.tgz frame_stats/``), marks the algorithm's folder."""
+    files: dict[str, tuple[bytes, bool]] = {}
+    total = 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            for member in tar:
+                if member.isdir():
+                    continue
+                name = _safe_name(member.name)
+                if not member.isfile():
+                    raise InvalidBundle(f"{member.name}: only regular files and folders may be uploaded "
+                                        "(no links or devices)")
+                total += member.size
+                if total > max_bytes or len(files) >= MAX_FILES:
+                    raise InvalidBundle(f"the folder unpacks to more than {max_bytes} bytes or {MAX_FILES} files")
+                content = tar.extractfile(member)
+                files[name] = (content.read() if content else b"", bool(member.mode & 0o111))
+    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
+        raise InvalidBundle(f"the upload is not a readable tar.gz of the algorithm's folder: {exc}") from None
+    return _rooted(files)
+
+
+def _safe_name(name: str) -> str:
+    path = PurePosixPath(name)
+    parts = [p for p in path.parts if p not in ("", ".")]
+    if path.is_absolute() or ".." in parts or not parts:
+        raise InvalidBundle(f"{name}: a path in the upload must stay inside the folder")
+    return "/".join(parts)
+
+
+def _rooted(files: dict[str, tuple[bytes, bool]]) -> dict[str, tuple[bytes, bool]]:
+    if any(n in files for n in DESCRIPTOR_NAMES):
+        return files
+    tops = {n.split("/", 1)[0] for n in files}
+    if len(tops) == 1:
+        inner = {n.split("/", 1)[1]: v for n, v in files.items() if "/" in n}
+        if any(n in inner for n in DESCRIPTOR_NAMES):
+            return inner
+    raise InvalidBundle(f"the upload holds no descriptor: put {DESCRIPTOR_NAMES[0]} at the top of the folder")
+
+
+def descriptor_of(files: dict[str, tuple[bytes, bool]]) -> AlgorithmDescriptor:
+    """The folder's descriptor, validated, with the folder's own checks: exactly one descriptor,
+    and every ``{here}/…`` file the command names and the ``function`` file present."""
+    found = [n for n in DESCRIPTOR_NAMES if n in files]
+    if not found:
+        raise InvalidBundle(f"no descriptor: the folder needs {DESCRIPTOR_NAMES[0]} (or .json) at its top")
+    if len(found) > 1:
+        raise InvalidBundle(f"two descriptors ({' and '.join(found)}): keep one")
+    descriptor = load_descriptor(files[found[0]][0], found[0])
+    missing = [f"command[{i}]: {arg} is not in the folder" for i, arg in enumerate(descriptor.command)
+               if arg.startswith("{here}/") and arg.removeprefix("{here}/") not in files]
+    if descriptor.function and descriptor.function not in files:
+        missing.append(f"function: {descriptor.function} is not in the folder")
+    if missing:
+        raise InvalidDescriptor(missing, found[0])
+    return descriptor
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def unpack(bundle: bytes, dest: Path) -> Path:
+    """Unpack a bundle into ``dest`` (created whole or not at all: unpacked beside it, then renamed,
+    so a crash never leaves half a folder that a later task would trust)."""
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
+        tar.extractall(staging, filter="data")  # refuses links out, absolute paths and devices
+    try:
+        os.rename(staging, dest)
+    except OSError:  # another task unpacked the same bundle first: theirs is the same bytes
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
