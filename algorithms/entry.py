@@ -152,8 +152,8 @@ def run_spec(spec_path: Path) -> int:
     result_path = Path(spec["result_path"])
     return execute(spec, None, None,
                    lambda result: _write_atomic(result_path, json.dumps({"result": result})),
-                   lambda code, message, _tail: _write_atomic(result_path, json.dumps(
-                       {"error": {"code": code, "message": message}})))
+                   lambda code, message, tail: _write_atomic(result_path, json.dumps(
+                       {"error": {"code": code, "message": message, "log_tail": tail}})))
 
 
 def _write_atomic(path: Path, text: str) -> None:

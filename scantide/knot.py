@@ -15,8 +15,11 @@ import json
 import os
 import re
 import secrets
+import sys
+import sysconfig
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import Future
 from typing import Any
 
@@ -28,6 +31,7 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{2,40}$")
 FUNCTION_FILE = "function.pkl"
 DESCRIPTOR_FILE = "scantide-algorithm.json"
 _SLUG_MAX = 41 - len("fn__") - 8  # fn_<slug>_<sha8> fits NAME_PATTERN's 41 characters
+_BY_VALUE_LOCK = threading.Lock()  # cloudpickle's by-value registry is process-wide
 
 
 def client_from_env() -> Client:
@@ -46,6 +50,41 @@ def function_name(func: Callable[..., Any], sha256: str) -> str:
     raw = getattr(func, "__name__", "function")
     slug = "lambda" if raw == "<lambda>" else re.sub(r"[^a-z0-9_]", "_", raw.lower())
     return f"fn_{slug[:_SLUG_MAX] or 'function'}_{sha256[:8]}"
+
+
+def _is_local(module: Any) -> bool:
+    """Whether ``module`` is the caller's own code: neither the standard library nor installed."""
+    paths = [p for p in (getattr(module, "__file__", None), *(getattr(module, "__path__", None) or [])) if p]
+    stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
+    return bool(paths) and not any(
+        "site-packages" in real or "dist-packages" in real or real.startswith(stdlib + os.sep)
+        for real in map(os.path.realpath, paths))
+
+
+@contextmanager
+def pickled_by_value(func: Callable[..., Any]) -> Iterator[None]:
+    """While inside, cloudpickle copies the code of ``func``'s own package instead of naming it.
+
+    cloudpickle pickles a function from an importable module by reference (module and name), and
+    workers have only what the descriptor's requirements install, not the caller's modules. By
+    value, the function runs there, and its version changes whenever its code does.
+    """
+    import cloudpickle
+
+    module = sys.modules.get(getattr(func, "__module__", None) or "")
+    top = sys.modules.get(module.__name__.partition(".")[0]) if module is not None else None
+    if top is None or top.__name__ == "__main__" or not _is_local(top):
+        yield  # __main__ is pickled by value already; installed code is on the workers
+        return
+    with _BY_VALUE_LOCK:
+        if top.__name__ in cloudpickle.list_registry_pickle_by_value():
+            yield
+            return
+        cloudpickle.register_pickle_by_value(top)
+        try:
+            yield
+        finally:
+            cloudpickle.unregister_pickle_by_value(top)
 
 
 def decode_return(data: dict[str, Any]) -> Any:
@@ -72,7 +111,8 @@ class Knot:
         import cloudpickle  # only Knot needs it: the rest of the client is httpx alone
 
         self.func = func
-        self._blob = cloudpickle.dumps(func)
+        with pickled_by_value(func):
+            self._blob = cloudpickle.dumps(func)
         sha = hashlib.sha256(self._blob).hexdigest()
         self.version = sha[:12]
         self.name = name if name is not None else function_name(func, sha)
@@ -117,7 +157,9 @@ class Knot:
         prefix = f"{self.name.replace('_', '-')}-{secrets.token_hex(4)}"  # scan ids take no "_"
         futures = []
         for index, arg in enumerate(iterable):
-            uri = self.client.upload(cloudpickle.dumps(arg))
+            with pickled_by_value(self.func):  # an argument may be an instance of the caller's own class
+                data = cloudpickle.dumps(arg)
+            uri = self.client.upload(data)
             task = self.client.submit(f"{prefix}-{index}", uri, self.name, algorithm_version=self.version)
             futures.append(self.client._track(task, decode_return))
         return futures

@@ -204,8 +204,9 @@ def _read_outcome(result_path: Path, returncode: int, log_text: str) -> Outcome:
         return Outcome(result=payload["result"])
     if payload and "error" in payload:
         err = payload["error"]
+        # The algorithm's own output when it ran as a process of its own, else the whole task log.
         return Outcome(error=TaskError.make(str(err.get("code", "algorithm_failed")), str(err.get("message", "")),
-                                            log_text))
+                                            str(err.get("log_tail") or log_text)))
     how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
     return Outcome(error=TaskError.make("algorithm_crashed", f"the algorithm process {how} without a result",
                                         log_text))

@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections import deque
 from pathlib import Path
@@ -45,18 +46,18 @@ MOUNT = "/scantide"  # where the task's folders appear inside a container
 
 def run_command(descriptor: AlgorithmDescriptor, here: Path, scan: Path, params: dict[str, Any], out_dir: Path,
                 progress: Any) -> dict[str, Any]:
-    work = out_dir.parent / f".{out_dir.name}.run"
+    work = Path(tempfile.mkdtemp(prefix="scantide-run-"))  # the command's own: its inputs and its home
     inputs, home = work / "inputs", work / "home"
-    inputs.mkdir(parents=True)
+    inputs.mkdir()
     home.mkdir()
-    try:
-        argv = _argv(descriptor, here, inputs, out_dir, params)
-    except InvalidParams as exc:
-        raise EntryError("invalid_params", exc.message) from exc
-    shutil.copyfile(scan, inputs / f"scan{scan.suffix.lower()}")  # a copy: the command may write there
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     env.update(HOME=str(home), TMPDIR=str(home), PYTHONUNBUFFERED="1", LANG=env.get("LANG", "C.UTF-8"))
     try:
+        try:
+            argv = _argv(descriptor, here, inputs, out_dir, params)
+        except InvalidParams as exc:
+            raise EntryError("invalid_params", exc.message) from exc
+        shutil.copyfile(scan, inputs / f"scan{scan.suffix.lower()}")  # a copy: the command may write there
         code, tail = _run(argv, env, work, descriptor.resources.timeout_s, progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)

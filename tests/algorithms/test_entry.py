@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from algorithms.entry import EntryError, Inputs, run_task
-from service.domain import JobState, Template
+from service.domain import JobState
 from service.settings import Settings, load_settings
 from service.synthetic import write_scan_video
 from tests.autoscaler.moto_server import AWS_TEST_ENV, MotoServer
@@ -32,6 +32,24 @@ SMALL = {"keyframes": 3, "segments": 4}
 def small_video(path: Path, seed: int = 0) -> Path:
     write_scan_video(path, frames=48, fps=24, size=(160, 120), blur=None, exposure=None, seed=seed)
     return path
+
+
+def bundled(tmp_path: Path, **params) -> dict:
+    """Task params pinned to the registered built-in video_summary (a store of its own under
+    ``tmp_path``), as enqueue pins them, with ``params`` and the small test sizes."""
+    from service.backends import open_backend
+
+    backend = open_backend(load_settings(state_dir=tmp_path / "registry"))
+    version = backend.latest_algorithm("video_summary")
+    backend.close()
+    assert version is not None
+    return {"algorithm_version": version.version, "bundle_uri": version.uri, "bundle_sha256": version.sha256,
+            **SMALL, **params}
+
+
+def spec(tmp_path: Path, output_uri: str, **params) -> dict:
+    return {"algorithm": "video_summary", "output_uri": output_uri, "bundle_cache": str(tmp_path / "bundles"),
+            "params": bundled(tmp_path, **params)}
 
 
 def weights_copy(tmp_path: Path) -> tuple[Path, str]:
@@ -52,13 +70,11 @@ def s3_settings(aws: MotoServer, tmp_path: Path) -> Settings:
 def test_local_model_and_previous_summary_reach_the_algorithm(tmp_path: Path) -> None:
     scan = small_video(tmp_path / "scan.mp4")
     weights, sha = weights_copy(tmp_path)
-    first = run_task({"algorithm": "video_summary", "output_uri": str(tmp_path / "out" / "first"),
-                      "params": {"scan_uri": str(scan), **SMALL}})
+    first = run_task(spec(tmp_path, str(tmp_path / "out" / "first"), scan_uri=str(scan)))
     assert "comparison" not in json.loads((tmp_path / "out" / "first" / "summary.json").read_text())
 
-    second = run_task({"algorithm": "video_summary", "output_uri": str(tmp_path / "out" / "second"),
-                       "params": {"scan_uri": str(scan), "model_uri": str(weights), "model_version": "v7",
-                                  "previous_output_uri": first["output_uri"], **SMALL}})
+    second = run_task(spec(tmp_path, str(tmp_path / "out" / "second"), scan_uri=str(scan), model_uri=str(weights),
+                           model_version="v7", previous_output_uri=first["output_uri"]))
 
     summary = json.loads((tmp_path / "out" / "second" / "summary.json").read_text())
     assert summary["model"]["sha256"] == sha and summary["model"]["version"] == "v7"
@@ -72,8 +88,8 @@ def test_missing_local_input_fails_the_fetch(tmp_path: Path, param: str, what: s
     scan = small_video(tmp_path / "scan.mp4")
     (tmp_path / "empty").mkdir()
     with pytest.raises(EntryError) as err:
-        run_task({"algorithm": "video_summary", "output_uri": str(tmp_path / "out"),
-                  "params": {"scan_uri": str(scan), param: str(tmp_path / "empty" / "nothing"), **SMALL}})
+        run_task(spec(tmp_path, str(tmp_path / "out"), scan_uri=str(scan),
+                      **{param: str(tmp_path / "empty" / "nothing")}))
     assert err.value.code == "fetch_failed" and what in err.value.message
     assert not (tmp_path / "out").exists()
 
@@ -85,12 +101,11 @@ def test_s3_model_and_previous_summary_are_fetched(s3_settings: Settings, aws: M
     weights, sha = weights_copy(tmp_path)
     s3.upload_file(str(weights), BUCKET, "models/video_summary/v7.pt")
     scan_uri = f"s3://{BUCKET}/uploads/p1/scan-2.mp4"
-    first = run_task({"algorithm": "video_summary", "output_uri": f"s3://{BUCKET}/results/first",
-                      "params": {"scan_uri": scan_uri, **SMALL}}, s3_settings)
+    first = run_task(spec(tmp_path, f"s3://{BUCKET}/results/first", scan_uri=scan_uri), s3_settings)
 
-    second = run_task({"algorithm": "video_summary", "output_uri": f"s3://{BUCKET}/results/second",
-                       "params": {"scan_uri": scan_uri, "model_uri": f"s3://{BUCKET}/models/video_summary/v7.pt",
-                                  "previous_output_uri": first["output_uri"] + "/", **SMALL}}, s3_settings)
+    second = run_task(spec(tmp_path, f"s3://{BUCKET}/results/second", scan_uri=scan_uri,
+                           model_uri=f"s3://{BUCKET}/models/video_summary/v7.pt",
+                           previous_output_uri=first["output_uri"] + "/"), s3_settings)
 
     summary = json.loads(s3.get_object(Bucket=BUCKET, Key="results/second/summary.json")["Body"].read())
     assert summary["model"]["sha256"] == sha
@@ -127,17 +142,25 @@ def agent_env(server: FakeClearMLServer, aws: MotoServer, tmp_path: Path) -> dic
 
 def test_agent_mode_records_results_and_errors_on_the_task(clearml_server: FakeClearMLServer,  # noqa: F811
                                                            aws: MotoServer, tmp_path: Path) -> None:
+    from service.algorithms import builtin_folders, register_folder
+    from service.domain import ScanRequest
+    from service.enqueue import submit_scan
+
+    settings = load_settings(backend="clearml", state_dir=tmp_path / "state", clearml_project="scantide-tests",
+                             output_root=f"s3://{BUCKET}/results", s3_endpoint_url=aws.url,
+                             algorithm_queues={"gpu": QUEUE})
     backend = clearml_backend()
-    backend.register_template(Template(name="video_summary", queue=QUEUE, params=SMALL))
+    (folder,) = builtin_folders()
+    register_folder(backend, settings, folder, by="test")
     s3 = aws.client("s3")
     s3.upload_file(str(small_video(tmp_path / "scan.mp4")), BUCKET, "uploads/ok.mp4")
     s3.put_object(Bucket=BUCKET, Key="uploads/not-a-video.mp4", Body=b"this is not a video")
     tasks = {}
     for scan_id, key in (("ok", "uploads/ok.mp4"), ("refused", "uploads/not-a-video.mp4"),
                          ("missing", "uploads/missing.mp4")):
-        out = f"s3://{BUCKET}/results/{scan_id}"
-        params = {"scan_id": scan_id, "scan_uri": f"s3://{BUCKET}/{key}", "output_uri": out, "metadata": {"p": 1}}
-        tasks[scan_id] = backend.submit("video_summary", scan_id, params, out).task
+        request = ScanRequest(scan_id=scan_id, scan_uri=f"s3://{BUCKET}/{key}", metadata={"p": 1}, params=SMALL)
+        tasks[scan_id] = submit_scan(backend, settings, request).task
+        assert tasks[scan_id].queue == QUEUE
 
     agent = subprocess.run([sys.executable, "-m", "tests.fakes.clearml_agent", "--queue", QUEUE,
                             "--worker-id", "i-0123", "--max-tasks", "3"], check=False, cwd=REPO,
@@ -146,17 +169,18 @@ def test_agent_mode_records_results_and_errors_on_the_task(clearml_server: FakeC
 
     ok = backend.get_task(tasks["ok"].task_id)
     assert ok.state is JobState.completed, (ok.error, agent.stderr[-3000:])
-    assert ok.result is not None and ok.result["output_uri"] == f"s3://{BUCKET}/results/ok"
+    assert ok.result is not None and ok.result["output_uri"] == f"s3://{BUCKET}/results/video_summary/ok"
     assert ok.progress == 1.0 and ok.worker_id == "i-0123"
-    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="results/ok/")["Contents"]}
-    assert {f"results/ok/{f}" for f in ok.result["outputs"]["files"]} == keys
+    prefix = "results/video_summary/ok/"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]}
+    assert {prefix + f for f in ok.result["outputs"]["files"]} == keys
     refused = backend.get_task(tasks["refused"].task_id)
     assert refused.state is JobState.failed and refused.error is not None
     assert refused.error.code == "invalid_video" and refused.result is None
     missing = backend.get_task(tasks["missing"].task_id)
     assert missing.state is JobState.failed and missing.error is not None
     assert missing.error.code == "fetch_failed" and "uploads/missing.mp4" in missing.error.message
-    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="results/missing/")
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="results/video_summary/missing/")
     backend.close()
 
 

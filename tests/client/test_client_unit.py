@@ -9,6 +9,8 @@ import hashlib
 import io
 import json
 import re
+import subprocess
+import sys
 import tarfile
 import threading
 import traceback
@@ -86,10 +88,10 @@ class FakeScantide:
                 task_id = self.keys[(algorithm, scan_id)] = f"t-{len(self.tasks):04d}"
                 params = body.get("params") or {}
                 self.tasks[task_id] = {
-                    "task_id": task_id, "scan_id": scan_id, "algorithm": algorithm, "state": params.get("state", "queued"),
-                    "params": params, "scan_uri": body["scan_uri"], "version": body.get("algorithm_version"),
-                    "result": None, "error": None, "progress": None, "reads": 0,
-                    "polls": params.get("polls", 1 + len(self.tasks) % 5)}  # reads until it ends
+                    "task_id": task_id, "scan_id": scan_id, "algorithm": algorithm,
+                    "state": params.get("state", "queued"), "params": params, "scan_uri": body["scan_uri"],
+                    "version": body.get("algorithm_version"), "result": None, "error": None, "progress": None,
+                    "reads": 0, "polls": params.get("polls", 1 + len(self.tasks) % 5)}  # reads until it ends
             t = self.tasks[task_id]
             return JSONResponse({**{k: t[k] for k in ("task_id", "scan_id", "algorithm", "state")},
                                  "created": created, "links": {}}, 202 if created else 200)
@@ -118,8 +120,8 @@ class FakeScantide:
             with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
                 func = cloudpickle.loads(tar.extractfile(descriptor["function"]).read())
             try:
-                value = func(cloudpickle.loads(self.blobs[t["scan_uri"]]))
-                t["state"], t["result"] = "completed", {"return_pickle": base64.b64encode(cloudpickle.dumps(value)).decode()}
+                value = cloudpickle.dumps(func(cloudpickle.loads(self.blobs[t["scan_uri"]])))
+                t["state"], t["result"] = "completed", {"return_pickle": base64.b64encode(value).decode()}
             except Exception as exc:  # noqa: BLE001 - the function's failure is the task's
                 t["state"] = "failed"
                 t["error"] = {"code": "algorithm_crashed", "message": repr(exc), "log_tail": traceback.format_exc()}
@@ -154,7 +156,8 @@ class FakeScantide:
             return err(409, "algorithm_version_exists")
         created = key not in self.bundles
         self.bundles[key] = (sha, data, descriptor)
-        return JSONResponse({"name": key[0], "version": key[1], "sha256": sha, "created": created}, 201 if created else 200)
+        return JSONResponse({"name": key[0], "version": key[1], "sha256": sha, "created": created},
+                            201 if created else 200)
 
     async def blob(self, request: Request) -> JSONResponse:
         data = await request.body()
@@ -286,7 +289,7 @@ def triple_or_fail(x: int) -> int:
     return x * 3
 
 
-def test_knot_registers_a_bundle_of_the_pickled_function(fake, client):
+def test_knot_registers_a_bundle_of_the_pickled_function(fake, client, tmp_path: Path):
     knot = Knot(triple_or_fail, client, ["numpy>=1.26"], memory_gib=2.0)
     assert re.fullmatch(r"fn_triple_or_fail_[0-9a-f]{8}", knot.name) and len(knot.version) == 12
     assert knot.register()["created"] is True and knot.register()["created"] is True  # once
@@ -299,8 +302,13 @@ def test_knot_registers_a_bundle_of_the_pickled_function(fake, client):
         assert sorted(tar.getnames()) == ["function.pkl", "scantide-algorithm.json"]
         assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
         descriptor = json.loads(tar.extractfile("scantide-algorithm.json").read())
-        func = cloudpickle.loads(tar.extractfile("function.pkl").read())
-    assert func(5) == 15
+        pickled = tar.extractfile("function.pkl").read()
+    assert cloudpickle.loads(pickled)(5) == 15
+    # A worker has no tests package: the function travels by value, not as a module and a name.
+    worker = subprocess.run([sys.executable, "-c", "import sys, cloudpickle\n"
+                             "print(cloudpickle.loads(sys.stdin.buffer.read())(5))"],
+                            input=pickled, cwd=tmp_path, capture_output=True, timeout=120)
+    assert worker.stdout.strip() == b"15", worker.stderr.decode()
     assert descriptor["function"] == "function.pkl" and descriptor["requirements"] == ["numpy>=1.26"]
     assert descriptor["resources"]["memory_gib"] == 2.0 and descriptor["inputs"] == {"kinds": ["any"]}
     assert descriptor["description"] == "Knot function triple_or_fail"
