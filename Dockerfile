@@ -84,13 +84,16 @@ CMD ["/bin/sh", "-c", "exec clearml-agent daemon --queue \"$QUEUE\" --foreground
 
 
 # -- lambda: the enqueue handler. Only what the enqueue path imports: pydantic, pydantic-settings,
-# and the ClearML SDK (loaded only when SCANTIDE_BACKEND=clearml). The Lambda runtime runs the
+# PyYAML and jsonschema (descriptors and their parameters, checked at enqueue), the client package's
+# signature code (scantide/, standard library only there) and the ClearML SDK (loaded only when
+# SCANTIDE_BACKEND=clearml). The Lambda runtime runs the
 # function as its own unprivileged user, so no USER here.
 FROM public.ecr.aws/lambda/python:3.11 AS lambda
 # --only-binary: the python3.11 base is Amazon Linux 2 (glibc 2.26); take the newest versions that
 # ship wheels for it instead of compiling a newer release from source.
 RUN pip install --no-cache-dir --only-binary=:all: --target "${LAMBDA_TASK_ROOT}" \
-        "pydantic>=2.6" "pydantic-settings>=2.2" "clearml>=1.16"
+        "pydantic>=2.6" "pydantic-settings>=2.2" "PyYAML>=6" "jsonschema>=4.18" "clearml>=1.16"
+COPY scantide/ ${LAMBDA_TASK_ROOT}/scantide/
 COPY service/ ${LAMBDA_TASK_ROOT}/service/
 COPY lambda_enqueue/ ${LAMBDA_TASK_ROOT}/lambda_enqueue/
 ENV SCANTIDE_BACKEND=clearml

@@ -81,6 +81,10 @@ class RunningTask:
             raise TaskNotFound(f"ClearML has no task {self.task_id!r}")
         return found[0]
 
+    def project_id(self) -> str | None:
+        found = self.client.send(tasks.GetAllRequest(id=[self.task_id], only_fields=["id", "project"]))["tasks"]
+        return found[0].get("project") if found else None
+
     def info(self) -> TaskInfo:
         """The task as the backend reads it: algorithm, ``Args`` parameters, output location."""
         return task_info(self._doc())
@@ -130,7 +134,9 @@ def run_clearml_task() -> int:
     if not spec["output_uri"] or not info.params.get("scan_uri"):
         task.record_error("invalid_task", f"task {info.task_id} has no scan_uri or output_uri in section Args")
         return 2
-    refusal = unregistered(ClearMLAlgorithms(ClearMLStore(task.client, settings.clearml_project)), info)
+    # The registry is the task's own project, where the template it was cloned from lives.
+    store = ClearMLStore(task.client, settings.clearml_project, project_id=task.project_id())
+    refusal = unregistered(ClearMLAlgorithms(store), info)
     if refusal:
         task.record_error("unregistered_algorithm", refusal)
         return 2

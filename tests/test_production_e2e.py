@@ -9,6 +9,7 @@ signatures.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import subprocess
@@ -25,7 +26,9 @@ from autoscaler.model import Launch
 from autoscaler.providers.ec2 import TAG_MANAGED, TAG_POOL
 from autoscaler.runner import build
 from service.backends.clearml import ClearMLBackend
-from service.domain import JobState, Template
+from service.algorithms import builtin_folders, register_folder
+from service.domain import JobState, ScanRequest
+from service.enqueue import submit_scan
 from service.settings import Settings, load_settings
 from service.signing import verify_signature
 from service.supervisor import cli_argv, settings_env
@@ -47,8 +50,8 @@ QUEUE = "gpu-scans"
 POOL = "gpu"
 SSM_PREFIX = "/scantide/e2e"
 SECRET = "e2e-webhook-secret-0123456789abcdef"
-WORKER_IMAGE = "registry.example/scantide-worker:1"
-SMALL = {"keyframes": 3, "segments": 4}
+CPU_QUEUE = "cpu-scans"
+FRAME_STATS = REPO / "examples" / "algorithms" / "frame_stats"
 
 
 @dataclass
@@ -123,7 +126,7 @@ def prod(moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
         output_root=f"s3://{BUCKET}/results", s3_endpoint_url=moto.url, presign_ttl_s=600,
         webhook_url=receiver.url, webhook_secret=SECRET, webhook_backoff_base_s=0.2, webhook_backoff_cap_s=1.0,
         monitor_poll_s=0.2, clearml_timeout_s=3.0, clearml_retries=0, api_port=free_port(),
-        api_tokens={TOKEN: ["enqueue", "read"]},
+        api_tokens={TOKEN: ["enqueue", "read"]}, algorithm_queues={"gpu": QUEUE, "cpu": CPU_QUEUE},
         autoscaler_config=autoscaler_config(tmp_path / "autoscaler.toml", moto, world))
     p = Production(moto, world, clearml, receiver, settings, tmp_path)
     for name, value in p.env().items():
@@ -133,7 +136,8 @@ def prod(moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     for name, value in clearml.env().items():  # what the deploy guide puts in SSM for the workers
         ssm.put_parameter(Name=f"{SSM_PREFIX}/{name}", Value=value, Type="SecureString")
     backend = p.backend()
-    backend.register_template(Template(name="video_summary", queue=QUEUE, params=SMALL), image=WORKER_IMAGE)
+    for folder in (*builtin_folders(), FRAME_STATS):  # video_summary on the GPU queue, frame_stats on the CPU one
+        register_folder(backend, settings, folder, by="e2e")
     backend.close()
     lam.runtime.cache_clear()
     yield p
@@ -273,3 +277,55 @@ def test_clearml_outage_answers_503_and_the_daemons_recover(prod: Production) ->
             stop(proc)
         api.stop()
         backend.close()
+
+
+def test_a_command_algorithm_runs_on_an_agent_from_its_registered_bundle(prod: Production) -> None:
+    """frame_stats (a script plus its descriptor) registered in ClearML: its bundle in S3, one template
+    task for the version with the descriptor in its configuration, tasks on the CPU queue; a stock
+    agent's run fetches the bundle, checks it against the registry, runs the command and stores the
+    outputs beside the result."""
+    video = prod.tmp_path / "scan.mp4"
+    write_scan_video(video, frames=48, fps=24, size=(160, 120), blur=None, exposure=None)
+    prod.moto.client("s3").upload_file(str(video), BUCKET, "uploads/fs-1.mp4")
+    backend = prod.backend()
+    version = backend.latest_algorithm("frame_stats")
+    assert version is not None and version.queue == CPU_QUEUE
+    assert version.uri == f"s3://{BUCKET}/results/algorithms/frame_stats/1/bundle.tar.gz"
+    (template,) = [t for t in prod.clearml.app.tasks.values() if "alg:frame_stats" in t["tags"]]
+    assert "version:1" in template["tags"] and template["status"] == "created"
+    assert json.loads(template["configuration"]["descriptor"]["value"])["command"][1] == "{here}/frame_stats.py"
+    assert template["script"]["entry_point"] == "-m algorithms.entry"
+
+    task = submit_scan(backend, prod.settings, ScanRequest(scan_id="fs-1", scan_uri=f"s3://{BUCKET}/uploads/fs-1.mp4",
+                                                           algorithm="frame_stats", params={"min_brightness": 50})).task
+    assert task.queue == CPU_QUEUE and task.params["bundle_sha256"] == version.sha256
+    agent = subprocess.run([sys.executable, "-m", "tests.fakes.clearml_agent", "--queue", CPU_QUEUE,
+                            "--worker-id", "i-cpu-1"], cwd=REPO, env=agent_env(prod), capture_output=True, text=True,
+                           timeout=180, check=False)
+    assert agent.returncode == 0, agent.stderr[-3000:]
+    done = backend.get_task(task.task_id)
+    assert done.state is JobState.completed, (done.error, agent.stderr[-3000:])
+    result = done.result or {}
+    assert (result["frame_count"], result["width"], result["min_brightness"]) == (48, 160, 50.0)
+    prefix = "results/frame_stats/fs-1/"
+    keys = {o["Key"] for o in prod.moto.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]}
+    assert keys == {prefix + "result.json", prefix + "brightness.csv"}
+    assert sorted(result["outputs"]["files"]) == ["brightness.csv", "result.json"]
+    backend.close()
+
+
+def test_a_container_algorithm_template_names_its_image_and_queue(prod: Production) -> None:
+    folder = prod.tmp_path / "in_a_box"
+    folder.mkdir()
+    (folder / "scantide-algorithm.yaml").write_text(
+        'name: in_a_box\nversion: "2"\nimage: registry.example/segmenter:2.1\n'
+        'command: ["segment", "--in", "{inputs}", "--out", "{outputs}"]\nresources: {gpu: 1, timeout_s: 600}\n')
+    backend = prod.backend()
+    version, created = register_folder(backend, prod.settings, folder, by="e2e")
+    assert created and version.queue == QUEUE  # gpu > 0: the gpu queue, mapped to the pool's
+    (template,) = [t for t in prod.clearml.app.tasks.values() if "alg:in_a_box" in t["tags"]]
+    assert template["container"] == {"image": "registry.example/segmenter:2.1"}
+    props = {item["name"]: item["value"] for item in template["hyperparams"]["properties"].values()}
+    assert (props["queue"], props["max_runtime_s"], props["algorithm_version"]) == (QUEUE, "600.0", "2")
+    assert backend.get_template("in_a_box").queue == QUEUE
+    backend.close()

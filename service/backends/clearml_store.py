@@ -34,11 +34,12 @@ def refused(exc: Exception, *subcodes: int) -> bool:
 
 
 class ClearMLStore:
-    def __init__(self, client: ClearMLClient, project: str, *, page_size: int = 500) -> None:
+    def __init__(self, client: ClearMLClient, project: str, *, page_size: int = 500,
+                 project_id: str | None = None) -> None:
         self.client = client
         self.project = project
         self.page_size = page_size
-        self._project_id: str | None = None
+        self._project_id: str | None = project_id  # known already (a task's own project), or looked up by name
         self._queue_ids: dict[str, str] = {}
         self._lock = threading.Lock()
 

@@ -102,3 +102,12 @@ def clearml_store(clearml_server: FakeClearMLServer) -> Iterator[Store]:
     s.backend.register_template(Template(name=ALGO, queue=QUEUE, params={"keyframes": 8, "segments": 10}))
     yield s
     s.close()
+
+
+def register_algorithm(backend: TaskBackend, settings, name: str = ALGO, queue: str = QUEUE) -> None:
+    """Register a minimal version 1 of ``name`` (a ``python`` runner, the descriptor alone) whose
+    tasks go to ``queue``, so enqueue can pin it."""
+    from service.algorithms import register_files
+
+    descriptor = f'name: {name}\nversion: "1"\npython: "{name}:run"\nqueue: {queue}\n'.encode()
+    register_files(backend, settings, {"scantide-algorithm.yaml": (descriptor, False)}, by="test")

@@ -14,7 +14,7 @@ from service.enqueue import submit_items
 from service.models import register_model
 from service.settings import Settings, load_settings
 from tests.autoscaler.moto_server import AWS_TEST_ENV, MotoServer
-from tests.backends.conftest import ALGO, Store
+from tests.backends.conftest import ALGO, Store, register_algorithm
 
 BUCKET = "scantide-models-test"
 
@@ -47,6 +47,8 @@ def test_register_uploads_to_s3_tags_the_promoted_version_and_enqueue_pins_it(
 
     b.promote_model(ALGO, "1", by="ana")
     assert "promoted" in doc["tags"]
-    (outcome,) = submit_items(b, [SubmitItem(ALGO, "scan-1", {"scan_id": "scan-1"}, "/out/scan-1")])
+    register_algorithm(b, s3_settings)
+    item = SubmitItem(ALGO, "scan-1", {"scan_id": "scan-1", "scan_uri": f"s3://{BUCKET}/scan-1.mp4"}, "/out/scan-1")
+    (outcome,) = submit_items(b, [item])
     assert (outcome.task.params["model_version"], outcome.task.params["model_uri"]) == ("1", model.uri)
     assert clearml_store.client().get_task(outcome.task.task_id).params["model_uri"] == model.uri
