@@ -171,6 +171,16 @@ def wait_terminal(backend: TaskBackend, task_id: str, timeout_s: float = 90.0) -
     return wait_for(done, timeout_s, what=f"task {task_id} to end")  # type: ignore[return-value]
 
 
+def builtin_bundle(tmp_path: Path) -> dict[str, str]:
+    """The params enqueue pins for the built-in video_summary (registered in a store of its own under
+    ``tmp_path``): what a task spec needs to run it without going through enqueue."""
+    backend = open_backend(load_settings(state_dir=tmp_path / "registry"))
+    version = backend.latest_algorithm("video_summary")
+    backend.close()
+    assert version is not None
+    return {"algorithm_version": version.version, "bundle_uri": version.uri, "bundle_sha256": version.sha256}
+
+
 __all__ = ["TOKEN", "READ_TOKEN", "ApiServer", "Workers", "wait_for", "wait_terminal", "JobState"]
 
 

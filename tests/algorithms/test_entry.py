@@ -20,7 +20,7 @@ from service.settings import Settings, load_settings
 from service.synthetic import write_scan_video
 from tests.autoscaler.moto_server import AWS_TEST_ENV, MotoServer
 from tests.backends.conftest import clearml_backend, clearml_server  # noqa: F401 - the stand-in fixture
-from tests.conftest import TEST_BUCKET
+from tests.conftest import TEST_BUCKET, builtin_bundle
 from tests.fakes.clearml_server import FakeClearMLServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,16 +35,7 @@ def small_video(path: Path, seed: int = 0) -> Path:
 
 
 def bundled(tmp_path: Path, **params) -> dict:
-    """Task params pinned to the registered built-in video_summary (a store of its own under
-    ``tmp_path``), as enqueue pins them, with ``params`` and the small test sizes."""
-    from service.backends import open_backend
-
-    backend = open_backend(load_settings(state_dir=tmp_path / "registry"))
-    version = backend.latest_algorithm("video_summary")
-    backend.close()
-    assert version is not None
-    return {"algorithm_version": version.version, "bundle_uri": version.uri, "bundle_sha256": version.sha256,
-            **SMALL, **params}
+    return {**builtin_bundle(tmp_path), **SMALL, **params}
 
 
 def spec(tmp_path: Path, output_uri: str, **params) -> dict:

@@ -19,7 +19,7 @@ from service.settings import Settings, load_settings
 from service.storage import HttpsSource, LocalStorage, ObjectNotFound, ObjectTooLarge, Storage, storage_for
 from service.storage.s3 import S3Storage
 from tests.autoscaler.moto_server import AWS_TEST_ENV, MotoServer
-from tests.conftest import TEST_BUCKET
+from tests.conftest import TEST_BUCKET, builtin_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = TEST_BUCKET
@@ -167,7 +167,7 @@ def test_entry_runs_an_s3_scan_into_s3_outputs(aws: MotoServer, tmp_path: Path) 
     work.mkdir()
     spec = {"task_id": "t-1", "algorithm": "video_summary", "output_uri": output_uri,
             "params": {"scan_id": "s-1", "scan_uri": f"s3://{BUCKET}/{scan_key}", "output_uri": output_uri,
-                       "keyframes": 3, "segments": 4},
+                       "keyframes": 3, "segments": 4, **builtin_bundle(tmp_path)},
             "result_path": str(work / "result.json"), "progress_path": str(work / "progress")}
     (work / "spec.json").write_text(json.dumps(spec))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SCANTIDE_")}, **AWS_TEST_ENV,
@@ -201,7 +201,7 @@ def test_entry_fetch_failures(s3_settings: Settings, aws: MotoServer, tmp_path: 
     aws.client("s3").put_object(Bucket=BUCKET, Key="uploads/present.mp4", Body=b"not really a video")
     settings = s3_settings.model_copy(update={"max_scan_bytes": max_bytes})
     spec = {"algorithm": "video_summary", "output_uri": f"s3://{BUCKET}/results/x",
-            "params": {"scan_uri": f"s3://{BUCKET}/{scan}"}}
+            "params": {"scan_uri": f"s3://{BUCKET}/{scan}", **builtin_bundle(tmp_path)}}
 
     with pytest.raises(EntryError) as err:
         run_task(spec, settings)
