@@ -2,10 +2,12 @@
 
 Writes a few scan videos (a moving textured scene with a blurred stretch and an exposure
 change), registers the algorithm's bundled weights as model version 1 and promotes it (through
-``scantide models``, which checks the file in the algorithm; a re-run changes nothing), starts
+``scantide models``, which checks the file in the algorithm; a re-run changes nothing), registers
+the example algorithm ``frame_stats`` (a standalone script run as a command) from its folder,
+starts
 ``scantide up`` as a child process, submits the scans over HTTP with the API
-token, follows their progress and prints what each analysis found. True only if every scan
-completed.
+token for both algorithms, follows their progress and prints what each analysis found. True only
+if every task completed.
 """
 
 from __future__ import annotations
@@ -82,13 +84,15 @@ def _run(settings: Settings, console: Console, receiver: Receiver, scans: int, w
     log_path = settings.state_dir / "logs" / f"demo-{run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     register_bundled_model(settings, console, run_id)
+    extra = register_example(settings, console)
     with open(log_path, "wb") as log_file:
         up = subprocess.Popen(cli_argv("up"), env={**os.environ, **settings_env(settings)}, stdout=log_file,
                               stderr=log_file, stdin=subprocess.DEVNULL)
         try:
             wait_healthy(base_url, 60.0)
             console.print(f"started the API on {base_url} and {workers} workers (log: {log_path})")
-            task_ids = []
+            task_ids: list[str] = []
+            extra_ids: list[str] = []
             with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as http:
                 for scan_id, path, _ in written:
                     # Relative paths are resolved against the data root, as a platform would send them.
@@ -100,9 +104,20 @@ def _run(settings: Settings, console: Console, receiver: Receiver, scans: int, w
                         return False
                     task_ids.append(r.json()["task_id"])
                     console.print(f"POST /v1/scans {scan_id} → {r.status_code} task {r.json()['task_id'][:12]}")
+                for scan_id, path, _ in written if extra else []:
+                    r = http.post("/v1/scans", json={"scan_id": scan_id, "algorithm": extra,
+                                                     "scan_uri": str(path.relative_to(settings.data_root)),  # type: ignore[arg-type]
+                                                     "params": {"min_brightness": 60}})
+                    if r.status_code not in (200, 202):
+                        console.print(f"[red]POST /v1/scans {scan_id} ({extra}) → {r.status_code}: {r.text}[/red]")
+                        return False
+                    extra_ids.append(r.json()["task_id"])
+                    console.print(f"POST /v1/scans {scan_id} algorithm {extra} → {r.status_code} task "
+                                  f"{r.json()['task_id'][:12]}")
             backend = open_backend(settings)
-            final = follow(task_ids, backend.get_task, console, timeout_s=timeout_s)
-            _wait_events(receiver, len(task_ids), timeout_s=15.0)
+            every = follow(task_ids + extra_ids, backend.get_task, console, timeout_s=timeout_s)
+            final, extra_final = every[:len(task_ids)], every[len(task_ids):]
+            _wait_events(receiver, len(every), timeout_s=15.0)
         finally:
             up.send_signal(signal.SIGTERM)
             try:
@@ -110,13 +125,37 @@ def _run(settings: Settings, console: Console, receiver: Receiver, scans: int, w
             except subprocess.TimeoutExpired:
                 up.kill()
     _show_results(console, final, written)
+    _show_frame_stats(console, extra_final)
     _show_events(console, receiver)
-    ok = all(t.state is JobState.completed for t in final)
+    ok = all(t.state is JobState.completed for t in final + extra_final)
     console.print("[green]every demo scan completed[/green]" if ok else "[red]some demo scans did not complete[/red]")
     return ok
 
 
 DEMO_MODEL_VERSION = "1"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "algorithms" / "frame_stats"
+
+
+def register_example(settings: Settings, console: Console) -> str | None:
+    """Register the example ``frame_stats`` from its folder (a re-run changes nothing); its name, or
+    None where the folder is not there (an installed package without the repository's examples)."""
+    from service.algorithms import register_folder
+    from service.errors import ScantideError
+
+    if not EXAMPLE.is_dir():
+        return None
+    backend = open_backend(settings)
+    try:
+        version, created = register_folder(backend, settings, EXAMPLE, by="scantide demo")
+    except ScantideError as exc:
+        console.print(f"[yellow]could not register {EXAMPLE.name}, going on without it: {exc.message}[/yellow]")
+        return None
+    finally:
+        backend.close()
+    what = "registered" if created else "already registered"
+    console.print(f"algorithm {version.name} {version.version} ({version.spec.runner}: "
+                  f"{' '.join(version.spec.command)}) {what}")
+    return version.name
 
 
 def register_bundled_model(settings: Settings, console: Console, run_id: str) -> None:
@@ -144,6 +183,21 @@ def _register_bundled(settings: Settings, version: str) -> subprocess.CompletedP
                     version, "--promote", "--notes", "weights bundled with the algorithm", "--by", "scantide demo")
     return subprocess.run(argv, env={**os.environ, **settings_env(settings)}, capture_output=True, text=True,
                           check=False, timeout=300)
+
+
+def _show_frame_stats(console: Console, tasks: list[TaskInfo]) -> None:
+    if not tasks:
+        return
+    table = Table(title="frame_stats (a command algorithm registered from examples/algorithms/frame_stats)")
+    for col in ("scan", "state", "duration s", "fps", "size", "mean brightness", "seconds below 60"):
+        table.add_column(col)
+    for t in tasks:
+        r = t.result or {}
+        table.add_row(t.scan_id, t.state.value if not t.error else f"{t.state.value} ({t.error.code})",
+                      str(r.get("duration_s", "")), str(r.get("fps", "")),
+                      f"{r.get('width', '')}x{r.get('height', '')}" if r else "", str(r.get("mean_brightness", "")),
+                      str(r.get("dark_seconds", "")))
+    console.print(table)
 
 
 def _wait_events(receiver: Receiver, outcomes: int, timeout_s: float) -> None:
