@@ -70,23 +70,33 @@ def _timings(task: TaskInfo) -> dict[str, str | None]:
     return {"queued_at": iso(task.queued_at), "started_at": iso(task.started_at), "finished_at": iso(task.finished_at)}
 
 
+RESULT_KEYS = ("output_uri", "outputs", "algorithm_version", "model_version", "return_pickle")  # ours, not figures
+
+
 def _outputs(task: TaskInfo, link: Linker) -> dict[str, Any] | None:
+    """Links to the outputs, by the roles the algorithm named (``outputs.summary``, ``.keyframes``
+    …) and every file (``files``), and the headline figures: the result's ``summary``, else the
+    plain values of its result.json."""
     result = task.result
     if not result:
         return None
     base = str(result.get("output_uri") or task.output_uri).rstrip("/")
-    files = result.get("outputs", {})
 
     def at(rel: str | None) -> str | None:
         return link(f"{base}/{rel}") if rel else None
 
-    return {
-        "uri": base,
-        "summary": at(files.get("summary")),
-        "contact_sheet": at(files.get("contact_sheet")),
-        "keyframes": [at(k) for k in files.get("keyframes", [])],
-        "figures": result.get("summary", {}),
-    }
+    out: dict[str, Any] = {"uri": base}
+    for role, value in (result.get("outputs") or {}).items():
+        if role == "files":
+            out["files"] = {name: at(name) for name in value}
+        elif isinstance(value, list):
+            out[role] = [at(v) for v in value]
+        else:
+            out[role] = at(value)
+    figures = result.get("summary")
+    out["figures"] = figures if isinstance(figures, dict) else {
+        k: v for k, v in result.items() if k not in RESULT_KEYS and isinstance(v, (str, int, float, bool))}
+    return out
 
 
 def scan_data(task: TaskInfo, state: JobState, *, outputs: dict | None = None, error: dict | None = None,

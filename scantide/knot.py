@@ -100,7 +100,8 @@ def decode_return(data: dict[str, Any]) -> Any:
 class Knot:
     """A function bound to a scantide server: ``Knot(f).map(args)`` runs ``f(arg)`` per argument.
 
-    ``requirements``: pip requirement lines the worker installs; ``timeout_s``: seconds one call
+    ``requirements``: pip requirement lines, recorded with the version (the worker must already
+    have them: nothing is installed at run time); ``timeout_s``: seconds one call
     may run; ``memory_gib``: the memory one call needs; ``name``: the algorithm name (default
     ``fn_<function name>_<sha[:8]>``). ``client`` defaults to one from ``$SCANTIDE_URL`` and
     ``$SCANTIDE_TOKEN``.
@@ -114,12 +115,14 @@ class Knot:
         with pickled_by_value(func):
             self._blob = cloudpickle.dumps(func)
         sha = hashlib.sha256(self._blob).hexdigest()
-        self.version = sha[:12]
         self.name = name if name is not None else function_name(func, sha)
         if not NAME_PATTERN.match(self.name):
             raise ValueError(f"algorithm name {self.name!r} must match {NAME_PATTERN.pattern}")
         self.requirements = list(requirements or [])
         self.timeout_s, self.memory_gib = timeout_s, memory_gib
+        # The version covers the function and its settings: either changed is new content, a new version.
+        settings = json.dumps([self.requirements, timeout_s, memory_gib]).encode()
+        self.version = hashlib.sha256(self._blob + settings).hexdigest()[:12]
         self.client = client if client is not None else client_from_env()
         self._registered: dict[str, Any] | None = None
         self._lock = threading.Lock()

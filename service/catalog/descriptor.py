@@ -22,8 +22,9 @@ from typing import Any
 import yaml
 
 from service.catalog import params as _params
+from service.catalog.command import check_command, command_argv
 from service.catalog.params import RESERVED_PARAMS, is_number
-from service.errors import InvalidDescriptor, InvalidParams
+from service.errors import InvalidDescriptor
 from service.models import VERSION_PATTERN
 
 __all__ = [
@@ -209,7 +210,7 @@ def _runner(d: Mapping[str, Any], declared: Mapping[str, Any] | None, errors: li
     """Check the runner fields; the runner's name (empty when the choice itself is wrong)."""
     given = [key for key in ("command", "python", "function") if key in d]
     if "command" in d:
-        _check_command(d["command"], declared, errors)
+        check_command(d["command"], declared, errors)
     if "image" in d and (not isinstance(d["image"], str) or not d["image"] or re.search(r"\s", d["image"])):
         errors.append("image: expected a container image reference without spaces, e.g. ghcr.io/org/tool:1.2")
     if "python" in d and (not isinstance(d["python"], str) or not re.match(PYTHON_PATTERN, d["python"])):
@@ -304,101 +305,3 @@ def _strings(value: Any, path: str, errors: list[str]) -> tuple[str, ...]:
         if not isinstance(item, str) or not item.strip():
             errors.append(f"{path}[{i}]: expected a non-empty string")
     return tuple(item for item in value if isinstance(item, str))
-
-
-# -- the command template: {here}, {inputs}, {outputs}, {params.NAME}; {{ and }} are literal braces ------------
-_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_FIXED = ("here", "inputs", "outputs")
-_KNOWN = "{here}, {inputs}, {outputs}, {params.NAME}"
-
-
-def _pieces(element: str) -> list[tuple[bool, str]]:
-    """``(is a placeholder, text)`` pieces of one argv element; ValueError for a lone brace."""
-    pieces: list[tuple[bool, str]] = []
-    pos = 0
-    for m in _TOKEN.finditer(element):
-        pieces.append((False, element[pos:m.start()]))
-        if m.group(1) is not None:
-            pieces.append((True, m.group(1)))
-        elif m.group(0) in ("{{", "}}"):
-            pieces.append((False, m.group(0)[0]))
-        else:
-            raise ValueError(f"unmatched '{m.group(0)}'; write {m.group(0) * 2} for a literal one")
-        pos = m.end()
-    pieces.append((False, element[pos:]))
-    return [(is_placeholder, text) for is_placeholder, text in pieces if is_placeholder or text]
-
-
-def _check_command(command: Any, declared: Mapping[str, Any] | None, errors: list[str]) -> None:
-    """``declared``: the parameters, None when that section is itself broken (its names unknown)."""
-    if isinstance(command, str):
-        errors.append('command: expected a list of strings (the argv), e.g. ["python", "{here}/run.py", "{inputs}", '
-                      '"{outputs}"]')
-        return
-    if not isinstance(command, list) or not command:
-        errors.append("command: expected a non-empty list of strings (the argv)")
-        return
-    for i, element in enumerate(command):
-        path = f"command[{i}]"
-        if not isinstance(element, str) or not element:
-            errors.append(f"{path}: expected a {'non-empty ' if element == '' else ''}string")
-            continue
-        try:
-            pieces = _pieces(element)
-        except ValueError as e:
-            errors.append(f"{path}: {e}")
-            continue
-        for name in (text for is_placeholder, text in pieces if is_placeholder and text not in _FIXED):
-            if not name.startswith("params."):
-                errors.append(f"{path}: unknown placeholder {{{name}}}; known: {_KNOWN}")
-            elif declared is not None and name[len("params."):] not in declared:
-                errors.append(f"{path}: unknown placeholder {{{name}}}: declare parameter {name[len('params.'):]}")
-
-
-def _render(value: Any) -> str | None:
-    """A parameter value as argv text: true/false, str(int), the shortest repr of a float; None: not a scalar."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float, str)):
-        return str(value)
-    return None
-
-
-def command_argv(descriptor: AlgorithmDescriptor, *, here: str, inputs: str, outputs: str,
-                 params: Mapping[str, Any]) -> list[str]:
-    """The descriptor's ``command`` with its placeholders filled in; raises ``InvalidParams``.
-
-    Each value stays inside its one argv element: nothing is split, and no shell ever reads the
-    result. ``here``: the algorithm's folder; ``inputs``/``outputs``: the scan's input and output
-    folders; ``params``: checked task params (one missing takes its declared default). A string
-    parameter that is a whole element may not start with "-": the program would read it as an option.
-    """
-    values: dict[str, Any] = {"here": here, "inputs": inputs, "outputs": outputs}
-    for name, schema in descriptor.parameters.items():
-        if name in params or "default" in schema:
-            values[f"params.{name}"] = params[name] if name in params else schema["default"]
-    argv: list[str] = []
-    problems: list[str] = []
-    for i, element in enumerate(descriptor.command):
-        pieces = _pieces(element)
-        parts: list[str] = []
-        for is_placeholder, text in pieces:
-            if not is_placeholder:
-                parts.append(text)
-                continue
-            value = values.get(text)
-            rendered = _render(value)
-            if rendered is None:
-                problems.append(f"{text}: no value for {{{text}}} in command[{i}]" if value is None
-                                else f"{text}: expected a string, number or boolean")
-                continue
-            if "\0" in rendered:
-                problems.append(f"{text}: contains a NUL character")
-            if len(pieces) == 1 and text.startswith("params.") and isinstance(value, str) and value.startswith("-"):
-                problems.append(f"{text}: {value!r} would be read as an option in command[{i}]; a value that makes "
-                                "up a whole argument may not start with '-'")
-            parts.append(rendered)
-        argv.append("".join(parts))
-    if problems:
-        raise InvalidParams("; ".join(dict.fromkeys(problems)))
-    return argv
