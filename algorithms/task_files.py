@@ -87,8 +87,8 @@ class Inputs:
         """The algorithm's folder: the bundle at ``uri`` unpacked under ``cache_dir/<sha256>``, fetched
         and unpacked once per worker. A bundle whose bytes do not hash to ``sha256`` (the registered
         digest) is refused, so only registered code ever runs."""
-        from service.bundles import unpack
         from service.bundles import sha256 as digest
+        from service.bundles import unpack
 
         if not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
             raise EntryError("invalid_task", "the task names no algorithm bundle digest (bundle_sha256): submit it "

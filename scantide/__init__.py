@@ -12,8 +12,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from scantide.errors import (AuthError, Conflict, InvalidRequest, NotFound, ScantideError, SignatureError, TaskFailed,
-                             Unavailable)
+from scantide.errors import (
+    AuthError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ScantideError,
+    SignatureError,
+    TaskFailed,
+    Unavailable,
+)
 from scantide.signing import sign, verify_signature
 
 if TYPE_CHECKING:

@@ -8,13 +8,9 @@ content-addressed, reads are reads. Any other error raises its typed ``ScantideE
 
 from __future__ import annotations
 
-import gzip
-import io
 import logging
-import os
 import random
 import secrets
-import tarfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -25,6 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
+from scantide.bundle import pack_folder
 from scantide.errors import Conflict, ScantideError, Unavailable, error_from_response
 
 logger = logging.getLogger(__name__)
@@ -32,7 +29,6 @@ logger = logging.getLogger(__name__)
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 MAX_BACKOFF_S = 10.0
 MAX_RETRY_AFTER_S = 30.0  # a server asking for longer is treated as down: the caller decides
-DESCRIPTOR_NAMES = ("scantide-algorithm.yaml", "scantide-algorithm.json")
 
 
 class TaskState(str, Enum):
@@ -110,7 +106,9 @@ class Client:
         self._sleep = sleep
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s,
                                   headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
-        from scantide.futures import Poller  # here, not at the top: scantide.futures imports this module
+        from scantide.futures import (
+            Poller,  # here, not at the top: scantide.futures imports this module
+        )
 
         self._poller = Poller(self)  # its thread starts with the first future and ends with the last
 
@@ -250,35 +248,3 @@ def _retry_after_s(response: httpx.Response) -> float | None:
     except ValueError:
         return None
     return value if value >= 0 else None
-
-
-def pack(files: dict[str, tuple[bytes, bool]]) -> bytes:
-    """The canonical tar.gz of ``{posix path: (content, executable)}``: sorted names, time 0, owner 0,
-    mode 644 or 755, so the same files always make the same bytes (and the same sha256)."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in sorted(files):
-            data, executable = files[name]
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o755 if executable else 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
-
-
-def pack_folder(folder: Path) -> bytes:
-    """``pack`` of an algorithm folder's files, leaving out dot-files, ``__pycache__`` and links."""
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{folder} is not a folder: give the folder that holds {DESCRIPTOR_NAMES[0]}")
-    if not any((folder / name).is_file() for name in DESCRIPTOR_NAMES):
-        raise FileNotFoundError(f"{folder} holds no {' or '.join(DESCRIPTOR_NAMES)} at its top")
-    files: dict[str, tuple[bytes, bool]] = {}
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
-            continue
-        if path.is_symlink() or not path.is_file():
-            continue
-        files[rel.as_posix()] = (path.read_bytes(), os.access(path, os.X_OK))
-    return pack(files)

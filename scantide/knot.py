@@ -19,11 +19,12 @@ import sys
 import sysconfig
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Any
 
-from scantide.client import Client, pack
+from scantide.bundle import pack
+from scantide.client import Client
 
 SCANTIDE_URL_ENV = "SCANTIDE_URL"
 SCANTIDE_TOKEN_ENV = "SCANTIDE_TOKEN"

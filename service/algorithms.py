@@ -27,8 +27,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.bundles import descriptor_of, folder_files, pack, sha256
-from service.catalog import DESCRIPTOR_NAMES, AlgorithmDescriptor, load_descriptor, parse_descriptor
+from scantide.bundle import pack
+from service.bundles import descriptor_of, folder_files, sha256
+from service.catalog import (
+    DESCRIPTOR_NAMES,
+    AlgorithmDescriptor,
+    load_descriptor,
+    parse_descriptor,
+)
 from service.domain import TaskInfo, Template, iso
 from service.errors import AlgorithmVersionExists, RunnerUnavailable, ScantideError
 

@@ -1,8 +1,8 @@
 """Algorithm bundles: an algorithm's folder (its descriptor and files) as one canonical tar.gz.
 
-The same files always make the same bytes (names sorted, times, owners and modes fixed, only
-the executable bit kept), so the bundle's sha256 says whether two registrations carry the same
-content, however the folder was packed for upload. An upload is read defensively: regular files
+The same files always make the same bytes (``scantide.bundle.pack``, which the client packs with
+too), so the bundle's sha256 says whether two registrations carry the same content, however the
+folder was packed for upload. An upload is read defensively: regular files
 and folders only, no absolute or ``..`` paths, bounded member count and size. Pure: bytes in,
 bytes out; ``unpack`` is the one function that writes, into a folder it creates.
 """
@@ -42,20 +42,6 @@ def folder_files(folder: Path, max_bytes: int) -> dict[str, tuple[bytes, bool]]:
                                 "an algorithm folder should hold code and small assets, not data")
         files[rel.as_posix()] = (data, os.access(path, os.X_OK))
     return files
-
-
-def pack(files: dict[str, tuple[bytes, bool]]) -> bytes:
-    """The canonical tar.gz of ``files``."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name in sorted(files):
-            data, executable = files[name]
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o755 if executable else 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
 
 
 def read_upload(data: bytes, max_bytes: int) -> dict[str, tuple[bytes, bool]]:

@@ -16,9 +16,9 @@ from rich.table import Table
 from service.algorithms_cli import algorithms_app
 from service.backends import open_backend
 from service.clearml_cli import clearml_app
+from service.console import follow
 from service.domain import JobState, ScanRequest
 from service.errors import ScantideError
-from service.console import follow
 from service.settings import Settings, load_settings, with_local_token
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import secrets
+import signal
 import subprocess
 import time
 import uuid

@@ -27,10 +27,10 @@ from service.domain import JobState, ScanRequest, Submission, SubmitItem, TaskIn
 from service.errors import (
     InvalidRequest,
     InvalidScanUri,
-    UnknownAlgorithm,
     PreviousScanNotCompleted,
     PreviousScanNotFound,
     ScantideError,
+    UnknownAlgorithm,
     invalid_input,
 )
 from service.scan_uri import Resolver, system_resolver, validate_scan_uri

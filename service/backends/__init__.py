@@ -9,9 +9,8 @@ from service.settings import Settings
 def open_backend(settings: Settings) -> TaskBackend:
     """The backend the settings name, ready to use."""
     if settings.backend == "embedded":
-        from service.backends.embedded import EmbeddedBackend
-
         from service.algorithms import ensure_builtin
+        from service.backends.embedded import EmbeddedBackend
 
         backend = EmbeddedBackend(settings.db_path, max_attempts=settings.max_attempts)
         ensure_builtin(backend, settings)

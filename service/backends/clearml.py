@@ -43,9 +43,9 @@ from service.backends.clearml_store import (
     refused,
 )
 from service.backends.clearml_tasks import (
+    CANCELLED,
     SCAN_TAG,
     TASK_FIELDS,
-    CANCELLED,
     TASK_TYPE,
     TEMPLATE_FIELDS,
     TEMPLATE_PREFIX,
@@ -72,7 +72,12 @@ from service.domain import (
     Template,
     WorkerInfo,
 )
-from service.errors import BackendUnavailable, TaskNotCancellable, TaskNotFound, UnknownAlgorithm
+from service.errors import (
+    BackendUnavailable,
+    TaskNotCancellable,
+    TaskNotFound,
+    UnknownAlgorithm,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from scantide.bundle import DESCRIPTOR_NAMES  # one list for the server and the client
 from service.catalog import params as _params
 from service.catalog.command import check_command, command_argv
 from service.catalog.params import RESERVED_PARAMS, is_number
@@ -32,7 +33,6 @@ __all__ = [
     "AlgorithmDescriptor", "InputSpec", "Resources", "command_argv", "load_descriptor", "parse_descriptor",
 ]
 
-DESCRIPTOR_NAMES = ("scantide-algorithm.yaml", "scantide-algorithm.yml", "scantide-algorithm.json")
 NAME_PATTERN = r"^[a-z][a-z0-9_]{2,40}$"
 QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$"  # a ClearML server refuses queue names under 3 characters
 PYTHON_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"

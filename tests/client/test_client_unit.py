@@ -29,8 +29,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from scantide import (AuthError, Client, Conflict, InvalidRequest, Knot, NotFound, ScantideError, SignatureError,
-                      TaskFailed, Unavailable, sign, verify_signature)
+from scantide import (
+    AuthError,
+    Client,
+    Conflict,
+    InvalidRequest,
+    Knot,
+    NotFound,
+    ScantideError,
+    SignatureError,
+    TaskFailed,
+    Unavailable,
+    sign,
+    verify_signature,
+)
 from scantide.errors import error_from_response
 from scantide.knot import SCANTIDE_TOKEN_ENV, SCANTIDE_URL_ENV
 from tests.conftest import free_port

@@ -3,8 +3,8 @@ it named, every file, and its headline figures."""
 
 from __future__ import annotations
 
-from service.domain import Change, JobState, TaskInfo
 from monitor.events import from_change
+from service.domain import Change, JobState, TaskInfo
 
 
 def completed(result: dict) -> Change:
