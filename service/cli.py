@@ -15,7 +15,7 @@ from rich.table import Table
 
 from service.algorithms_cli import algorithms_app
 from service.backends import open_backend
-from service.clearml_cli import clearml_app
+from service.clearml_cli import clearml_app, parse_params
 from service.console import follow
 from service.domain import JobState, ScanRequest
 from service.errors import ScantideError
@@ -113,6 +113,8 @@ def submit(
     scan: str = typer.Argument(..., help="A local video file, or an s3:// / https:// URI."),
     scan_id: Optional[str] = typer.Option(None, help="Scan id (default: the file name without extension)."),
     algorithm: Optional[str] = typer.Option(None, help="Algorithm (default SCANTIDE_DEFAULT_ALGORITHM)."),
+    param: Optional[list[str]] = typer.Option(None, "--param", metavar="KEY=VALUE",
+                                              help="Algorithm parameter (JSON values); repeatable."),
     wait: bool = typer.Option(False, "--wait", help="Follow the task with a progress bar until it ends."),
 ) -> None:
     """Enqueue one scan. Local files outside the data root are copied into <data_root>/uploads."""
@@ -135,7 +137,8 @@ def submit(
         uri = str(path)
     sid = scan_id or Path(scan.rstrip("/")).stem
     try:
-        submission = submit_scan(backend, settings, ScanRequest(scan_id=sid, scan_uri=uri, algorithm=algorithm))
+        request = ScanRequest(scan_id=sid, scan_uri=uri, algorithm=algorithm, params=parse_params(param or []) or None)
+        submission = submit_scan(backend, settings, request)
     except ScantideError as exc:
         err_console.print(f"[red]{exc.code}[/red]: {escape(exc.message)}")
         raise typer.Exit(2) from None
