@@ -17,8 +17,6 @@ from collections.abc import Iterator, Mapping
 from copy import deepcopy
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from service.errors import InvalidParams
 
 PARAM_NAME_PATTERN = r"^[a-z_][a-z0-9_]{0,63}$"
@@ -45,6 +43,8 @@ def is_number(value: Any) -> bool:
 
 def _schema_errors(schema: Mapping[str, Any], value: Any) -> Iterator[str]:
     """jsonschema's messages for ``value`` against one parameter's schema."""
+    from jsonschema import Draft202012Validator  # here: every worker task imports the catalog, few validate
+
     for error in Draft202012Validator(dict(schema)).iter_errors(value):
         yield error.message
 
