@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import traceback
@@ -70,15 +71,16 @@ def run_task(spec: dict[str, Any], settings: Settings | None = None,
                              cache)
         descriptor = _descriptor(here)
         scan = inputs.get(task_params["scan_uri"], "scan", "scan file")
+        owned = is_remote(task_params["scan_uri"])  # a fetched copy, which the run may have
         params = inputs.params(task_params)
         if is_remote(output_uri):
             out_dir = Path(tmp) / "outputs"
             out_dir.mkdir()
-            returned = runners.run(descriptor, here, scan, params, out_dir, report)
+            returned = runners.run(descriptor, here, scan, owned, params, out_dir, report)
             files = files_under(out_dir)
             inputs.upload(out_dir, output_uri)
         else:
-            returned, files = _run_local(descriptor, here, scan, params, local_path(output_uri), report)
+            returned, files = _run_local(descriptor, here, scan, owned, params, local_path(output_uri), report)
     return describe_result(returned, files, output_uri.rstrip("/"), descriptor.version, params.get("model_version"))
 
 
@@ -100,14 +102,14 @@ def _progress_file(path: str | None) -> Progress:
     return write
 
 
-def _run_local(descriptor: AlgorithmDescriptor, here: Path, scan: Path, params: dict[str, Any], out_dir: Path,
-               progress: Progress) -> tuple[dict[str, Any], list[str]]:
+def _run_local(descriptor: AlgorithmDescriptor, here: Path, scan: Path, owned: bool, params: dict[str, Any],
+               out_dir: Path, progress: Progress) -> tuple[dict[str, Any], list[str]]:
     # Write into a fresh directory and swap it in, so a retried attempt never mixes its files
     # with a dead attempt's.
     staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.partial"
     staging.mkdir(parents=True)
     try:
-        returned = runners.run(descriptor, here, scan, params, staging, progress)
+        returned = runners.run(descriptor, here, scan, owned, params, staging, progress)
         files = files_under(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -170,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # A worker stops a task with SIGTERM first: exit through the runner's clean-up, which kills
+    # the algorithm's process group (and its container).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.spec:
         return run_spec(args.spec)
     from algorithms.clearml_task import (

@@ -5,6 +5,7 @@ summary), and its outputs stored under the output URI. Used by the task entry po
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -84,23 +85,30 @@ class Inputs:
         return out
 
     def bundle(self, uri: str, sha256: str, cache_dir: Path) -> Path:
-        """The algorithm's folder: the bundle at ``uri`` unpacked under ``cache_dir/<sha256>``, fetched
-        and unpacked once per worker. A bundle whose bytes do not hash to ``sha256`` (the registered
-        digest) is refused, so only registered code ever runs."""
+        """The algorithm's folder: the bundle at ``uri`` unpacked into this task's work folder.
+
+        A bundle whose bytes do not hash to ``sha256`` (the registered digest) is refused, so only
+        registered code ever runs. The bytes are kept in ``cache_dir/<sha256>.tar.gz`` to spare the
+        next task a download, and checked again on every use: a changed cache is fetched anew."""
         from service.bundles import sha256 as digest
         from service.bundles import unpack
 
         if not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
             raise EntryError("invalid_task", "the task names no algorithm bundle digest (bundle_sha256): submit it "
                                              "through scantide's enqueue, which pins a registered version")
-        folder = cache_dir / sha256
-        if folder.is_dir():
-            return folder
-        data = self.get(uri, "bundle", "the algorithm bundle", MAX_BUNDLE_BYTES).read_bytes()
+        cached = cache_dir / f"{sha256}.tar.gz"
+        data = cached.read_bytes() if cached.is_file() else b""
         if digest(data) != sha256:
-            raise EntryError("bundle_mismatch", f"the algorithm bundle at {uri} has sha256 {digest(data)[:12]}…, not "
-                                                f"the registered {sha256[:12]}…: it was changed after registration")
-        return unpack(data, folder)
+            data = self.get(uri, "bundle", "the algorithm bundle", MAX_BUNDLE_BYTES).read_bytes()
+            if digest(data) != sha256:
+                raise EntryError("bundle_mismatch", f"the algorithm bundle at {uri} has sha256 {digest(data)[:12]}…, "
+                                                    f"not the registered {sha256[:12]}…: it was changed after "
+                                                    "registration")
+            _keep(cached, data)
+        try:
+            return unpack(data, self.work_dir / "bundle")
+        except ScantideError as exc:
+            raise EntryError("invalid_task", exc.message) from exc
 
     def upload(self, out_dir: Path, output_uri: str) -> None:
         """Store every file of ``out_dir`` under the ``output_uri`` prefix."""
@@ -110,3 +118,14 @@ class Inputs:
         except ScantideError as exc:
             raise EntryError("upload_failed", exc.message) from exc
         log.info("outputs_uploaded uri=%s files=%d", output_uri, len(written))
+
+
+def _keep(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole (beside it, then renamed); a cache that cannot be written is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("bundle_cache_skipped path=%s error=%s", path, exc)

@@ -31,18 +31,36 @@ def pack(files: dict[str, tuple[bytes, bool]]) -> bytes:
     return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
 
 
-def pack_folder(folder: Path) -> bytes:
-    """``pack`` of an algorithm folder's files, leaving out dot-files, ``__pycache__`` and links."""
+class FolderTooLarge(ValueError):
+    """An algorithm folder past the size or file-count bound."""
+
+
+def folder_files(folder: Path, max_bytes: int | None = None, max_files: int | None = None
+                 ) -> dict[str, tuple[bytes, bool]]:
+    """An algorithm folder's files, ``{relative posix path: (content, executable)}``, leaving out
+    dot-files and dot-folders, ``__pycache__`` and links; raises ``FolderTooLarge`` past the bounds."""
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder: give the folder that holds {DESCRIPTOR_NAMES[0]}")
-    if not any((folder / name).is_file() for name in DESCRIPTOR_NAMES):
-        raise FileNotFoundError(f"{folder} holds no {' or '.join(DESCRIPTOR_NAMES)} at its top")
     files: dict[str, tuple[bytes, bool]] = {}
+    total = 0
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
             continue
         if path.is_symlink() or not path.is_file():
             continue
-        files[rel.as_posix()] = (path.read_bytes(), os.access(path, os.X_OK))
+        data = path.read_bytes()
+        total += len(data)
+        if (max_bytes is not None and total > max_bytes) or (max_files is not None and len(files) >= max_files):
+            raise FolderTooLarge(f"{folder} holds more than {max_bytes} bytes or {max_files} files: an algorithm "
+                                 "folder should hold code and small assets, not data")
+        files[rel.as_posix()] = (data, os.access(path, os.X_OK))
+    return files
+
+
+def pack_folder(folder: Path) -> bytes:
+    """``pack`` of an algorithm folder's files (``folder_files``)."""
+    files = folder_files(folder)
+    if not any(name in files for name in DESCRIPTOR_NAMES):
+        raise FileNotFoundError(f"{folder} holds no {' or '.join(DESCRIPTOR_NAMES)} at its top")
     return pack(files)

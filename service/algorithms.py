@@ -8,7 +8,7 @@ which is all a worker needs to fetch, check and run it.
 
 The bundles are placed here, through ``service.storage``: under ``<state_dir>/algorithms`` in
 embedded mode, under ``<output_root>/algorithms`` (S3 in production) in ClearML mode, as
-``<root>/<name>/<version>/bundle.tar.gz``. The backends keep the records
+``<root>/<name>/<version>/<sha256>.tar.gz``. The backends keep the records
 (``TaskBackend.register_algorithm`` …).
 
 Built-in algorithms (the ``scantide.algorithms`` entry points, such as ``video_summary``) are
@@ -19,10 +19,11 @@ so their bundle is the descriptor alone and a code change never changes it.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,9 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENTRY_POINT = "algorithms.entry"  # the module every task runs: it dispatches by the descriptor's runner
-BUNDLE_FILE = "bundle.tar.gz"
 BUILTIN_GROUP = "scantide.algorithms"
 CONTAINER_ENGINES = ("docker", "podman")
+BLOB_SUFFIX = ".pkl"
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,21 @@ def algorithms_root(settings: Settings) -> str:
     return f"{settings.output_root_uri}/algorithms"
 
 
+def blob_uri(output_root: str, data_root: Path, digest: str) -> str:
+    """Where an uploaded input (``POST /v1/blobs``) lives, by its sha256: beside the outputs when they
+    are remote (``<output_root>/blobs``, S3 in production), else under the data root, where
+    workers can fetch it."""
+    if "://" in output_root:
+        return f"{output_root}/blobs/{digest}{BLOB_SUFFIX}"
+    return str(data_root / "blobs" / f"{digest}{BLOB_SUFFIX}")
+
+
+def is_blob_uri(uri: str, output_root: str, data_root: Path) -> bool:
+    """Whether ``uri`` (as enqueue resolved it) names an uploaded input."""
+    digest = uri.rsplit("/", 1)[-1].removesuffix(BLOB_SUFFIX)
+    return re.fullmatch(r"[0-9a-f]{64}", digest) is not None and uri == blob_uri(output_root, data_root, digest)
+
+
 def backend_queue(settings: Settings, queue: str) -> str:
     """The store's queue for a descriptor's ``queue``: ``settings.algorithm_queues`` maps it; unmapped,
     embedded mode puts everything on its one local queue and ClearML mode keeps the name."""
@@ -125,11 +141,15 @@ def register_files(backend: TaskBackend, settings: Settings, files: dict[str, tu
     existing = backend.algorithm_version(descriptor.name, descriptor.version)
     if existing is not None:
         return _same(existing, digest), False
-    uri = f"{algorithms_root(settings)}/{descriptor.name}/{descriptor.version}/{BUNDLE_FILE}"
-    with tempfile.TemporaryDirectory(prefix="scantide-bundle-") as tmp:
-        local = Path(tmp) / BUNDLE_FILE
-        local.write_bytes(bundle)
-        storage_for(uri, settings).put_file(local, uri)
+    # Content-addressed: two registrations racing for one version each write their own file, and
+    # the registry's record decides which one tasks run.
+    uri = f"{algorithms_root(settings)}/{descriptor.name}/{descriptor.version}/{digest}.tar.gz"
+    storage = storage_for(uri, settings)
+    if not storage.exists(uri):
+        with tempfile.TemporaryDirectory(prefix="scantide-bundle-") as tmp:
+            local = Path(tmp) / "bundle.tar.gz"
+            local.write_bytes(bundle)
+            storage.put_file(local, uri)
     record = AlgorithmVersion(name=descriptor.name, version=descriptor.version, sha256=digest, size=len(bundle),
                               uri=uri, queue=backend_queue(settings, descriptor.queue),
                               descriptor=descriptor.to_dict(), registered_at=time.time(), registered_by=by)
@@ -163,6 +183,20 @@ def unregistered(registry: Any, task: TaskInfo) -> str | None:
         return (f"the task names bundle {str(task.params.get('bundle_sha256'))[:12]}… for {name} {version}, and "
                 f"the registry holds {registered.sha256[:12]}…: only registered code runs")
     return None
+
+
+def pin_unversioned(registry: Any, task: TaskInfo) -> TaskInfo:
+    """A task queued before its algorithm was registered (by a scantide that had no registry: no
+    ``algorithm_version`` in its params) pinned now to the newest registered version, as enqueue
+    would have; any other task as it is."""
+    if task.params.get("algorithm_version"):
+        return task
+    latest = registry.latest(task.algorithm)
+    if latest is None:
+        return task
+    log.info("task_pinned_late task=%s algorithm=%s version=%s", task.task_id, task.algorithm, latest.version)
+    return replace(task, params={**task.params, "algorithm_version": latest.version, "bundle_uri": latest.uri,
+                                 "bundle_sha256": latest.sha256})
 
 
 def builtin_folders() -> list[Path]:

@@ -12,60 +12,58 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
+from scantide import bundle
 from service.catalog import DESCRIPTOR_NAMES, AlgorithmDescriptor, load_descriptor
 from service.errors import InvalidBundle, InvalidDescriptor
 
 MAX_FILES = 1000
-SKIPPED = ("__pycache__", ".git", ".venv", ".pytest_cache")
 
 
 def folder_files(folder: Path, max_bytes: int) -> dict[str, tuple[bytes, bool]]:
-    """The files of a local algorithm folder: ``{relative posix path: (content, executable)}``.
-    Dot-files, ``__pycache__`` and symbolic links are left out."""
-    if not folder.is_dir():
-        raise InvalidBundle(f"{folder} is not a folder: give the folder that holds {DESCRIPTOR_NAMES[0]}")
-    files: dict[str, tuple[bytes, bool]] = {}
-    total = 0
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if any(part.startswith(".") or part in SKIPPED for part in rel.parts) or path.is_symlink() or path.is_dir():
-            continue
-        data = path.read_bytes()
-        total += len(data)
-        if total > max_bytes or len(files) >= MAX_FILES:
-            raise InvalidBundle(f"{folder} holds more than {max_bytes} bytes or {MAX_FILES} files: "
-                                "an algorithm folder should hold code and small assets, not data")
-        files[rel.as_posix()] = (data, os.access(path, os.X_OK))
-    return files
+    """The files of a local algorithm folder (``scantide.bundle.folder_files``), bounded."""
+    try:
+        return bundle.folder_files(folder, max_bytes, MAX_FILES)
+    except (NotADirectoryError, bundle.FolderTooLarge) as exc:
+        raise InvalidBundle(str(exc)) from None
 
 
 def read_upload(data: bytes, max_bytes: int) -> dict[str, tuple[bytes, bool]]:
     """The files of an uploaded tar.gz (or plain tar). A descriptor at the top, or in the one folder
     at the top (``tar czf x.tgz frame_stats/``), marks the algorithm's folder."""
     files: dict[str, tuple[bytes, bool]] = {}
-    total = 0
+    total = members = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
             for member in tar:
+                members += 1
+                total += max(member.size, 0)
+                if total > max_bytes or members > MAX_FILES:
+                    raise InvalidBundle(f"the folder unpacks to more than {max_bytes} bytes or {MAX_FILES} entries")
                 if member.isdir():
                     continue
                 name = _safe_name(member.name)
                 if not member.isfile():
                     raise InvalidBundle(f"{member.name}: only regular files and folders may be uploaded "
                                         "(no links or devices)")
-                total += member.size
-                if total > max_bytes or len(files) >= MAX_FILES:
-                    raise InvalidBundle(f"the folder unpacks to more than {max_bytes} bytes or {MAX_FILES} files")
+                if name in files:
+                    raise InvalidBundle(f"{name}: the upload holds this path twice")
                 content = tar.extractfile(member)
                 files[name] = (content.read() if content else b"", bool(member.mode & 0o111))
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
         raise InvalidBundle(f"the upload is not a readable tar.gz of the algorithm's folder: {exc}") from None
+    clash = next((n for n in files if any(p in files for p in _parents(n))), None)
+    if clash is not None:
+        raise InvalidBundle(f"{clash}: a file of the upload has the same path as this file's folder")
     return _rooted(files)
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _safe_name(name: str) -> str:
@@ -110,17 +108,11 @@ def sha256(data: bytes) -> str:
 
 
 def unpack(bundle: bytes, dest: Path) -> Path:
-    """Unpack a bundle into ``dest`` (created whole or not at all: unpacked beside it, then renamed,
-    so a crash never leaves half a folder that a later task would trust)."""
-    if dest.is_dir():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
-        tar.extractall(staging, filter="data")  # refuses links out, absolute paths and devices
+    """Unpack a bundle into ``dest``, a folder that must not exist yet (removed again on failure)."""
     try:
-        os.rename(staging, dest)
-    except OSError:  # another task unpacked the same bundle first: theirs is the same bytes
-        shutil.rmtree(staging, ignore_errors=True)
+        with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
+            tar.extractall(dest, filter="data")  # refuses links out, absolute paths and devices
+    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise InvalidBundle(f"the bundle cannot be unpacked: {exc}") from None
     return dest

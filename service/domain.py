@@ -113,6 +113,7 @@ class SubmitItem:
     queue: str | None = None  # the pinned algorithm version's queue; None: the template's
     max_attempts: int | None = None  # runs before a lost worker fails the task; None: the backend's setting
     user_params: dict[str, Any] | None = None  # the request's own params, checked against the descriptor at pin
+    scan_is_blob: bool = False  # the scan is an uploaded blob (POST /v1/blobs, register scope)
 
 
 @dataclass(frozen=True)

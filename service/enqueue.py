@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from service.algorithms import is_blob_uri
 from service.backends.base import TaskBackend
 from service.domain import JobState, ScanRequest, Submission, SubmitItem, TaskInfo
 from service.errors import (
@@ -82,7 +83,8 @@ class Enqueuer:
                 raise InvalidRequest("previous_scan_id names this very scan: give an earlier scan's id")
             params["previous_scan_id"] = request.previous_scan_id
         return SubmitItem(algorithm=algorithm, scan_id=request.scan_id, params=params, output_uri=output_uri,
-                          user_params=request.params)
+                          user_params=request.params,
+                          scan_is_blob=is_blob_uri(scan_uri, self.output_root, self.data_root))
 
 
 def pin(backend: TaskBackend, items: list[SubmitItem]) -> list[SubmitItem | ScantideError]:
@@ -139,6 +141,9 @@ def _with_version(item: SubmitItem, version: AlgorithmVersion) -> SubmitItem:
     spec = version.spec
     params = spec.validate_params(item.user_params)
     scan_uri = str(item.params["scan_uri"])
+    if spec.runner == "python-function" and not item.scan_is_blob:
+        raise InvalidScanUri(f"scan_uri: {spec.name} is a Python function, whose input a worker unpickles: it takes "
+                             "only an input uploaded with POST /v1/blobs (the register scope), as Knot.map does")
     name = scan_uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     if not spec.inputs.accepts(name):
         raise InvalidScanUri(f"scan_uri: {spec.name} takes {' or '.join(spec.inputs.kinds)} files, and {name!r} "

@@ -8,7 +8,6 @@ lease then runs out and the backend re-queues it.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -18,21 +17,21 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.algorithms import ENTRY_POINT, unregistered
+from service.algorithms import ENTRY_POINT, pin_unversioned, unregistered
 from service.backends.base import TaskBackend
 from service.domain import TaskError, TaskInfo
 from service.errors import BackendUnavailable, LeaseLost, ScantideError
+from service.processes import die_with_parent, stop_session
 from service.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.2  # how often the worker checks its child, seconds
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+KILL_GRACE_S = 5.0  # a stopped task's time to stop its algorithm (and container) itself
 WITHHELD_ENV = frozenset({f"{ENV_PREFIX}API_TOKENS", f"{ENV_PREFIX}WEBHOOK_SECRET"})
 
 
@@ -128,6 +127,7 @@ class Worker:
         template = self.backend.get_template(task.algorithm)
         max_runtime_s = template.max_runtime_s
         if template.entry_point == ENTRY_POINT:  # it runs registered bundles: only the registered one
+            task = pin_unversioned(self.backend.algorithms, task)
             refusal = unregistered(self.backend.algorithms, task)
             if refusal:
                 return Outcome(error=TaskError.make("unregistered_algorithm", refusal))
@@ -147,7 +147,7 @@ class Worker:
                 [sys.executable, "-m", template.entry_point, "--spec", str(spec_path)],
                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=task_env(),
                 start_new_session=True,  # a Ctrl-C to the worker's group must not kill the task: we drain
-                preexec_fn=_die_with_parent(),  # …but a worker killed outright must not leave it running
+                preexec_fn=die_with_parent(),  # …but a worker killed outright must not leave it running
             )
             status = self._supervise(task, child, timeout_s, progress_path)
         log_text = _tail(log_path)
@@ -219,35 +219,8 @@ def _read_progress(path: Path) -> float | None:
         return None
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has Linux SIGKILL the child when this worker dies, or None elsewhere.
-
-    The child runs in its own session, so nothing else reaches it once a worker is killed with
-    SIGKILL (or OOM-killed); its lease is then re-queued and a second copy would run beside it.
-    The death signal fires when the thread that forked exits: workers fork from the main thread.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the forked child only calls it
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
-        if os.getppid() != parent:  # the worker died before the death signal was armed
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
-
-
 def _kill(child: subprocess.Popen) -> None:
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    child.wait()
+    stop_session(child, KILL_GRACE_S)
 
 
 def _tail(path: Path, limit: int = TaskError.LOG_TAIL_BYTES) -> str:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 TOKEN = "test-token-all"
 READ_TOKEN = "test-token-read"
+ENQUEUE_TOKEN = "test-token-enqueue"  # what a web platform holds: it submits scans, it does not bring code
 
 
 def free_port() -> int:
@@ -42,7 +43,8 @@ def settings(tmp_path: Path) -> Settings:
     """Settings over a fresh state dir, with short leases so failure paths run fast."""
     return load_settings(
         state_dir=tmp_path / "state",
-        api_tokens={TOKEN: ["enqueue", "read", "promote", "register"], READ_TOKEN: ["read"]},
+        api_tokens={TOKEN: ["enqueue", "read", "promote", "register"], READ_TOKEN: ["read"],
+                    ENQUEUE_TOKEN: ["enqueue", "read"]},
         api_port=free_port(),
         lease_s=3.0,
         heartbeat_s=0.5,
@@ -181,7 +183,7 @@ def builtin_bundle(tmp_path: Path) -> dict[str, str]:
     return {"algorithm_version": version.version, "bundle_uri": version.uri, "bundle_sha256": version.sha256}
 
 
-__all__ = ["TOKEN", "READ_TOKEN", "ApiServer", "Workers", "wait_for", "wait_terminal", "JobState"]
+__all__ = ["TOKEN", "READ_TOKEN", "ENQUEUE_TOKEN", "ApiServer", "Workers", "wait_for", "wait_terminal", "JobState"]
 
 
 @pytest.fixture(scope="module")

@@ -47,9 +47,16 @@ def test_the_same_files_make_the_same_bundle(tmp_path: Path) -> None:
     assert sorted(files) == ["lib/helper.py", "run.py", "scantide-algorithm.yaml"]
     assert sha256(pack(files)) == sha256(first)
     assert descriptor_of(files).name == "tiny_algo"
-    here = unpack(first, tmp_path / "cache" / sha256(first))
+    here = unpack(first, tmp_path / "task" / "bundle")
     assert (here / "lib" / "helper.py").read_text() == "X = 1"
-    assert unpack(first, here) == here  # once per bundle
+
+
+def test_a_bundle_that_cannot_be_unpacked_leaves_nothing(tmp_path: Path) -> None:
+    broken = tar_of(member("scantide-algorithm.yaml", DESCRIPTOR),  # written first, then the link is refused
+                    member("zz", kind=tarfile.SYMTYPE, target="/etc/passwd"))
+    with pytest.raises(InvalidBundle):
+        unpack(broken, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
 
 
 @pytest.mark.parametrize(("members", "message"), [
@@ -60,6 +67,10 @@ def test_the_same_files_make_the_same_bundle(tmp_path: Path) -> None:
     ([member("scantide-algorithm.yaml", DESCRIPTOR), member("hard", kind=tarfile.LNKTYPE, target="run.py")],
      "hard: only regular files and folders may be uploaded (no links or devices)"),
     ([member("run.py")], "the upload holds no descriptor: put scantide-algorithm.yaml at the top of the folder"),
+    ([member("scantide-algorithm.yaml", DESCRIPTOR), member("lib"), member("lib/x.py")],
+     "lib/x.py: a file of the upload has the same path as this file's folder"),
+    ([member("scantide-algorithm.yaml", DESCRIPTOR), member("run.py"), member("./run.py")],
+     "run.py: the upload holds this path twice"),
 ])
 def test_uploads_that_leave_their_folder_or_hold_links_are_refused(members: list, message: str) -> None:
     with pytest.raises(InvalidBundle) as refused:
@@ -71,6 +82,10 @@ def test_uploads_are_bounded_and_must_be_archives() -> None:
     with pytest.raises(InvalidBundle) as too_big:
         read_upload(tar_of(member("scantide-algorithm.yaml", DESCRIPTOR), member("big.bin", b"x" * 5000)), 4096)
     assert "more than 4096 bytes" in too_big.value.message
+    folders = [member(f"d{i}", kind=tarfile.DIRTYPE) for i in range(1001)]
+    with pytest.raises(InvalidBundle) as too_many:  # folders count: each costs a header to read
+        read_upload(tar_of(member("scantide-algorithm.yaml", DESCRIPTOR), *folders), 1 << 20)
+    assert "1000 entries" in too_many.value.message
     with pytest.raises(InvalidBundle) as not_tar:
         read_upload(b"PK\x03\x04 a zip file", 1 << 20)
     assert "not a readable tar.gz" in not_tar.value.message
@@ -81,3 +96,29 @@ def test_the_folder_must_hold_what_the_descriptor_names() -> None:
     with pytest.raises(InvalidDescriptor) as missing:
         descriptor_of(files)
     assert missing.value.errors == ["command[1]: {here}/run.py is not in the folder"]
+
+
+def test_a_changed_bundle_cache_is_never_trusted(tmp_path: Path) -> None:
+    from algorithms.task_files import EntryError, Inputs
+
+    good = pack({"scantide-algorithm.yaml": (DESCRIPTOR, False), "run.py": (b"print('registered')", False)})
+    digest = sha256(good)
+    store = tmp_path / "store" / "bundle.tar.gz"
+    store.parent.mkdir()
+    store.write_bytes(good)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"{digest}.tar.gz").write_bytes(  # a poisoned cache entry under the registered digest
+        pack({"scantide-algorithm.yaml": (DESCRIPTOR, False), "run.py": (b"print('planted')", False)}))
+    first = tmp_path / "task1"
+    first.mkdir()
+    here = Inputs(first, None).bundle(str(store), digest, cache)
+    assert (here / "run.py").read_text() == "print('registered')"
+    assert (cache / f"{digest}.tar.gz").read_bytes() == good  # the cache is mended
+    store.write_bytes(b"changed after registration")
+    (cache / f"{digest}.tar.gz").unlink()
+    second = tmp_path / "task2"
+    second.mkdir()
+    with pytest.raises(EntryError) as refused:
+        Inputs(second, None).bundle(str(store), digest, cache)
+    assert refused.value.code == "bundle_mismatch"

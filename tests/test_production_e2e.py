@@ -25,8 +25,8 @@ import lambda_enqueue.handler as lam
 from autoscaler.model import Launch
 from autoscaler.providers.ec2 import TAG_MANAGED, TAG_POOL
 from autoscaler.runner import build
-from service.backends.clearml import ClearMLBackend
 from service.algorithms import builtin_folders, register_folder
+from service.backends.clearml import ClearMLBackend
 from service.domain import JobState, ScanRequest
 from service.enqueue import submit_scan
 from service.settings import Settings, load_settings
@@ -290,7 +290,7 @@ def test_a_command_algorithm_runs_on_an_agent_from_its_registered_bundle(prod: P
     backend = prod.backend()
     version = backend.latest_algorithm("frame_stats")
     assert version is not None and version.queue == CPU_QUEUE
-    assert version.uri == f"s3://{BUCKET}/results/algorithms/frame_stats/1/bundle.tar.gz"
+    assert version.uri == f"s3://{BUCKET}/results/algorithms/frame_stats/1/{version.sha256}.tar.gz"
     (template,) = [t for t in prod.clearml.app.tasks.values() if "alg:frame_stats" in t["tags"]]
     assert "version:1" in template["tags"] and template["status"] == "created"
     assert json.loads(template["configuration"]["descriptor"]["value"])["command"][1] == "{here}/frame_stats.py"

@@ -1,34 +1,55 @@
 """How a task runs, by its descriptor's runner: ``command`` (an argv, never a shell), ``image`` (that
-command in a container), ``python`` (a function in this interpreter) and ``python-function`` (a
-registered cloudpickled function, ``Knot``). ``algorithms.entry`` fetches and checks everything,
-then calls ``run``; each runner returns the result dict or raises ``EntryError``.
+command in a container), ``python`` (a function of the bundle's or an installed package) and
+``python-function`` (a registered cloudpickled function, ``Knot``). ``algorithms.entry`` fetches and
+checks everything, then calls ``run``; each runner returns the result dict or raises ``EntryError``.
+
+Every runner runs the algorithm as a process of its own (``process``): the two Python runners in
+``python -m algorithms.runners.child``, this interpreter with this package on its path and nothing
+of the entry point's environment.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
+import algorithms
+from algorithms.runners.process import Progress, Workspace, failure, read_result, run_process
+from algorithms.task_files import EntryError
 from service.catalog import AlgorithmDescriptor
 
-Progress = Callable[[float], None]
+PACKAGE_ROOT = str(Path(algorithms.__file__).resolve().parent.parent)  # the child imports algorithms.* from here
 
 
-def run(descriptor: AlgorithmDescriptor, here: Path, scan: Path, params: dict[str, Any], out_dir: Path,
-        progress: Progress) -> dict[str, Any]:
+def run(descriptor: AlgorithmDescriptor, here: Path, scan: Path, scan_owned: bool, params: dict[str, Any],
+        out_dir: Path, progress: Progress) -> dict[str, Any]:
     """Run ``descriptor``'s algorithm on ``scan`` into ``out_dir`` (empty); the result it reports.
 
-    here: the unpacked bundle (the descriptor's folder). params: validated, with defaults, plus
+    here: the unpacked bundle (the descriptor's folder). scan_owned: the scan is this task's own
+    copy (fetched), which may be moved rather than copied. params: validated, with defaults, plus
     the task's own (scan_id, metadata, model_path …)."""
-    if descriptor.runner == "python":
-        from algorithms.runners.python import run_python
+    if descriptor.runner in ("command", "image"):
+        from algorithms.runners.command import run_command
 
-        return run_python(descriptor, here, scan, params, out_dir, progress)
-    if descriptor.runner == "python-function":
-        from algorithms.runners.function import run_function
-
-        return run_function(descriptor, here, scan, out_dir)
-    from algorithms.runners.command import run_command
-
-    return run_command(descriptor, here, scan, params, out_dir, progress)
+        return run_command(descriptor, here, scan, scan_owned, params, out_dir, progress)
+    timeout_s = descriptor.resources.timeout_s
+    with Workspace() as work:
+        report = work.root / "report.json"
+        request = {"runner": descriptor.runner, "here": str(here), "outputs": str(out_dir), "report": str(report),
+                   "target": descriptor.python if descriptor.runner == "python" else descriptor.function,
+                   "scan": str(work.stage_scan(scan, scan_owned)), "params": params}
+        (work.root / "request.json").write_text(json.dumps(request))
+        argv = [sys.executable, "-m", "algorithms.runners.child", str(work.root / "request.json")]
+        code, tail = run_process(argv, work.env(PYTHONPATH=PACKAGE_ROOT), work.root, timeout_s, progress)
+        outcome = read_result(report, tail) if code is not None else {}
+    if "error" in outcome:
+        error = outcome["error"]
+        raise EntryError(str(error.get("code") or "algorithm_crashed"), str(error.get("message") or ""), tail)
+    crash = failure(code, tail, timeout_s, "algorithm")
+    if crash is not None:
+        raise crash
+    if not isinstance(outcome.get("result"), dict):
+        raise EntryError("algorithm_crashed", "the algorithm's process ended without reporting a result", tail)
+    return outcome["result"]

@@ -1,6 +1,7 @@
 """The algorithm-registry endpoints: list and show (``read``), register an algorithm's folder
-(``register``: it decides what code workers run), and upload an input (``enqueue``: a ``Knot``
-call's pickled argument, stored content-addressed, returned as a URI to submit as a scan)."""
+(``register``: it decides what code workers run), and upload an input (``register`` too: a
+``Knot`` call's pickled argument, which a worker unpickles; stored content-addressed, returned as a
+URI to submit as a scan)."""
 
 from __future__ import annotations
 
@@ -9,32 +10,22 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUpload
 
-from service.algorithms import AlgorithmVersion, register_files
+from service.algorithms import AlgorithmVersion, blob_uri, register_files
 from service.api.auth import TokenAuth
 from service.backends.base import TaskBackend
 from service.bundles import read_upload
 from service.errors import AlgorithmNotFound, InvalidRequest
 from service.settings import Settings
 
-BLOB_SUFFIX = ".pkl"
-
 
 def algorithm_body(versions: list[AlgorithmVersion]) -> dict[str, Any]:
     """One algorithm: its newest version's summary and every version in full."""
     latest = max(versions, key=lambda v: v.registered_at)
     return {**latest.summary(), "latest": latest.version, "versions": [v.to_dict() for v in versions]}
-
-
-def blob_uri(settings: Settings, digest: str) -> str:
-    """Where an uploaded input lives: under the data root (local outputs), or beside the outputs
-    (``<output_root>/blobs``, S3 in production), where workers can fetch it."""
-    root = settings.output_root_uri
-    if "://" in root:
-        return f"{root}/blobs/{digest}{BLOB_SUFFIX}"
-    return str(Path(settings.data_root).resolve() / "blobs" / f"{digest}{BLOB_SUFFIX}")  # type: ignore[arg-type]
 
 
 def algorithms_router(backend: TaskBackend, settings: Settings, auth: TokenAuth) -> APIRouter:
@@ -57,30 +48,40 @@ def algorithms_router(backend: TaskBackend, settings: Settings, auth: TokenAuth)
         return algorithm_body(versions)
 
     @router.post("/v1/algorithms", status_code=201, summary="Register an algorithm version from its folder",
-                 dependencies=[Depends(auth.require("register"))],
                  responses={200: {"description": "The same content was registered already"}},
-                 description="Multipart field `bundle`: the folder (descriptor at its top) as a tar.gz. 422 "
-                 "invalid_descriptor names every problem by field path; 409 algorithm_version_exists for other "
-                 "content under a registered version; 422 runner_unavailable for a container algorithm where no "
-                 "container engine runs.")
-    async def register(request: Request, response: Response, bundle: UploadFile = File(...)) -> dict[str, Any]:
-        data = await bundle.read()
-        files = read_upload(data, settings.max_bundle_bytes)
+                 openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                     "type": "object", "required": ["bundle"],
+                     "properties": {"bundle": {"type": "string", "format": "binary"}}}}}}},
+                 description="Needs the `register` scope. Multipart field `bundle`: the folder (descriptor at its "
+                 "top) as a tar.gz. 422 invalid_descriptor names every problem by field path; 409 "
+                 "algorithm_version_exists for other content under a registered version; 422 runner_unavailable "
+                 "for a container algorithm where no container engine runs.")
+    async def register(request: Request, response: Response) -> dict[str, Any]:
+        auth.check(request, "register")  # before a byte of the upload is read
+        form = await request.form(max_files=1, max_fields=1)
+        upload = form.get("bundle")
+        if not isinstance(upload, StarletteUpload):
+            raise InvalidRequest("send the algorithm's folder as the multipart file field `bundle` (a tar.gz)")
+        data = await upload.read()
+        files = await run_in_threadpool(read_upload, data, settings.max_bundle_bytes)
         version, created = await run_in_threadpool(register_files, backend, settings, files,
                                                    by=auth.identity(request))
         response.status_code = 201 if created else 200
         return {**version.to_dict(), "created": created}
 
     @router.post("/v1/blobs", status_code=201, summary="Upload an input (a pickled argument) to submit as a scan",
+                 description="Needs the `register` scope: a blob is a `Knot` call's cloudpickled argument, which a "
+                 "worker unpickles, so it is code like a registered function. Only a blob URI may be submitted as a "
+                 "function algorithm's scan.",
                  openapi_extra={"requestBody": {"required": True, "content": {
                      "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def upload_blob(request: Request) -> dict[str, Any]:
-        auth.check(request, "enqueue")
+        auth.check(request, "register")
         data = await request.body()
         if not data:
             raise InvalidRequest("the body is empty: send the input's bytes")
         digest = hashlib.sha256(data).hexdigest()
-        uri = blob_uri(settings, digest)
+        uri = blob_uri(settings.output_root_uri, Path(settings.data_root).resolve(), digest)  # type: ignore[arg-type]
         await run_in_threadpool(_store, settings, data, uri)
         return {"uri": uri, "sha256": digest, "size": len(data)}
 

@@ -117,8 +117,12 @@ class AlgorithmDescriptor:
         return _params.params_schema(self.parameters, self.required)
 
     def validate_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The params with defaults applied; raises ``InvalidParams`` naming every problem."""
-        return _params.validate_params(self.parameters, self.required, params)
+        """The params with defaults applied; raises ``InvalidParams`` naming every problem, including a
+        value the command line would misread (a whole argument starting with "-")."""
+        checked = _params.validate_params(self.parameters, self.required, params)
+        if self.command:
+            command_argv(self, here="here", inputs="inputs", outputs="outputs", params=checked)
+        return checked
 
 
 def load_descriptor(text: str | bytes, filename: str) -> AlgorithmDescriptor:

@@ -15,10 +15,10 @@ from service.backends.base import TaskBackend
 from service.domain import JobState, ScanRequest, TaskInfo
 from service.enqueue import submit_scan
 from service.settings import Settings
-from tests.conftest import Workers, wait_terminal
+from tests.conftest import Workers, wait_for, wait_terminal
 
 PROBE = '''
-import json, os, signal, sys, time
+import json, os, signal, subprocess, sys, time
 mode, inputs, outputs = sys.argv[1], sys.argv[2], sys.argv[3]
 print("probe starting", mode, flush=True)
 scans = os.listdir(inputs)
@@ -38,6 +38,9 @@ elif mode == "crash":
 elif mode == "signal":
     os.kill(os.getpid(), signal.SIGKILL)
 elif mode == "hang":
+    # a grandchild in a process group of its own: the timeout must reach it too
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], process_group=0)
+    print("helper pid", helper.pid, flush=True)
     time.sleep(600)
 elif mode == "bad_result":
     open(os.path.join(outputs, "result.json"), "w").write("[1, 2]")
@@ -69,7 +72,8 @@ def run(scan_path, params, out_dir, progress=None):
     if params["mode"] == "boom":
         raise RuntimeError("boom")
     (out_dir / "seen.txt").write_text(scan_path.name)
-    return {"size": scan_path.stat().st_size, "env": sorted(os.environ), "scan_id": params["scan_id"]}
+    return {"size": scan_path.stat().st_size, "env": sorted(os.environ), "scan_id": params["scan_id"],
+            "scan_path": str(scan_path), "pid": os.getpid()}
 '''
 
 PY_DESCRIPTOR = '''
@@ -90,6 +94,14 @@ def registered(tmp_path: Path, settings: Settings, backend: TaskBackend) -> None
         for file, text in files.items():
             (folder / file).write_text(textwrap.dedent(text))
         register_folder(backend, settings, folder, by="test")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def run_modes(backend: TaskBackend, settings: Settings, workers: Workers, make_video, algorithm: str,
@@ -131,20 +143,26 @@ def test_command_exit_codes_progress_results_and_log_tails(backend: TaskBackend,
     assert crash.log_tail.rstrip().endswith("LAST WORDS") and len(crash.log_tail.encode()) <= 2048
     assert "exited with status 3" in crash.message
     assert "signal 9" in failed("signal", "algorithm_crashed").error.message
-    assert "2 s limit" in failed("hang", "timeout").error.message
+    hang = failed("hang", "timeout").error
+    assert "2 s limit" in hang.message
+    helper = int(hang.log_tail.split("helper pid", 1)[1].split()[0])
+    wait_for(lambda: not alive(helper), timeout_s=30, what="the timed-out command's helper process to be killed")
     assert "not a JSON object" in failed("bad_result", "invalid_result").error.message
 
 
 @pytest.mark.usefixtures("registered")
 def test_python_runner_results_and_errors(backend: TaskBackend, settings: Settings, workers: Workers,
                                           make_video) -> None:
+    workers.env.update(AWS_SECRET_ACCESS_KEY="not-for-algorithms", CLEARML_API_SECRET_KEY="nor-this")
     done = run_modes(backend, settings, workers, make_video, "pyprobe", ["ok", "value_error", "coded", "boom"])
 
     ok = done["ok"]
     assert ok.state is JobState.completed, ok.error
     assert ok.result is not None and ok.result["scan_id"] == "pyprobe-ok" and ok.result["size"] > 0
     assert (Path(ok.result["output_uri"]) / "seen.txt").read_text() == "scan.mp4"
-    assert "SCANTIDE_API_TOKENS" not in ok.result["env"] and "SCANTIDE_WEBHOOK_SECRET" not in ok.result["env"]
+    # its own process, with none of the worker's credentials, on its own copy of the scan
+    assert not [k for k in ok.result["env"] if k.startswith(("SCANTIDE_", "AWS_", "CLEARML_"))]
+    assert "scantide-run-" in ok.result["scan_path"] and ok.result["pid"] != workers.procs[0].pid
     codes = {mode: (t.state, t.error.code if t.error else None) for mode, t in done.items() if mode != "ok"}
     assert codes == {"value_error": (JobState.failed, "invalid_input"), "coded": (JobState.failed, "scan_too_dark"),
                      "boom": (JobState.failed, "algorithm_crashed")}
@@ -175,3 +193,17 @@ def test_a_required_parameter_is_refused_at_enqueue(backend: TaskBackend, settin
         submit_scan(backend, settings, ScanRequest(scan_id="no-mode", scan_uri="scan.mp4", algorithm="probe"))
     assert refused.value.message == "params.mode: required"
     assert backend.tasks_for_scan("no-mode") == []
+
+
+@pytest.mark.usefixtures("registered")
+def test_a_task_queued_before_its_algorithm_was_registered_runs_the_newest_version(
+        backend: TaskBackend, settings: Settings, workers: Workers, make_video) -> None:
+    make_video("scan.mp4", frames=12, size=(64, 48))
+    task = submit_scan(backend, settings, ScanRequest(scan_id="old", scan_uri="scan.mp4", algorithm="pyprobe")).task
+    with backend.db.tx() as db:  # type: ignore[attr-defined]  # as a scantide without a registry queued it
+        params = {k: v for k, v in task.params.items() if k not in ("algorithm_version", "bundle_uri", "bundle_sha256")}
+        db.execute("UPDATE tasks SET params = ? WHERE id = ?", (json.dumps(params), task.task_id))
+    workers.start(1)
+    done = wait_terminal(backend, task.task_id)
+    assert done.state is JobState.completed, done.error
+    assert done.result is not None and done.result["algorithm_version"] == "1"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from scantide import Client, Knot, TaskFailed
+from scantide import Client, Knot, ScantideError, TaskFailed
 from service.backends.base import TaskBackend
 from service.domain import JobState
 from service.settings import Settings
-from tests.conftest import TOKEN, ApiServer, Workers
+from tests.conftest import ENQUEUE_TOKEN, TOKEN, ApiServer, Workers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,3 +71,22 @@ def test_client_map_over_fifty_scans_with_as_completed(client: Client, workers: 
     done, not_done = wait(futures, timeout=0)
     assert len(done) == 50 and not not_done
     assert {r["output_uri"] for r in results} == {f"{settings.output_root_uri}/frame_stats/tiny-{i}" for i in range(50)}
+
+
+def test_an_enqueue_token_cannot_make_a_worker_unpickle_its_bytes(client: Client, api: ApiServer,
+                                                                  settings: Settings) -> None:
+    """A function's argument is unpickled on a worker, so it is code: only a blob uploaded with the
+    register scope may be one, and an enqueue-only token can neither upload one nor name a file of
+    its own choosing as one."""
+    knot = Knot(lambda x: x, client=client)
+    knot.register()
+    planted = Path(settings.data_root) / "planted.pkl"
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_bytes(b"cos\nsystem\n(S'touch /tmp/owned'\ntR.")
+    with Client(api.url, ENQUEUE_TOKEN) as platform:
+        with pytest.raises(ScantideError) as upload:
+            platform.upload(b"cos\nsystem\n(S'true'\ntR.")
+        assert upload.value.code == "forbidden"
+        with pytest.raises(ScantideError) as submit:
+            platform.submit("planted", str(planted), algorithm=knot.name)
+        assert submit.value.code == "invalid_scan_uri" and "POST /v1/blobs" in submit.value.message

@@ -1,0 +1,68 @@
+"""The process a ``python`` or ``python-function`` algorithm runs in: ``python -m
+algorithms.runners.child REQUEST``, started by ``algorithms.runners`` like any command, so it gets
+the same minimal environment, timeout and output capture, and none of the entry point's
+credentials or memory.
+
+REQUEST (JSON): ``runner``, ``target`` (the descriptor's ``python`` or ``function``), ``here``,
+``scan``, ``params``, ``outputs`` and ``report``, the file
+this writes the outcome to: ``{"result": {…}}`` (exit 0) or ``{"error": {"code", "message"}}``
+(exit 2 when the code is ``invalid_input``, else 1), the traceback printed to the output first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from algorithms.task_files import EntryError
+
+
+def progress(fraction: float) -> None:
+    print(f"scantide:progress {fraction:.3f}", flush=True)
+
+
+def main(request_path: str) -> int:
+    request = json.loads(Path(request_path).read_text())
+    report = Path(request["report"])
+    try:
+        result = _call(request)
+        outcome: dict[str, Any] = {"result": result}
+        status = 0
+    except EntryError as exc:
+        if exc.code == "algorithm_crashed":
+            traceback.print_exc(file=sys.stdout)
+        outcome = {"error": {"code": exc.code, "message": exc.message}}
+        status = 2 if exc.code == "invalid_input" else 1
+    except Exception as exc:  # noqa: BLE001 - the algorithm's own failure: its traceback is the log
+        traceback.print_exc(file=sys.stdout)
+        outcome = {"error": {"code": "algorithm_crashed", "message": f"{type(exc).__name__}: {exc}"}}
+        status = 1
+    sys.stdout.flush()
+    try:
+        text = json.dumps(outcome)
+    except (TypeError, ValueError) as exc:
+        text = json.dumps({"error": {"code": "invalid_result", "message": f"the result is not JSON: {exc}"}})
+        status = 1
+    tmp = report.with_name(report.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, report)
+    return status
+
+
+def _call(request: dict[str, Any]) -> dict[str, Any]:
+    here, scan, out_dir = Path(request["here"]), Path(request["scan"]), Path(request["outputs"])
+    if request["runner"] == "python-function":
+        from algorithms.runners.function import run_function
+
+        return run_function(here / request["target"], scan)
+    from algorithms.runners.python import run_python
+
+    return run_python(request["target"], here, scan, request["params"], out_dir, progress)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
