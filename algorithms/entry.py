@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from algorithms import runners
-from algorithms.task_files import EntryError, Inputs
+from algorithms.errors import EntryError
+from algorithms.task_files import Inputs
 from service.catalog import DESCRIPTOR_NAMES, AlgorithmDescriptor, load_descriptor
 from service.errors import ScantideError
 from service.settings import Settings

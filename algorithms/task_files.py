@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from algorithms.errors import EntryError
 from service.errors import InvalidRequest, ScantideError
 from service.settings import Settings, load_settings
 from service.storage import StorageError, is_remote, storage_for
@@ -22,14 +23,6 @@ MAX_MODEL_BYTES = 16 * 1024**3  # weights are small next to this; the cap only s
 MAX_SUMMARY_BYTES = 64 * 1024**2
 MAX_BUNDLE_BYTES = 1024**3
 SUMMARY = "summary.json"
-
-
-class EntryError(ScantideError):
-    """Why a task failed: ``code`` as recorded on the task and sent in webhooks, ``message`` for a person."""
-
-    def __init__(self, code: str, message: str, log_tail: str = "") -> None:
-        super().__init__(message, code=code)
-        self.log_tail = log_tail  # the algorithm's last output, when it ran as a process of its own
 
 
 class Inputs:

@@ -99,7 +99,8 @@ def test_the_folder_must_hold_what_the_descriptor_names() -> None:
 
 
 def test_a_changed_bundle_cache_is_never_trusted(tmp_path: Path) -> None:
-    from algorithms.task_files import EntryError, Inputs
+    from algorithms.errors import EntryError
+    from algorithms.task_files import Inputs
 
     good = pack({"scantide-algorithm.yaml": (DESCRIPTOR, False), "run.py": (b"print('registered')", False)})
     digest = sha256(good)

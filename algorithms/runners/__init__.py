@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import algorithms
+from algorithms.errors import EntryError
 from algorithms.runners.process import Progress, Workspace, failure, read_result, run_process
-from algorithms.task_files import EntryError
-from service.catalog import AlgorithmDescriptor
+
+if TYPE_CHECKING:
+    from service.catalog import AlgorithmDescriptor
 
 PACKAGE_ROOT = str(Path(algorithms.__file__).resolve().parent.parent)  # the child imports algorithms.* from here
 

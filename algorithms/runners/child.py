@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from algorithms.task_files import EntryError
+from algorithms.errors import EntryError
 
 
 def progress(fraction: float) -> None:

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from algorithms.errors import EntryError
 from algorithms.runners.process import Progress, Workspace, failure, read_result, run_process
-from algorithms.task_files import EntryError
 from service.algorithms import CONTAINER_ENGINES
 from service.catalog import AlgorithmDescriptor, command_argv
 from service.errors import InvalidParams

@@ -15,7 +15,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from algorithms.task_files import EntryError
+from algorithms.errors import EntryError
 
 MAX_RETURN_BYTES = 1024**2  # the result lives in the task store
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from algorithms.task_files import EntryError
+from algorithms.errors import EntryError
 from service.processes import die_with_parent
 
 EXIT_INVALID_INPUT = 2

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from algorithms.task_files import EntryError
+from algorithms.errors import EntryError
 
 
 def run_python(target: str, here: Path, scan: Path, params: dict[str, Any], out_dir: Path,
