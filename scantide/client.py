@@ -127,13 +127,16 @@ class Client:
         return Task(self, self._get(f"/v1/tasks/{quote(task_id, safe='')}"))
 
     def cancel(self, task_id: str) -> bool:
-        """Stop a queued task: True when the server stopped it, False when it already runs or ended."""
+        """Stop a queued task: True when it is stopped as cancelled (by this call or an earlier one),
+        False when it already runs or ended otherwise."""
         try:
             self._request("POST", f"/v1/tasks/{quote(task_id, safe='')}/cancel")
         except Conflict as exc:
-            if exc.code == "task_not_cancellable":
-                return False
-            raise
+            if exc.code != "task_not_cancellable":
+                raise
+            # A retried call whose first try stopped the task is answered 409 too: look.
+            task = self.task(task_id)
+            return task.state == "stopped" and (task.error or {}).get("code") == "cancelled"
         return True
 
     def map(self, algorithm: str, scan_uris: Iterable[str], params: dict[str, Any] | None = None, *,

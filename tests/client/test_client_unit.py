@@ -80,6 +80,9 @@ class FakeScantide:
         with self.lock:
             self.calls[key] += 1
             fault = self.faults[key].pop(0) if self.faults[key] else None
+        if fault and fault[0] == 502:  # done, but the answer is lost on the way back (a proxy timing out)
+            await call_next(request)
+            return err(502, "bad_gateway")
         if fault:
             return err(fault[0], "backend_unavailable" if fault[0] == 503 else "rate_limited", headers=fault[1])
         if request.headers.get("authorization") != f"Bearer {TOKEN}":
@@ -293,6 +296,16 @@ def test_cancel_stops_queued_tasks_only(fake, client):
     client.close()  # nothing will resolve what is still pending
     with pytest.raises(Unavailable, match="closed"):
         f_queued[1].result(timeout=60)
+
+
+def test_a_cancel_whose_answer_was_lost_reports_the_cancel(fake, client, pauses):
+    """The retry of a cancel that went through is answered 409: the task says it was cancelled."""
+    queued = client.submit("c-3", "u", "hold")
+    fake.faults[("POST", f"/v1/tasks/{queued.task_id}/cancel")] = [(502, {})]
+    assert client.cancel(queued.task_id) is True
+    assert fake.calls[("POST", f"/v1/tasks/{queued.task_id}/cancel")] == 2
+    finished = client.submit("c-4", "u", "hold", {"state": "completed"})
+    assert client.cancel(finished.task_id) is False
 
 
 def triple_or_fail(x: int) -> int:
