@@ -14,8 +14,9 @@ the outputs stored), 1 anything unexpected.
 Inputs, beside the scan (``scan_uri``): ``model_uri`` (optional: the weights of ``model_version``)
 is given to the algorithm as the local file ``model_path``; ``previous_output_uri`` (optional: the
 outputs of an earlier scan of the same patient) as ``previous_summary``, the local copy of its
-``summary.json``. Local inputs are read in place, remote ones (``s3://``, ``https://``) downloaded
-to a temporary directory first. Local outputs are swapped into place; remote outputs (``s3://``)
+``summary.json``. Local inputs are read in place, remote ones (``s3://``, ``https://``) copied to a
+temporary directory out of the machine's input cache (``service.input_cache``), which fetches
+each once. Local outputs are swapped into place; remote outputs (``s3://``)
 are written to a temporary directory and uploaded under the output prefix, and the result is
 recorded only after every file is up. Remote URIs need the settings (``SCANTIDE_*``: S3 endpoint,
 size cap, allowed hosts); with ``--spec`` they are loaded only then.
@@ -54,8 +55,8 @@ Progress = Callable[[float], None]
 
 def run_task(spec: dict[str, Any], settings: Settings | None = None,
              progress: Progress | None = None) -> dict[str, Any]:
-    """Run one task described by ``spec`` (``params``, ``output_uri``, optional ``progress_path`` and
-    ``bundle_cache``); returns the result to record on the task. Raises ``EntryError``.
+    """Run one task described by ``spec`` (``params``, ``output_uri``, optional ``progress_path``,
+    ``bundle_cache`` and ``input_cache``); returns the result to record on the task. Raises ``EntryError``.
 
     The task's params name its algorithm version's bundle (``bundle_uri``, ``bundle_sha256``,
     pinned at enqueue); it is fetched, checked and unpacked, and its descriptor says how to run.
@@ -66,13 +67,13 @@ def run_task(spec: dict[str, Any], settings: Settings | None = None,
     output_uri = spec["output_uri"]
     report = progress or _progress_file(spec.get("progress_path"))
     with tempfile.TemporaryDirectory(prefix="scantide-task-") as tmp:
-        inputs = Inputs(Path(tmp), settings)
+        inputs = Inputs(Path(tmp), settings, Path(spec["input_cache"]) if spec.get("input_cache") else None)
         cache = Path(spec["bundle_cache"]) if spec.get("bundle_cache") else inputs.settings.state_dir / "bundles"
         here = inputs.bundle(str(task_params.get("bundle_uri") or ""), str(task_params.get("bundle_sha256") or ""),
                              cache)
         descriptor = _descriptor(here)
         scan = inputs.get(task_params["scan_uri"], "scan", "scan file")
-        owned = is_remote(task_params["scan_uri"])  # a fetched copy, which the run may have
+        owned = inputs.owned(scan)  # a copy in the work folder (never the input cache's file), which the run may have
         params = inputs.params(task_params)
         if is_remote(output_uri):
             out_dir = Path(tmp) / "outputs"

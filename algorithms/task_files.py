@@ -1,19 +1,30 @@
 """A task's files: its inputs, local or fetched (the scan, the model weights, an earlier scan's
 summary), and its outputs stored under the output URI. Used by the task entry point
-(``algorithms.entry``) in both of its modes."""
+(``algorithms.entry``) in both of its modes.
+
+Remote inputs go through the machine's input cache (``service.input_cache``, under
+``input_cache_dir``, ``input_cache_max_bytes`` at most; 0: none), so the steps of a pipeline on one
+scan download it once. Whether fetched or cached, a remote input reaches the task as a copy in its
+own work folder: a run may move or change that copy, never the cache's file. An S3 object is known
+to the cache by its URI, ETag and size (one HEAD request), so a replaced object is fetched anew; an
+``https://`` one by its URI alone. The algorithm bundle keeps its own cache (``Inputs.bundle``).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from algorithms.errors import EntryError
 from service.errors import InvalidRequest, ScantideError
+from service.input_cache import InputCache, InputCacheError
 from service.settings import Settings, load_settings
-from service.storage import StorageError, is_remote, storage_for
+from service.storage import Storage, StorageError, is_remote, storage_for
 from service.storage.local import local_path
 
 log = logging.getLogger(__name__)
@@ -29,11 +40,14 @@ class Inputs:
     """The task's input files, local or fetched into ``work_dir``.
 
     settings: needed only for remote URIs; loaded from the environment on first need when None.
+    input_cache: the input cache's folder (default: the settings' ``input_cache_dir``).
     """
 
-    def __init__(self, work_dir: Path, settings: Settings | None) -> None:
+    def __init__(self, work_dir: Path, settings: Settings | None, input_cache: Path | None = None) -> None:
         self.work_dir = work_dir
         self._settings = settings
+        self._cache_dir = input_cache
+        self._cache: InputCache | None = None
 
     @property
     def settings(self) -> Settings:
@@ -44,9 +58,11 @@ class Inputs:
                 raise EntryError(exc.code, exc.message) from exc
         return self._settings
 
-    def get(self, uri: str, name: str, what: str, max_bytes: int | None = None) -> Path:
-        """The local file behind ``uri``; a remote one is downloaded as ``name`` (keeping its suffix,
-        which the decoder needs) under ``max_bytes`` (default: the scan size cap)."""
+    def get(self, uri: str, name: str, what: str, max_bytes: int | None = None, *, cached: bool = True) -> Path:
+        """The local file behind ``uri``; a remote one is copied out of the input cache (fetched into
+        it on a miss; ``cached=False``: fetched directly) as ``name`` in the work folder, keeping its
+        suffix, which the decoder needs. max_bytes: the largest input accepted, bytes (default: the
+        scan size cap). Whether the run may move the file: ``owned``."""
         if not is_remote(uri):
             try:
                 path = local_path(uri)
@@ -58,13 +74,31 @@ class Inputs:
         suffix = Path(uri.split("?", 1)[0]).suffix
         dest = self.work_dir / "inputs" / (name + (suffix if _SUFFIX.match(suffix) else ""))
         settings = self.settings  # a settings error is itself, not a failed fetch
+        cap = max_bytes or settings.max_scan_bytes
         try:
-            size = storage_for(uri, settings).fetch(uri, dest, max_bytes=max_bytes or settings.max_scan_bytes)
+            storage = storage_for(uri, settings)
+            cache = self._input_cache() if cached else None
+            key = source_key(uri, storage) if cache is not None else None
+            if cache is None or key is None:
+                size = storage.fetch(uri, dest, max_bytes=cap)
+            else:
+                size = _through_cache(cache, key, lambda path: storage.fetch(uri, path, max_bytes=cap), dest)
         except ScantideError as exc:
             code = exc.code if isinstance(exc, InvalidRequest) else "fetch_failed"
             raise EntryError(code, f"cannot fetch {what} {uri}: {exc.message}") from exc
         log.info("input_fetched what=%s uri=%s bytes=%d", what.replace(" ", "_"), uri, size)
         return dest
+
+    def owned(self, path: Path) -> bool:
+        """Whether ``path`` is this task's own copy (in its work folder), which a run may move or change;
+        anything else (a local scan, read in place) must be copied."""
+        return path.resolve().is_relative_to(self.work_dir.resolve())
+
+    def _input_cache(self) -> InputCache | None:
+        if self._cache is None and self.settings.input_cache_max_bytes > 0:
+            root = self._cache_dir or self.settings.input_cache_dir
+            self._cache = InputCache(Path(root), self.settings.input_cache_max_bytes)  # type: ignore[arg-type]
+        return self._cache
 
     def params(self, params: dict[str, Any]) -> dict[str, Any]:
         """``params`` plus the local paths of the optional inputs (``model_path``, ``previous_summary``)."""
@@ -92,7 +126,7 @@ class Inputs:
         cached = cache_dir / f"{sha256}.tar.gz"
         data = cached.read_bytes() if cached.is_file() else b""
         if digest(data) != sha256:
-            data = self.get(uri, "bundle", "the algorithm bundle", MAX_BUNDLE_BYTES).read_bytes()
+            data = self.get(uri, "bundle", "the algorithm bundle", MAX_BUNDLE_BYTES, cached=False).read_bytes()
             if digest(data) != sha256:
                 raise EntryError("bundle_mismatch", f"the algorithm bundle at {uri} has sha256 {digest(data)[:12]}…, "
                                                     f"not the registered {sha256[:12]}…: it was changed after "
@@ -111,6 +145,52 @@ class Inputs:
         except ScantideError as exc:
             raise EntryError("upload_failed", exc.message) from exc
         log.info("outputs_uploaded uri=%s files=%d", output_uri, len(written))
+
+
+def source_key(uri: str, storage: Storage) -> str | None:
+    """What the input cache knows the remote input at ``uri`` by; None: fetch it uncached.
+
+    S3: the URI, ETag, size and version id (one HEAD request, so an object replaced at the same key
+    is a new input); the fetch itself checks the size again. https: the URI alone (servers' ETags
+    are optional and the scan URIs name immutable uploads)."""
+    if not uri.startswith("s3://"):
+        return uri
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from service.storage.s3 import S3Storage, parse_s3_uri
+
+    if not isinstance(storage, S3Storage):
+        return None
+    bucket, key = parse_s3_uri(uri)
+    try:
+        head = storage.client.head_object(Bucket=bucket, Key=key)
+    except (BotoCoreError, ClientError):
+        return None  # the fetch that follows fails too, with the storage's own error
+    version = f" version={head['VersionId']}" if head.get("VersionId") else ""
+    return f"{uri} etag={head.get('ETag', '')} size={head.get('ContentLength', '')}{version}"
+
+
+def _through_cache(cache: InputCache, key: str, fetch: Callable[[Path], int], dest: Path) -> int:
+    """Copy the cached input for ``key`` (fetched into the cache on a miss) to ``dest``; its size, bytes.
+
+    The copy is the task's own: the cache's blob is never handed out. A blob evicted by another
+    worker between the lookup and the copy is looked up again; a cache that fails is bypassed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        try:
+            path = cache.get(key, fetch)
+        except InputCacheError as exc:
+            log.warning("input_cache_skipped error=%s", exc)
+            return fetch(dest)
+        if not cache.holds(path):  # over the cache's cap: a download of our own
+            shutil.move(path, dest)
+            return dest.stat().st_size
+        try:
+            shutil.copyfile(path, dest)
+        except FileNotFoundError:
+            continue
+        return dest.stat().st_size
+    return fetch(dest)
 
 
 def _keep(path: Path, data: bytes) -> None:

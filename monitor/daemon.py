@@ -45,7 +45,7 @@ class MonitorDaemon:
         self.settings = settings
         self.outbox = outbox_for(settings)
         self.watcher = Watcher(backend, self.outbox, alert_config(settings), link=linker_for(settings),
-                               journal=settings.autoscaler_journal)
+                               journal=settings.autoscaler_journal, step_events=settings.webhook_step_events)
         policy = delivery_policy(settings)
         self.deliverer = Deliverer(self.outbox, policy) if policy else None
         self._stop = threading.Event()

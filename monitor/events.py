@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 from service.domain import Change, JobState, TaskInfo, iso
 
 if TYPE_CHECKING:
+    from service.pipelines.store import Run
     from service.settings import Settings
 
-EVENT_TYPES = ("scan.completed", "scan.failed", "scan.stalled", "queue.backlog", "fleet.launch_failed")
+EVENT_TYPES = ("scan.completed", "scan.failed", "scan.stalled", "queue.backlog", "fleet.launch_failed",
+               "pipeline.completed", "pipeline.failed")
 
 Linker = Callable[[str], str]  # output file URI → a link the platform can fetch
 
@@ -70,7 +72,7 @@ def _timings(task: TaskInfo) -> dict[str, str | None]:
     return {"queued_at": iso(task.queued_at), "started_at": iso(task.started_at), "finished_at": iso(task.finished_at)}
 
 
-RESULT_KEYS = ("output_uri", "outputs", "algorithm_version", "model_version", "return_pickle")  # ours, not figures
+RESULT_KEYS = ("output_uri", "outputs", "algorithm_version", "model_version", "return_pickle", "checksums")  # ours, not figures
 
 
 def _outputs(task: TaskInfo, link: Linker) -> dict[str, Any] | None:
@@ -116,9 +118,12 @@ def scan_data(task: TaskInfo, state: JobState, *, outputs: dict | None = None, e
     }
 
 
-def from_change(change: Change, link: Linker = local_link) -> Event | None:
-    """The webhook event a state change calls for, or None (queued and running need none)."""
+def from_change(change: Change, link: Linker = local_link, *, step_events: bool = False) -> Event | None:
+    """The webhook event a state change calls for, or None (queued and running need none, and the
+    tasks of pipeline steps none unless ``step_events``: their run sends ``pipeline.*``)."""
     task, state = change.task, change.state
+    if task.params.get("pipeline_run") and not step_events:
+        return None
     eid = event_id(change.task_id, state.value, change.attempt)
     key = f"scan:{task.scan_id}"
     if state is JobState.completed:
@@ -158,3 +163,26 @@ def launch_failed(entry: dict[str, Any]) -> Event:
     reason = str(entry.get("reason", ""))
     data = {"pool": pool, "reason": reason, "option": entry.get("option"), "at": iso(at)}
     return Event(event_id("launch_failed", pool, at, reason), "fleet.launch_failed", f"pool:{pool}", at, data)
+
+
+def pipeline_outcome(run: Run, link: Linker = local_link) -> Event:
+    """``pipeline.completed`` or ``pipeline.failed``: one per run outcome (a retried run that ends
+    again sends its new outcome under a new id)."""
+    steps = {}
+    for name, step in run.steps.items():
+        entry: dict[str, Any] = {"state": step.state, "task_id": step.task_id, "algorithm": step.algorithm,
+                                 "version": step.version, "compute": step.compute, "bytes_moved": step.bytes_moved}
+        if step.result:
+            base = str(step.result.get("output_uri", "")).rstrip("/")
+            entry["outputs"] = {"uri": base, "files": {f: link(f"{base}/{f}")
+                                                       for f in (step.result.get("outputs") or {}).get("files", [])}}
+            entry["figures"] = {k: v for k, v in step.result.items()
+                                if k not in RESULT_KEYS and isinstance(v, (str, int, float, bool))}
+        if step.error:
+            entry["error"] = step.error
+        steps[name] = entry
+    data = {"run_id": run.run_id, "pipeline": run.pipeline, "version": run.version, "scan_id": run.scan_id,
+            "state": run.state, "retries": run.retries, "error": run.error, "steps": steps,
+            "metadata": run.metadata}
+    return Event(event_id(run.run_id, run.state, run.retries), f"pipeline.{run.state}", f"scan:{run.scan_id}",
+                 run.updated_at or run.created_at, data)

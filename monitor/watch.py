@@ -29,7 +29,8 @@ ACTIVE_LIMIT = 10_000  # queued/running tasks the stall rules look at per tick
 
 class Watcher:
     def __init__(self, backend: TaskBackend, outbox: Outbox, alerts: AlertConfig, *, page_size: int = 500,
-                 link: Linker = local_link, journal: Path | None = None) -> None:
+                 link: Linker = local_link, journal: Path | None = None, step_events: bool = False) -> None:
+        self.step_events = step_events
         self.backend = backend
         self.journal = journal
         self.outbox = outbox
@@ -43,7 +44,7 @@ class Watcher:
         added = 0
         while True:
             page = self.backend.changes(cursor, self.page_size)
-            built = [e for e in (events.from_change(c, self.link) for c in page.changes) if e is not None]
+            built = [e for e in (events.from_change(c, self.link, step_events=self.step_events) for c in page.changes) if e is not None]
             added += self.outbox.append(built, state={CURSOR: page.cursor})
             cursor = page.cursor
             if not page.more:

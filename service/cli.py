@@ -19,12 +19,15 @@ from service.clearml_cli import clearml_app, parse_params
 from service.console import follow
 from service.domain import JobState, ScanRequest
 from service.errors import ScantideError
+from service.pipelines_cli import pipelines_app, runs_app
 from service.settings import Settings, load_settings, with_local_token
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="scantide: analyse uploaded video scans on autoscaled workers.")
 app.add_typer(clearml_app, name="clearml")
 app.add_typer(algorithms_app, name="algorithms")
+app.add_typer(pipelines_app, name="pipelines")
+app.add_typer(runs_app, name="runs")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -62,7 +65,8 @@ def up(
     settings = with_local_token(_settings(ctx))
     if workers is not None:
         settings = settings.model_copy(update={"workers": workers})
-    children = [Child("api", cli_argv("api")), Child("monitor", cli_argv("monitor"))]
+    children = [Child("api", cli_argv("api")), Child("monitor", cli_argv("monitor")),
+                Child("conductor", cli_argv("conductor"))]
     if fixed:
         q = settings.default_queue
         children += [Child(f"worker-{i}", cli_argv("worker", "--queue", q)) for i in range(settings.workers)]
@@ -72,7 +76,7 @@ def up(
         fleet = f"autoscaler (0 to {settings.workers} workers)"
     token_at = settings.token_file if settings.token_file.exists() else "SCANTIDE_API_TOKENS"
     err_console.print(f"scantide up: API on http://{settings.api_host}:{settings.api_port} (docs at /docs), "
-                      f"monitor, {fleet}; API token in {token_at}")
+                      f"monitor, conductor, {fleet}; API token in {token_at}")
     raise typer.Exit(Supervisor(settings, open_backend(settings), children).run())
 
 
@@ -152,8 +156,9 @@ def submit(
 
 @app.command()
 def status(ctx: typer.Context, limit: int = typer.Option(15, help="Recent tasks to show.")) -> None:
-    """Queues, workers and the most recent tasks."""
-    backend = open_backend(_settings(ctx))
+    """Queues, workers, the most recent tasks and this machine's input cache."""
+    settings = _settings(ctx)
+    backend = open_backend(settings)
     workers = backend.workers()
     qt = Table(title="queues")
     for col in ("queue", "pending", "running", "oldest queued", "workers"):
@@ -170,6 +175,32 @@ def status(ctx: typer.Context, limit: int = typer.Option(15, help="Recent tasks 
         tt.add_row(t.scan_id, t.algorithm, t.state.value, f"{(t.progress or 0) * 100:.0f}%", str(t.attempt),
                    t.task_id[:12], t.error.code if t.error else "")
     console.print(tt)
+    console.print(_input_cache_line(settings))
+
+
+def _input_cache_line(settings: Settings) -> str:
+    """One line on this machine's input cache, read from its index (nothing is created)."""
+    # The cache lives with the workers (algorithms/); its reader is standard library only.
+    from service.input_cache import InputCacheError, stats
+
+    if settings.input_cache_max_bytes == 0:
+        return "input cache: off (SCANTIDE_INPUT_CACHE_MAX_BYTES=0)"
+    try:
+        s = stats(settings.input_cache_dir)  # type: ignore[arg-type]
+    except InputCacheError as exc:
+        return f"input cache: unreadable ({escape(str(exc))})"
+    uses = s["hits"] + s["misses"]
+    rate = f" ({s['hits'] / uses:.0%} hit rate)" if uses else ""
+    return (f"input cache: {s['hits']} hits, {s['misses']} misses{rate}, {_size(s['bytes'])} of "
+            f"{_size(settings.input_cache_max_bytes)}, {s['evictions']} evictions")
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for people: ``1.2 GiB``, ``20 GiB``, ``3.5 MiB``, ``0 B``."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} B"
 
 
 @app.command()

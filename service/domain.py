@@ -42,6 +42,11 @@ class ScanRequest(BaseModel):
         default=None, description="The algorithm's parameters, checked against its descriptor: unknown names and "
         "values out of bounds are refused (422 invalid_params, naming the field).")
     metadata: dict[str, Any] | None = Field(default=None, description="Opaque; echoed in webhooks.")
+    pipeline: str | None = Field(default=None, max_length=64, description="Run this registered pipeline on the "
+                                 "scan instead of one algorithm (idempotent on pipeline + scan_id); answers with a "
+                                 "run_id.")
+    pipeline_version: str | None = Field(default=None, max_length=64, description="A registered version of the "
+                                         "pipeline; default: the newest.")
     previous_scan_id: str | None = Field(
         default=None, pattern=SCAN_ID_PATTERN,
         description="An earlier scan of the same patient, analysed by the same algorithm and completed, to compare "

@@ -153,11 +153,19 @@ class InvalidDescriptor(InvalidRequest):
     """An algorithm descriptor that cannot be registered; ``errors`` names each problem by field path."""
 
     code = "invalid_descriptor"
+    what = "algorithm descriptor"
 
     def __init__(self, errors: list[str], source: str = "") -> None:
         self.errors = list(errors)
         where = f" {source}" if source else ""
-        super().__init__(f"invalid algorithm descriptor{where}: " + "; ".join(self.errors))
+        super().__init__(f"invalid {self.what}{where}: " + "; ".join(self.errors))
+
+
+class InvalidPipeline(InvalidDescriptor):
+    """A pipeline descriptor that cannot be registered; ``errors`` names each problem by field path."""
+
+    code = "invalid_pipeline"
+    what = "pipeline descriptor"
 
 
 class InvalidParams(InvalidRequest):
@@ -192,3 +200,27 @@ class TaskNotCancellable(Conflict):
     """Only a queued task can be cancelled; a running or finished one is left as it is."""
 
     code = "task_not_cancellable"
+
+
+class UnknownPipeline(InvalidRequest):
+    code = "unknown_pipeline"
+
+
+class PipelineNotFound(NotFound):
+    code = "pipeline_not_found"
+
+
+class PipelineVersionExists(Conflict):
+    """The same name and version registered with another descriptor: versions are immutable."""
+
+    code = "pipeline_version_exists"
+
+
+class RunNotFound(NotFound):
+    code = "run_not_found"
+
+
+class RunNotRetryable(Conflict):
+    """Only a failed run can be retried."""
+
+    code = "run_not_retryable"

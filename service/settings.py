@@ -69,6 +69,10 @@ class Settings(BaseSettings):
                                description="Lifetime of presigned output links in webhooks, seconds (SigV4: 7 days "
                                "at most; links signed with temporary credentials die with them).")
     max_scan_bytes: int = Field(4 * 1024**3, ge=1, description="Largest scan a worker downloads, bytes.")
+    input_cache_dir: Path | None = Field(None, description="A worker's cache of fetched remote inputs (scans, "
+                                         "weights, upstream outputs); default <state_dir>/input_cache.")
+    input_cache_max_bytes: int = Field(20 * 1024**3, ge=0, description="Most the input cache keeps, bytes (least "
+                                       "recently used go first); 0: no cache, every input fetched per task.")
 
     webhook_url: str | None = Field(None, description="Where the monitor posts events; unset: kept, not sent.")
     webhook_secret: str | None = Field(None, description="HMAC secret for Scantide-Signature (16+ characters).")
@@ -81,6 +85,22 @@ class Settings(BaseSettings):
     stall_no_heartbeat_s: float = Field(60.0, gt=0, description="A running task silent this long is scan.stalled.")
     max_queue_wait_s: float = Field(1800.0, gt=0, description="A task queued this long is scan.stalled.")
     backlog_slo_s: float = Field(600.0, gt=0, description="Oldest queued task older than this: queue.backlog.")
+
+    # Pipelines: the conductor, and the compute targets steps run on.
+    conductor_poll_s: float = Field(0.2, gt=0, description="How often the conductor reads run and task changes, "
+                                    "seconds.")
+    compute_name: str = Field("", pattern=r"^([a-z][a-z0-9_-]{0,40})?$", description="The name pipeline steps give "
+                              "this deployment's own backend as their compute; default local (embedded), cloud "
+                              "(clearml).")
+    compute_targets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="More compute targets for "
+                                                       "pipeline steps: name -> settings that differ from these, e.g. "
+                                                       '{"cloud": {"backend": "clearml", "output_root": "s3://b/out"}}.')
+    default_compute: str = Field("", description="Where a step without compute runs; default this deployment's own.")
+    pipeline_prefixes: dict[str, str] = Field(default_factory=dict, description="The Lambda's routing of S3 keys to "
+                                              'pipelines by key prefix, e.g. {"uploads/triage/": "triage"}; the '
+                                              "longest matching prefix wins, no match runs the default algorithm.")
+    webhook_step_events: bool = Field(False, description="Also send scan.* events for the tasks of pipeline steps "
+                                      "(by default a run sends only pipeline.completed or pipeline.failed).")
 
     # ClearML mode (backend = "clearml"). Server and credentials come from the SDK's own chain:
     # CLEARML_API_HOST, CLEARML_API_ACCESS_KEY, CLEARML_API_SECRET_KEY or clearml.conf.
@@ -102,6 +122,8 @@ class Settings(BaseSettings):
             self.data_root = self.state_dir / "data"
         if self.output_root is None:
             self.output_root = self.state_dir / "outputs"
+        if self.input_cache_dir is None:
+            self.input_cache_dir = self.state_dir / "input_cache"
         for name, tokens in (("api_tokens", self.api_tokens),):
             for scopes in tokens.values():
                 unknown = set(scopes) - set(SCOPES)
@@ -111,6 +133,15 @@ class Settings(BaseSettings):
             raise ValueError("webhook_secret must be set (16+ characters) when webhook_url is set; "
                              "generate one with: python -c 'import secrets; print(secrets.token_hex(32))'")
         return self
+
+    @property
+    def own_compute(self) -> str:
+        """The compute target name of this deployment's own backend."""
+        return self.compute_name or ("local" if self.backend == "embedded" else "cloud")
+
+    @property
+    def pipelines_db(self) -> Path:
+        return self.state_dir / "pipelines.db"
 
     @property
     def db_path(self) -> Path:

@@ -139,7 +139,8 @@ class Worker:
         log_path = work / "task.log"
         spec = {"task_id": task.task_id, "algorithm": task.algorithm, "params": task.params,
                 "output_uri": task.output_uri, "result_path": str(result_path), "progress_path": str(progress_path),
-                "bundle_cache": str(self.settings.state_dir / "bundles")}
+                "bundle_cache": str(self.settings.state_dir / "bundles"),
+                "input_cache": str(self.settings.input_cache_dir)}
         spec_path.write_text(json.dumps(spec))
         timeout_s = min(max_runtime_s, self.settings.task_timeout_s)
         with open(log_path, "wb") as log_file:

@@ -43,8 +43,13 @@ def transaction(db: sqlite3.Connection, lock: AbstractContextManager[object], be
 class Database:
     """A SQLite file shared by threads and processes; created or upgraded on open."""
 
-    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0) -> None:
+    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0, *, schema: str = SCHEMA,
+                 version: int = SCHEMA_VERSION, migrations: dict[int, list[str]] | None = None) -> None:
+        """schema, version, migrations: the newest schema in full, its number, and the statements
+        that upgrade each older number (default: the task store's)."""
         self.path = Path(path)
+        self._schema, self._version = schema, version
+        self._migrations = MIGRATIONS if migrations is None else migrations
         self._busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
@@ -84,17 +89,17 @@ class Database:
         """Create the schema, or upgrade an older store, in one transaction."""
         with self.tx() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise ConfigError(f"task store {self.path} has schema version {version}, newer than this "
-                                  f"scantide's {SCHEMA_VERSION}: upgrade scantide")
+            if version > self._version:
+                raise ConfigError(f"store {self.path} has schema version {version}, newer than this "
+                                  f"scantide's {self._version}: upgrade scantide")
             if version == 0:
-                for statement in statements(SCHEMA):
+                for statement in statements(self._schema):
                     db.execute(statement)
             else:
-                for v in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS[v]:
+                for v in range(version + 1, self._version + 1):
+                    for statement in self._migrations[v]:
                         db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute(f"PRAGMA user_version = {self._version}")
 
     def close(self) -> None:
         with self._conns_lock:

@@ -127,22 +127,26 @@ class AlgorithmDescriptor:
 
 def load_descriptor(text: str | bytes, filename: str) -> AlgorithmDescriptor:
     """Parse a descriptor file's text: YAML (``safe_load``) for .yaml/.yml, JSON for .json."""
+    return parse_descriptor(load_data(text, filename), filename)
+
+
+def load_data(text: str | bytes, filename: str, error: type[InvalidDescriptor] = InvalidDescriptor) -> Any:
+    """A descriptor file's data: YAML (``safe_load``: data only, no tags) for .yaml/.yml, JSON for .json.
+    Raises ``error`` naming the file and what is wrong with it."""
     is_json = filename.lower().endswith(".json")
     if not is_json and not filename.lower().endswith((".yaml", ".yml")):
-        raise InvalidDescriptor([f"{filename}: expected a .yaml, .yml or .json file"])
+        raise error([f"{filename}: expected a .yaml, .yml or .json file"])
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as e:
-            raise InvalidDescriptor([f"{filename}: not UTF-8 text: {e.reason} at byte {e.start}"]) from None
+            raise error([f"{filename}: not UTF-8 text: {e.reason} at byte {e.start}"]) from None
     try:
-        data = json.loads(text) if is_json else yaml.safe_load(text)
+        return json.loads(text) if is_json else yaml.safe_load(text)
     except json.JSONDecodeError as e:
-        raise InvalidDescriptor([f"{filename}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"]) \
-            from None
+        raise error([f"{filename}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"]) from None
     except yaml.YAMLError as e:
-        raise InvalidDescriptor([f"{filename}: not valid YAML: {_yaml_reason(e)}"]) from None
-    return parse_descriptor(data, filename)
+        raise error([f"{filename}: not valid YAML: {_yaml_reason(e)}"]) from None
 
 
 def _yaml_reason(error: yaml.YAMLError) -> str:

@@ -26,7 +26,7 @@ PARAM_KEYWORDS = ("default", "description", "enum", "maxLength", "maximum", "min
 RESERVED_PARAMS = frozenset({
     "scan_id", "scan_uri", "output_uri", "model_version", "model_uri", "metadata", "previous_scan_id",
     "previous_output_uri", "previous_summary", "model_path", "algorithm", "algorithm_version", "bundle_uri",
-    "bundle_sha256", "task_id",
+    "bundle_sha256", "task_id", "pipeline_run", "pipeline_step", "step_inputs",
 })
 
 _TYPES_TEXT = ", ".join(PARAM_TYPES)

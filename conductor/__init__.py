@@ -1,0 +1,1 @@
+"""The conductor: drives pipeline runs (``scantide conductor``, started by ``scantide up``)."""

@@ -1,0 +1,180 @@
+"""Drive pipeline runs: follow what changed, refresh step states, submit what is due, end runs.
+
+What changed comes from two feeds read from persisted cursors, as the monitor reads task changes:
+the run store's (runs created, retried, or written here) and every compute target's task changes
+(a step's task ended). Each changed run is then *advanced*: its steps' tasks are read again, the
+pure ``service.pipelines.plan`` decides, and the decision is applied, saved over the version read.
+
+Nothing is lost or done twice across a crash at any point:
+
+- A step's task is submitted under the key ``(algorithm, "<run_id>.<step>.<attempt>")``, which the
+  task store makes idempotent: a run advanced again after a crash that followed the submit but
+  preceded the save gets the same task back.
+- The outcome event is put in the outbox (its id fixed by run, outcome and retry) before the run is
+  saved as ended; a crash between the two puts the same event again, which the outbox ignores.
+- Cursors are saved after the runs they name were advanced; a crash replays them, harmlessly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from conductor.moves import place_inputs
+from monitor import events
+from monitor.events import Linker, local_link
+from monitor.outbox import Outbox
+from service.catalog.pipeline import PipelineStep
+from service.domain import JobState, ScanRequest, TaskInfo
+from service.enqueue import submit_items
+from service.errors import BackendUnavailable, ScantideError
+from service.pipelines.plan import plan
+from service.pipelines.store import PipelineStore, Run
+from service.pipelines.targets import Target, Targets
+
+log = logging.getLogger(__name__)
+
+RUNS_CURSOR = "conductor:runs_cursor"  # kept in the monitor's outbox, beside its own
+SWEEP_EVERY_S = 30.0  # every active run is advanced this often, whatever the feeds said
+
+
+def step_scan_id(run: Run, step: str) -> str:
+    return f"{run.run_id}.{step}.{run.steps[step].attempt}"
+
+
+class Conductor:
+    def __init__(self, store: PipelineStore, targets: Targets, outbox: Outbox, *, link: Linker = local_link,
+                 page_size: int = 500) -> None:
+        self.store, self.targets, self.outbox, self.link = store, targets, outbox, link
+        self.page_size = page_size
+        self._next_sweep = 0.0
+
+    def tick(self) -> int:
+        """Advance every run that changed since the last tick; returns how many runs were advanced."""
+        dirty: set[str] = set()
+        cursors: dict[str, object] = {}
+        cursor = int(self.outbox.get(RUNS_CURSOR, 0))
+        while True:
+            ids, cursor = self.store.changed_since(cursor, self.page_size)
+            dirty.update(ids)
+            if len(ids) < self.page_size:
+                break
+        cursors[RUNS_CURSOR] = cursor
+        for name, target in self.targets.items():
+            if not self._used(name):
+                continue
+            key = f"conductor:changes_cursor:{name}"
+            task_cursor = self.outbox.get(key)
+            while True:
+                page = target.backend.changes(task_cursor, self.page_size)
+                dirty.update(str(c.task.params["pipeline_run"]) for c in page.changes
+                             if c.task.params.get("pipeline_run"))
+                task_cursor = page.cursor
+                if not page.more:
+                    break
+            cursors[key] = task_cursor
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+            dirty.update(self.store.active_run_ids())
+        for run_id in sorted(dirty):
+            self.advance(run_id)
+        self.outbox.append([], state=cursors)
+        return len(dirty)
+
+    def _used(self, target: str) -> bool:
+        """The own target is always followed; another only once a run uses it (it may be remote)."""
+        return target == self.targets.default or self.targets[target]._backend is not None
+
+    def advance(self, run_id: str) -> Run | None:
+        """Bring one run up to date; the run as saved (None: unknown run)."""
+        for _ in range(10):
+            run = self.store.get_run(run_id)
+            if run is None or run.ended:
+                return run
+            changed = self._apply(run)
+            if not changed:
+                return run
+            saved = self.store.save_run(run)
+            if saved is not None:
+                if saved.ended:
+                    log.info("run_%s run_id=%s pipeline=%s scan_id=%s", saved.state, saved.run_id, saved.pipeline,
+                             saved.scan_id)
+                return saved
+        log.warning("run_busy run_id=%s: changed by another writer ten times in a row; next tick", run_id)
+        return None
+
+    def _apply(self, run: Run) -> bool:
+        """Refresh, plan and act on ``run`` in memory (tasks submitted, event put); whether it changed."""
+        pipeline = self.store.get(run.pipeline, run.version)
+        if pipeline is None:  # cannot happen: versions are never deleted
+            raise ScantideError(f"run {run.run_id} names pipeline {run.pipeline} {run.version}, which is missing")
+        changed = self._refresh(run)
+        decision = plan(pipeline.spec, run)
+        for name, why in decision.skip.items():
+            run.steps[name].state = "skipped"
+            run.steps[name].error = {"code": "skipped", "message": why}
+            changed = True
+        for name in decision.submit:
+            self._submit(run, name, pipeline.spec.step(name))
+            changed = True
+        if run.state == "queued":
+            run.state, changed = "running", True
+        if decision.outcome is not None:
+            run.state = decision.outcome
+            if decision.failed_step is not None:
+                step = run.steps[decision.failed_step]
+                run.error = {"step": decision.failed_step, **(step.error or {"code": "failed", "message": ""})}
+            self.outbox.append([events.pipeline_outcome(run, self.link)])
+            changed = True
+        return changed
+
+    def _refresh(self, run: Run) -> bool:
+        changed = False
+        for step in run.steps.values():
+            if step.state not in ("queued", "running") or step.task_id is None:
+                continue
+            task = self.targets[step.compute].backend.get_task(step.task_id)
+            state, result, error = _step_state(task)
+            if (state, result, error) != (step.state, step.result, step.error):
+                step.state, step.result, step.error = state, result, error
+                changed = True
+        return changed
+
+    def _submit(self, run: Run, name: str, spec: PipelineStep) -> None:
+        step = run.steps[name]
+        target: Target = self.targets[step.compute]
+        if step.task_id is None:
+            step.attempt += 1
+        try:
+            scan_uri, step_inputs, moved = place_inputs(run, name, spec.inputs, target)
+            request = ScanRequest(scan_id=step_scan_id(run, name), scan_uri=scan_uri, algorithm=step.algorithm,
+                                  algorithm_version=step.version, params=dict(spec.params) or None,
+                                  metadata=run.metadata)
+            item = target.enqueuer.prepare(request)
+            item.params.update(pipeline_run=run.run_id, pipeline_step=name, step_inputs=step_inputs)
+            (outcome,) = submit_items(target.backend, [item])
+            if isinstance(outcome, ScantideError):
+                raise outcome
+        except BackendUnavailable:
+            raise  # the next tick tries again
+        except ScantideError as exc:  # refused: the step fails, saying why
+            step.state, step.error = "failed", {"code": exc.code, "message": exc.message, "log_tail": ""}
+            log.warning("step_refused run_id=%s step=%s code=%s message=%s", run.run_id, name, exc.code, exc.message)
+            return
+        step.task_id, step.state, step.bytes_moved = outcome.task.task_id, "queued", step.bytes_moved + moved
+        log.info("step_submitted run_id=%s step=%s task_id=%s compute=%s created=%s bytes_moved=%d", run.run_id,
+                 name, outcome.task.task_id, step.compute, outcome.created, moved)
+
+
+def _step_state(task: TaskInfo) -> tuple[str, dict | None, dict | None]:
+    if task.state is JobState.completed:
+        if task.result:
+            return "completed", task.result, None
+        return "failed", None, {"code": "no_result", "message": "the task ended as completed but recorded no result",
+                                "log_tail": ""}
+    if task.state in (JobState.failed, JobState.stopped):
+        err = task.error
+        return "failed", None, ({"code": err.code, "message": err.message, "log_tail": err.log_tail} if err else
+                                {"code": task.state.value, "message": f"the task was {task.state.value}",
+                                 "log_tail": ""})
+    return task.state.value, None, None
