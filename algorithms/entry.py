@@ -40,7 +40,7 @@ from typing import Any
 
 from algorithms import runners
 from algorithms.errors import EntryError
-from algorithms.task_files import Inputs
+from algorithms.task_files import Inputs, file_sha256
 from service.catalog import DESCRIPTOR_NAMES, AlgorithmDescriptor, load_descriptor
 from service.errors import ScantideError
 from service.settings import Settings
@@ -72,18 +72,23 @@ def run_task(spec: dict[str, Any], settings: Settings | None = None,
         here = inputs.bundle(str(task_params.get("bundle_uri") or ""), str(task_params.get("bundle_sha256") or ""),
                              cache)
         descriptor = _descriptor(here)
-        scan = inputs.get(task_params["scan_uri"], "scan", "scan file")
-        owned = inputs.owned(scan)  # a copy in the work folder (never the input cache's file), which the run may have
+        step_inputs = task_params.get("step_inputs") or {}  # a pipeline step: what lands in {inputs}
+        staged = runners.Staged(upstream=inputs.upstream(step_inputs.get("steps") or {}))
+        if step_inputs.get("scan", True):
+            staged.scan = inputs.get(task_params["scan_uri"], "scan", "scan file")
+            staged.scan_owned = inputs.owned(staged.scan)  # the task's own copy (never the cache's), which a run may have
         params = inputs.params(task_params)
         if is_remote(output_uri):
             out_dir = Path(tmp) / "outputs"
             out_dir.mkdir()
-            returned = runners.run(descriptor, here, scan, owned, params, out_dir, report)
+            returned = runners.run(descriptor, here, staged, params, out_dir, report)
             files = files_under(out_dir)
+            checksums = {f: file_sha256(out_dir / f) for f in files}
             inputs.upload(out_dir, output_uri)
         else:
-            returned, files = _run_local(descriptor, here, scan, owned, params, local_path(output_uri), report)
-    return describe_result(returned, files, output_uri.rstrip("/"), descriptor.version, params.get("model_version"))
+            returned, files, checksums = _run_local(descriptor, here, staged, params, local_path(output_uri), report)
+    result = describe_result(returned, files, output_uri.rstrip("/"), descriptor.version, params.get("model_version"))
+    return {**result, "checksums": checksums}
 
 
 def _descriptor(here: Path) -> AlgorithmDescriptor:
@@ -104,21 +109,22 @@ def _progress_file(path: str | None) -> Progress:
     return write
 
 
-def _run_local(descriptor: AlgorithmDescriptor, here: Path, scan: Path, owned: bool, params: dict[str, Any],
-               out_dir: Path, progress: Progress) -> tuple[dict[str, Any], list[str]]:
+def _run_local(descriptor: AlgorithmDescriptor, here: Path, staged: runners.Staged, params: dict[str, Any],
+               out_dir: Path, progress: Progress) -> tuple[dict[str, Any], list[str], dict[str, str]]:
     # Write into a fresh directory and swap it in, so a retried attempt never mixes its files
     # with a dead attempt's.
     staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.partial"
     staging.mkdir(parents=True)
     try:
-        returned = runners.run(descriptor, here, scan, owned, params, staging, progress)
+        returned = runners.run(descriptor, here, staged, params, staging, progress)
         files = files_under(staging)
+        checksums = {f: file_sha256(staging / f) for f in files}
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return returned, files
+    return returned, files, checksums
 
 
 def describe_result(returned: dict[str, Any], files: list[str], output_uri: str, algorithm_version: str,

@@ -12,6 +12,7 @@ to the cache by its URI, ETag and size (one HEAD request), so a replaced object 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -88,6 +89,32 @@ class Inputs:
             raise EntryError(code, f"cannot fetch {what} {uri}: {exc.message}") from exc
         log.info("input_fetched what=%s uri=%s bytes=%d", what.replace(" ", "_"), uri, size)
         return dest
+
+    def upstream(self, steps: dict[str, Any]) -> dict[str, Path]:
+        """A pipeline step's upstream outputs (``step_inputs.steps``: ``{step: {"uri", "files": {relative
+        path: sha256}}}``), each step's files in a folder of its own in the work folder, every file
+        checked against the sha256 its step recorded."""
+        out: dict[str, Path] = {}
+        for step, spec in steps.items():
+            folder = self.work_dir / "upstream" / step
+            folder.mkdir(parents=True)
+            for i, (rel, digest) in enumerate(sorted(spec["files"].items())):
+                if rel.startswith("/") or ".." in Path(rel).parts:
+                    raise EntryError("invalid_task", f"step {step}'s output {rel!r} is not a relative path")
+                uri = f"{str(spec['uri']).rstrip('/')}/{rel}"
+                source = self.get(uri, f"upstream-{step}-{i}", f"the output {rel} of step {step}")
+                dest = folder / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if self.owned(source):
+                    os.replace(source, dest)
+                else:
+                    shutil.copyfile(source, dest)
+                found = file_sha256(dest)
+                if found != digest:
+                    raise EntryError("input_mismatch", f"the output {rel} of step {step} at {uri} has sha256 "
+                                                       f"{found[:12]}…, not the {str(digest)[:12]}… its step recorded")
+            out[step] = folder
+        return out
 
     def owned(self, path: Path) -> bool:
         """Whether ``path`` is this task's own copy (in its work folder), which a run may move or change;
@@ -202,3 +229,11 @@ def _keep(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("bundle_cache_skipped path=%s error=%s", path, exc)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

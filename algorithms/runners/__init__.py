@@ -17,31 +17,34 @@ from typing import TYPE_CHECKING, Any
 
 import algorithms
 from algorithms.errors import EntryError
-from algorithms.runners.process import Progress, Workspace, failure, read_result, run_process
+from algorithms.runners.process import Progress, Staged, Workspace, failure, read_result, run_process
 
 if TYPE_CHECKING:
     from service.catalog import AlgorithmDescriptor
 
+__all__ = ["Staged", "run"]
+
 PACKAGE_ROOT = str(Path(algorithms.__file__).resolve().parent.parent)  # the child imports algorithms.* from here
 
 
-def run(descriptor: AlgorithmDescriptor, here: Path, scan: Path, scan_owned: bool, params: dict[str, Any],
+def run(descriptor: AlgorithmDescriptor, here: Path, staged: Staged, params: dict[str, Any],
         out_dir: Path, progress: Progress) -> dict[str, Any]:
-    """Run ``descriptor``'s algorithm on ``scan`` into ``out_dir`` (empty); the result it reports.
+    """Run ``descriptor``'s algorithm on ``staged`` (the scan, upstream outputs) into ``out_dir``
+    (empty); the result it reports.
 
-    here: the unpacked bundle (the descriptor's folder). scan_owned: the scan is this task's own
-    copy (fetched), which may be moved rather than copied. params: validated, with defaults, plus
-    the task's own (scan_id, metadata, model_path …)."""
+    here: the unpacked bundle (the descriptor's folder). params: validated, with defaults, plus the
+    task's own (scan_id, metadata, model_path …). A ``python`` function gets ``{inputs}/scan.<ext>``
+    as its scan path, or ``{inputs}`` itself for a pipeline step that does not read the scan."""
     if descriptor.runner in ("command", "image"):
         from algorithms.runners.command import run_command
 
-        return run_command(descriptor, here, scan, scan_owned, params, out_dir, progress)
+        return run_command(descriptor, here, staged, params, out_dir, progress)
     timeout_s = descriptor.resources.timeout_s
     with Workspace() as work:
         report = work.root / "report.json"
         request = {"runner": descriptor.runner, "here": str(here), "outputs": str(out_dir), "report": str(report),
                    "target": descriptor.python if descriptor.runner == "python" else descriptor.function,
-                   "scan": str(work.stage_scan(scan, scan_owned)), "params": params}
+                   "scan": str(work.stage(staged)), "params": params}
         (work.root / "request.json").write_text(json.dumps(request))
         argv = [sys.executable, "-m", "algorithms.runners.child", str(work.root / "request.json")]
         code, tail = run_process(argv, work.env(PYTHONPATH=PACKAGE_ROOT), work.root, timeout_s, progress)

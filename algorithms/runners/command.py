@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from algorithms.errors import EntryError
-from algorithms.runners.process import Progress, Workspace, failure, read_result, run_process
+from algorithms.runners.process import Progress, Staged, Workspace, failure, read_result, run_process
 from service.algorithms import CONTAINER_ENGINES
 from service.catalog import AlgorithmDescriptor, command_argv
 from service.errors import InvalidParams
@@ -31,7 +31,7 @@ AGENT_TASK_ENV = "CLEARML_TASK_ID"  # set when a ClearML agent runs the task (in
 MOUNT = "/scantide"  # where the task's folders appear inside a container
 
 
-def run_command(descriptor: AlgorithmDescriptor, here: Path, scan: Path, scan_owned: bool, params: dict[str, Any],
+def run_command(descriptor: AlgorithmDescriptor, here: Path, staged: Staged, params: dict[str, Any],
                 out_dir: Path, progress: Progress) -> dict[str, Any]:
     timeout_s = descriptor.resources.timeout_s
     with Workspace() as work:
@@ -39,7 +39,7 @@ def run_command(descriptor: AlgorithmDescriptor, here: Path, scan: Path, scan_ow
             argv, on_exit = _argv(descriptor, here, work.inputs, out_dir, params)
         except InvalidParams as exc:
             raise EntryError("invalid_params", exc.message) from exc
-        work.stage_scan(scan, scan_owned)
+        work.stage(staged)
         code, tail = run_process(argv, work.env(), work.root, timeout_s, progress, on_exit)
     error = failure(code, tail, timeout_s, "command")
     if error is not None:

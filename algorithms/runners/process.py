@@ -25,6 +25,7 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,20 @@ PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "NVIDIA_VI
 Progress = Callable[[float], None]
 
 
+@dataclass
+class Staged:
+    """What lands in a run's ``{inputs}``: the scan (None: a pipeline step that does not read it) and
+    upstream steps' outputs, a folder per step. ``scan_owned``: the scan is the task's own copy,
+    which may be moved rather than copied; upstream folders always are the task's own."""
+
+    scan: Path | None = None
+    scan_owned: bool = False
+    upstream: dict[str, Path] = field(default_factory=dict)
+
+
 class Workspace:
-    """A run's own folder, removed with everything in it on exit. ``stage_scan`` places the scan in
-    ``inputs`` (moved when it is a fetched copy of this task's, copied when it is the original)."""
+    """A run's own folder, removed with everything in it on exit. ``stage`` places the inputs in
+    ``inputs`` (moved when they are this task's own copies, copied when they are originals)."""
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="scantide-run-"))
@@ -56,6 +68,13 @@ class Workspace:
 
     def __exit__(self, *exc: object) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def stage(self, staged: Staged) -> Path:
+        """Place ``staged`` in ``inputs``: the scan as ``scan.<ext>``, each upstream step's outputs under
+        ``<step>/``; returns the scan's path there, or ``inputs`` itself when there is no scan."""
+        for step, folder in staged.upstream.items():
+            shutil.move(folder, self.inputs / step)
+        return self.inputs if staged.scan is None else self.stage_scan(staged.scan, staged.scan_owned)
 
     def stage_scan(self, scan: Path, owned: bool) -> Path:
         dest = self.inputs / f"scan{scan.suffix.lower()}"

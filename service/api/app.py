@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
@@ -15,6 +16,7 @@ from service.api.batching import SubmitBatcher
 from service.api.errors import install_error_handlers
 from service.api.limits import BodySizeLimit
 from service.api.models import models_router
+from service.api.pipelines import pipelines_router, run_links, run_submission_body
 from service.api.tasks import tasks_router
 from service.backends import open_backend
 from service.backends.base import TaskBackend
@@ -27,8 +29,13 @@ from service.enqueue import (
     task_links,
 )
 from service.errors import BackendUnavailable, ScanNotFound
+from service.pipelines.runs import start_run
+from service.pipelines.store import PipelineStore
+from service.pipelines.targets import targets_for
 from service.scan_uri import needs_resolution
 from service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class SubmitResponse(BaseModel):
@@ -60,6 +67,8 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
     auth = TokenAuth(settings.api_tokens)
     enqueuer = Enqueuer.from_settings(settings)
     batcher = SubmitBatcher(backend)
+    pipelines = PipelineStore(settings.pipelines_db)
+    targets = targets_for(settings, backend)
     app = FastAPI(
         title="scantide",
         version="0.1.0",
@@ -85,6 +94,12 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
     async def post_scan(request: Request) -> Response:
         auth.check(request, "enqueue")
         scan = parse_scan_request(await request.body())
+        if scan.pipeline is not None:
+            run, created = await run_in_threadpool(start_run, pipelines, targets, scan)
+            log.info("run_submitted scan_id=%s pipeline=%s run_id=%s created=%s", run.scan_id, run.pipeline,
+                     run.run_id, created)
+            return Response(json.dumps(run_submission_body(run, created)), status_code=202 if created else 200,
+                            media_type="application/json")
         if needs_resolution(scan.scan_uri):  # a DNS lookup must not block the event loop
             item = await run_in_threadpool(enqueuer.prepare, scan)
         else:
@@ -96,10 +111,11 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
 
     @app.get("/v1/scans/{scan_id}", dependencies=[Depends(auth.require("read"))], summary="Every task of a scan")
     def get_scan(scan_id: str) -> dict[str, Any]:
-        tasks = backend.tasks_for_scan(scan_id)
-        if not tasks:
+        tasks, runs = backend.tasks_for_scan(scan_id), pipelines.runs_for_scan(scan_id)
+        if not tasks and not runs:
             raise ScanNotFound(f"no scan {scan_id!r} has been submitted")
-        return {"scan_id": scan_id, "tasks": [{**t.to_dict(), "links": task_links(t)} for t in tasks]}
+        return {"scan_id": scan_id, "tasks": [{**t.to_dict(), "links": task_links(t)} for t in tasks],
+                "runs": [{**r.to_dict(), "links": run_links(r)} for r in runs]}
 
     @app.get("/v1/tasks/{task_id}", dependencies=[Depends(auth.require("read"))], summary="One task")
     def get_task(task_id: str) -> dict[str, Any]:
@@ -128,4 +144,5 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
     app.include_router(models_router(backend, auth))  # after the hot path, which is matched first
     app.include_router(algorithms_router(backend, settings, auth))
     app.include_router(tasks_router(backend, settings, auth))
+    app.include_router(pipelines_router(pipelines, targets, auth))
     return app
