@@ -8,6 +8,9 @@
   metadata names the object. Other event names, folder markers and ``s3:TestEvent`` are ignored;
   invalid records are logged and dropped (a retry would not fix them). A transient failure (task
   store unreachable) is raised after the other records are done, so Lambda retries the event.
+  A key under a prefix of ``SCANTIDE_PIPELINE_PREFIXES`` starts a run of that pipeline instead
+  (the longest matching prefix wins), through the control plane's API when
+  ``SCANTIDE_CONTROL_PLANE_URL`` is set.
 - **API Gateway proxy events**, REST (v1) and HTTP (v2 payload): the body is a ``ScanRequest``
   JSON; the answer is the HTTP API's (202 created / 200 existing) or its error shape
   ``{"error": {"code", "message"}}`` with the matching status. Authentication is API Gateway's
@@ -47,7 +50,7 @@ from service.enqueue import (
     submission_body,
     submit_item,
 )
-from service.errors import InvalidRequest, MalformedJson, PayloadTooLarge, ScantideError
+from service.errors import BackendUnavailable, InvalidRequest, MalformedJson, PayloadTooLarge, ScantideError
 from service.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,49 @@ class Runtime:
     def submit(self, request: ScanRequest) -> Submission:
         """Validate and enqueue one request (the one enqueue path, as the HTTP API runs it)."""
         return submit_item(self.backend, self.enqueuer.prepare(request))
+
+    def start_run(self, request: ScanRequest) -> bool:
+        """Start ``request.pipeline`` on the scan; whether the run is new. Runs live with the control
+        plane: through its API when ``control_plane_url`` is set, else in this state dir's store."""
+        if self.settings.control_plane_url:
+            return _forward(self.settings, request)
+        from service.pipelines.runs import start_run
+        from service.pipelines.store import PipelineStore
+        from service.pipelines.targets import targets_for
+
+        store = PipelineStore(self.settings.pipelines_db)
+        try:
+            return start_run(store, targets_for(self.settings, self.backend), request)[1]
+        finally:
+            store.close()
+
+
+def _forward(settings: Settings, request: ScanRequest) -> bool:
+    import httpx
+
+    url = f"{str(settings.control_plane_url).rstrip('/')}/v1/scans"
+    try:
+        reply = httpx.post(url, content=request.model_dump_json(exclude_none=True), timeout=10.0,
+                           headers={"Authorization": f"Bearer {settings.control_plane_token or ''}",
+                                    "Content-Type": "application/json"})
+    except httpx.HTTPError as exc:
+        raise BackendUnavailable(f"cannot reach the control plane at {url}: {exc}") from None
+    if reply.status_code in (200, 202):
+        return reply.status_code == 202
+    try:
+        error = reply.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        error = {"code": "control_plane_error", "message": reply.text[:300]}
+    if 400 <= reply.status_code < 500 and reply.status_code not in (408, 429):
+        raise InvalidRequest(f"the control plane refused the run: {error.get('message')}",
+                             code=str(error.get("code") or "invalid_request"))
+    raise BackendUnavailable(f"the control plane answered {reply.status_code}: {error.get('message')}")
+
+
+def pipeline_for_key(key: str, prefixes: dict[str, str]) -> str | None:
+    """The pipeline an uploaded key is routed to: the one of the longest matching prefix, or None."""
+    matching = [p for p in prefixes if key.startswith(p)]
+    return prefixes[max(matching, key=len)] if matching else None
 
 
 @cache
@@ -166,7 +212,13 @@ def submit_s3_record(record: dict[str, Any]) -> str:
     request = scan_request_from_s3(record)
     if request is None:
         return "ignored"
-    return "submitted" if runtime().submit(request).created else "existing"
+    rt = runtime()
+    pipeline = pipeline_for_key(str((request.metadata or {}).get("key", "")), rt.settings.pipeline_prefixes)
+    if pipeline is not None:
+        created = rt.start_run(request.model_copy(update={"pipeline": pipeline}))
+    else:
+        created = rt.submit(request).created
+    return "submitted" if created else "existing"
 
 
 # -- API Gateway --------------------------------------------------------------------------------

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     pipeline_prefixes: dict[str, str] = Field(default_factory=dict, description="The Lambda's routing of S3 keys to "
                                               'pipelines by key prefix, e.g. {"uploads/triage/": "triage"}; the '
                                               "longest matching prefix wins, no match runs the default algorithm.")
+    control_plane_url: str | None = Field(None, description="The Lambda's way to the API for S3 keys routed to a "
+                                          "pipeline (runs live with the control plane), e.g. https://scantide.internal; "
+                                          "unset: the Lambda starts runs in this state dir's pipeline store.")
+    control_plane_token: str | None = Field(None, description="Bearer token (enqueue scope) for control_plane_url.")
     webhook_step_events: bool = Field(False, description="Also send scan.* events for the tasks of pipeline steps "
                                       "(by default a run sends only pipeline.completed or pipeline.failed).")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import keyword
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
@@ -125,6 +125,9 @@ def _step(i: int, raw: Any, errors: list[str]) -> PipelineStep | None:
                       else f"{at}.name: required")
     elif keyword.iskeyword(name):
         errors.append(f"{at}.name: {name!r} is a reserved word, which a when could not name: choose another")
+    elif name == SCAN_INPUT:
+        errors.append(f"{at}.name: {name!r} is reserved for the scan itself (inputs: [{SCAN_INPUT}]): "
+                      f"choose another")
     if not isinstance(algorithm, str) or not re.match(NAME_PATTERN, algorithm):
         errors.append(f"{at}.algorithm: must match {NAME_PATTERN}, got {algorithm!r}" if algorithm is not None
                       else f"{at}.algorithm: required")
@@ -191,7 +194,7 @@ def _check_graph(steps: list[PipelineStep | None], errors: list[str]) -> None:
             errors.append(f"steps[{i}].name: {s.name!r} is already the name of steps[{index[s.name]}]")
         else:
             index[s.name] = i
-    graph: dict[str, set[str]] = {}
+    graph: dict[str, dict[str, None]] = {}  # step -> its needs, both in descriptor order (never a set's order)
     for i, s in enumerate(steps):
         if s is None:
             continue
@@ -200,9 +203,9 @@ def _check_graph(steps: list[PipelineStep | None], errors: list[str]) -> None:
                 errors.append(f"steps[{i}].needs[{j}]: unknown step {need!r}")
             elif need == s.name:
                 errors.append(f"steps[{i}].needs[{j}]: a step cannot need itself")
-        graph.setdefault(s.name, set()).update(n for n in s.needs if n in index and n != s.name)
+        graph.setdefault(s.name, {}).update(dict.fromkeys(n for n in s.needs if n in index and n != s.name))
     try:
-        order = list(TopologicalSorter(graph).static_order())
+        order = list(_sorter(graph).static_order())
     except CycleError as exc:
         cycle = list(exc.args[1])
         errors.append(f"steps: the needs form a cycle: {' -> '.join(reversed(cycle))}")
@@ -223,9 +226,21 @@ def _check_graph(steps: list[PipelineStep | None], errors: list[str]) -> None:
                               f"(add it to needs)")
 
 
+def _sorter(graph: Mapping[str, Iterable[str]]) -> TopologicalSorter[str]:
+    """Every node added first, in ``graph``'s order: the order (and a cycle's report) follows the
+    descriptor, not the order a set or a forward reference in ``needs`` happened to give."""
+    sorter: TopologicalSorter[str] = TopologicalSorter()
+    for name in graph:
+        sorter.add(name)
+    for name, needs in graph.items():
+        sorter.add(name, *needs)
+    return sorter
+
+
 def step_order(pipeline: PipelineDescriptor) -> list[str]:
-    """Step names in an order where every step comes after the steps it needs."""
-    return list(TopologicalSorter({s.name: set(s.needs) for s in pipeline.steps}).static_order())
+    """Step names in an order where every step comes after the steps it needs; the same order every time
+    (it follows the descriptor's order, never a set's)."""
+    return list(_sorter({s.name: s.needs for s in pipeline.steps}).static_order())
 
 
 def check_references(pipeline: PipelineDescriptor, lookup: Callable[[PipelineStep], AlgorithmDescriptor | None],
@@ -246,6 +261,6 @@ def check_references(pipeline: PipelineDescriptor, lookup: Callable[[PipelineSte
         else:
             try:
                 algorithm.validate_params(s.params)
-            except InvalidParams as exc:
-                errors.append(f"{at}.{exc.message}")
+            except InvalidParams as exc:  # "params.a: ...; params.b: ...": one error each, each with the step's path
+                errors.extend(f"{at}.{problem}" for problem in re.split(r"; (?=params\.)", exc.message))
     return errors

@@ -222,3 +222,63 @@ def test_import_is_light_and_pure() -> None:
             "assert lambda_enqueue.handler.runtime.cache_info().currsize == 0")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCANTIDE_")}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env, timeout=60)
+
+
+# -- pipelines ------------------------------------------------------------------------------------
+def test_pipeline_for_key_takes_the_longest_prefix() -> None:
+    prefixes = {"scans/": "triage", "scans/research/": "deep", "other/": "triage"}
+    assert lam.pipeline_for_key("scans/research/a.mp4", prefixes) == "deep"
+    assert lam.pipeline_for_key("scans/clinic/a.mp4", prefixes) == "triage"
+    assert lam.pipeline_for_key("uploads/a.mp4", prefixes) is None
+
+
+def test_s3_keys_under_a_pipeline_prefix_start_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Routed keys start one run each (a redelivery none), through the control plane's API; the rest
+    are tasks as before."""
+    from service.algorithms import register_folder
+    from service.backends import open_backend
+    from service.pipelines.store import PipelineStore
+    from service.settings import load_settings
+    from tests.conftest import TOKEN, ApiServer, free_port
+
+    for name in list(os.environ):
+        if name.startswith("SCANTIDE_"):
+            monkeypatch.delenv(name)
+    settings = load_settings(state_dir=tmp_path / "state", output_root=OUTPUT_ROOT, api_port=free_port(),
+                             api_tokens={TOKEN: ["enqueue", "read", "register"]})
+    backend = open_backend(settings)
+    for name in ("frame_stats", "scan_report"):
+        register_folder(backend, settings, REPO / "examples" / "algorithms" / name, by="test")
+    server = ApiServer(settings, backend)
+    server.start()
+    try:
+        with server.client() as client:
+            text = (REPO / "examples" / "pipelines" / "triage" / "scantide-pipeline.yaml").read_text()
+            assert client.post("/v1/pipelines", content=text,
+                               headers={"Content-Type": "application/yaml"}).status_code == 201
+        monkeypatch.setenv("SCANTIDE_CONFIG", str(tmp_path / "absent.toml"))
+        monkeypatch.setenv("SCANTIDE_STATE_DIR", str(tmp_path / "lambda-state"))
+        monkeypatch.setenv("SCANTIDE_OUTPUT_ROOT", OUTPUT_ROOT)
+        monkeypatch.setenv("SCANTIDE_PIPELINE_PREFIXES", json.dumps({"scans/clinic-7/": "triage"}))
+        monkeypatch.setenv("SCANTIDE_CONTROL_PLANE_URL", server.url)
+        monkeypatch.setenv("SCANTIDE_CONTROL_PLANE_TOKEN", TOKEN)
+        lam.runtime.cache_clear()
+        event = load_event("s3_put.json")
+        assert lam.handler(event, None) == {"submitted": 2, "existing": 0, "rejected": 0, "ignored": 0}
+        assert lam.handler(event, None) == {"submitted": 0, "existing": 2, "rejected": 0, "ignored": 0}
+        runs = PipelineStore(settings.pipelines_db).list_runs()
+        assert [(r.pipeline, r.scan_id, r.scan_uri) for r in runs] == \
+            [("triage", "scans:clinic-7:scan-0001", "s3://scantide-scans/scans/clinic-7/scan-0001.mp4")]
+        other = lam.runtime().backend.list_tasks(limit=10)  # the key outside the prefix: a task, as before
+        assert [t.scan_id for t in other] == [lam.scan_id_for_key("scans/clinic 7/patient 42 (upper arch).mp4")]
+
+        monkeypatch.setenv("SCANTIDE_CONTROL_PLANE_TOKEN", "wrong")
+        lam.runtime().backend.close()
+        lam.runtime.cache_clear()
+        refused = lam.handler(event, None)
+        assert refused["rejected"] == 1  # a 401 is not retried: the log says why
+    finally:
+        lam.runtime().backend.close()
+        lam.runtime.cache_clear()
+        server.stop()
+        backend.close()
