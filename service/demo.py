@@ -3,11 +3,11 @@
 Writes a few scan videos (a moving textured scene with a blurred stretch and an exposure
 change), registers the algorithm's bundled weights as model version 1 and promotes it (through
 ``scantide models``, which checks the file in the algorithm; a re-run changes nothing), registers
-the example algorithm ``frame_stats`` (a standalone script run as a command) from its folder,
-starts
-``scantide up`` as a child process, submits the scans over HTTP with the API
-token for both algorithms, follows their progress and prints what each analysis found. True only
-if every task completed.
+the example algorithm ``frame_stats`` (a standalone script run as a command) from its folder and
+the example ``triage`` pipeline (``service.demo_pipeline``), starts ``scantide up`` as a child
+process, submits the scans over HTTP with the API token for both algorithms and the pipeline,
+follows their progress and prints what each analysis and run found and the webhook events. True
+only if every task and run completed.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from rich.table import Table
 
 from service.backends import open_backend
 from service.console import follow
+from service.demo_pipeline import register_triage, short_scan, show_runs, submit_runs, wait_runs
 from service.demo_receiver import Receiver, free_port
 from service.domain import JobState, TaskInfo
 from service.settings import Settings, with_local_token
@@ -85,6 +86,8 @@ def _run(settings: Settings, console: Console, receiver: Receiver, scans: int, w
     log_path.parent.mkdir(parents=True, exist_ok=True)
     register_bundled_model(settings, console, run_id)
     extra = register_example(settings, console)
+    pipeline = register_triage(settings, console) if extra else None
+    short = short_scan(settings.data_root / "demo", run_id) if pipeline else None  # type: ignore[operator]
     with open(log_path, "wb") as log_file:
         up = subprocess.Popen(cli_argv("up"), env={**os.environ, **settings_env(settings)}, stdout=log_file,
                               stderr=log_file, stdin=subprocess.DEVNULL)
@@ -114,10 +117,16 @@ def _run(settings: Settings, console: Console, receiver: Receiver, scans: int, w
                     extra_ids.append(r.json()["task_id"])
                     console.print(f"POST /v1/scans {scan_id} algorithm {extra} → {r.status_code} task "
                                   f"{r.json()['task_id'][:12]}")
-            backend = open_backend(settings)
-            every = follow(task_ids + extra_ids, backend.get_task, console, timeout_s=timeout_s)
-            final, extra_final = every[:len(task_ids)], every[len(task_ids):]
-            _wait_events(receiver, len(every), timeout_s=15.0)
+                run_ids = []
+                if pipeline and short:
+                    scans = [(scan_id, str(path.relative_to(settings.data_root)))  # type: ignore[arg-type]
+                             for scan_id, path, _ in [*written, (short[0], short[1], {})]]
+                    run_ids = submit_runs(http, pipeline, scans, console)
+                backend = open_backend(settings)
+                every = follow(task_ids + extra_ids, backend.get_task, console, timeout_s=timeout_s)
+                final, extra_final = every[:len(task_ids)], every[len(task_ids):]
+                runs = wait_runs(http, run_ids, timeout_s)
+            _wait_events(receiver, len(every) + len(runs), timeout_s=15.0)
         finally:
             up.send_signal(signal.SIGTERM)
             try:
@@ -126,8 +135,11 @@ def _run(settings: Settings, console: Console, receiver: Receiver, scans: int, w
                 up.kill()
     _show_results(console, final, written)
     _show_frame_stats(console, extra_final)
+    if runs:
+        show_runs(console, runs)
     _show_events(console, receiver)
-    ok = all(t.state is JobState.completed for t in final + extra_final)
+    ok = all(t.state is JobState.completed for t in final + extra_final) and \
+        all(r["state"] == "completed" for r in runs)
     console.print("[green]every demo scan completed[/green]" if ok else "[red]some demo scans did not complete[/red]")
     return ok
 
@@ -200,23 +212,28 @@ def _show_frame_stats(console: Console, tasks: list[TaskInfo]) -> None:
     console.print(table)
 
 
+OUTCOMES = ("scan.completed", "scan.failed", "pipeline.completed", "pipeline.failed")
+
+
 def _wait_events(receiver: Receiver, outcomes: int, timeout_s: float) -> None:
-    """Give the monitor time to post one completion/failure event per scan."""
+    """Give the monitor time to post one completion/failure event per task and per pipeline run."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if sum(e["type"] in ("scan.completed", "scan.failed") for e, _ in receiver.events) >= outcomes:
+        if sum(e["type"] in OUTCOMES for e, _ in receiver.events) >= outcomes:
             return
         time.sleep(0.1)
 
 
 def _show_events(console: Console, receiver: Receiver) -> None:
     table = Table(title=f"webhook events received at {receiver.url}")
-    for col in ("event id", "type", "scan", "attempt", "signature"):
+    for col in ("event id", "type", "scan", "attempt / steps", "signature"):
         table.add_column(col)
     for event, valid in receiver.events:
         data = event["data"]
-        table.add_row(event["id"][:16], event["type"], data.get("scan_id", data.get("queue", "")),
-                      str(data.get("attempt", "")), "[green]valid[/green]" if valid else "[red]INVALID[/red]")
+        detail = " ".join(f"{n}:{s['state']}" for n, s in data["steps"].items()) if "steps" in data \
+            else str(data.get("attempt", ""))
+        table.add_row(event["id"][:16], event["type"], data.get("scan_id", data.get("queue", "")), detail,
+                      "[green]valid[/green]" if valid else "[red]INVALID[/red]")
     console.print(table)
 
 
