@@ -72,10 +72,11 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
     app = FastAPI(
         title="scantide",
         version="0.1.0",
-        description="Enqueue uploaded scans for analysis and follow their tasks. "
-        "Authenticate with `Authorization: Bearer <token>`; scopes: enqueue (POST /v1/scans, /v1/blobs, "
-        "/v1/tasks/…/cancel), read (GET), promote (POST /v1/models/…: promote and roll back model versions), "
-        "register (POST /v1/algorithms: decides what code workers run).",
+        description="Enqueue uploaded scans for analysis (one algorithm, or a pipeline of steps) and follow "
+        "their tasks and runs. Authenticate with `Authorization: Bearer <token>`; scopes: enqueue (POST "
+        "/v1/scans, /v1/tasks/…/cancel, /v1/runs/…/retry), read (GET), promote (POST /v1/models/…: promote and "
+        "roll back model versions), register (POST /v1/algorithms, /v1/pipelines, /v1/blobs: decides what code "
+        "workers run).",
         responses=ERRORS,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
