@@ -32,3 +32,13 @@ def test_video_summary_roles_keep_their_links() -> None:
     outputs = event.data["outputs"]
     assert outputs["summary"] == "file:///o/summary.json" and outputs["keyframes"] == ["file:///o/kf_00.jpg"]
     assert outputs["contact_sheet"] == "file:///o/sheet.jpg" and outputs["figures"] == {"frame_count": 48}
+
+
+def test_a_pipeline_steps_task_sends_no_scan_event_unless_asked() -> None:
+    change = completed({"output_uri": "/o", "checksums": {"result.json": "ab" * 32}, "duration_s": 1.0,
+                        "outputs": {"files": ["result.json"]}})
+    change.task.params.update(pipeline_run="run_1", pipeline_step="stats")
+    assert from_change(change) is None  # the run sends pipeline.completed for it
+    event = from_change(change, step_events=True)
+    assert event is not None and event.type == "scan.completed"
+    assert event.data["outputs"]["figures"] == {"duration_s": 1.0}  # checksums are ours, not a figure
