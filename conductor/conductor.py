@@ -29,7 +29,7 @@ from service.domain import JobState, ScanRequest, TaskInfo
 from service.enqueue import submit_items
 from service.errors import BackendUnavailable, ScantideError
 from service.pipelines.plan import plan
-from service.pipelines.store import PipelineStore, Run
+from service.pipelines.store import PipelineStore, PipelineVersion, Run
 from service.pipelines.targets import Target, Targets
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class Conductor:
         self.store, self.targets, self.outbox, self.link = store, targets, outbox, link
         self.page_size = page_size
         self._next_sweep = 0.0
+        self._pipelines: dict[tuple[str, str], PipelineVersion] = {}  # versions never change: parsed once
 
     def tick(self) -> int:
         """Advance every run that changed since the last tick; returns how many runs were advanced."""
@@ -105,9 +106,13 @@ class Conductor:
 
     def _apply(self, run: Run) -> bool:
         """Refresh, plan and act on ``run`` in memory (tasks submitted, event put); whether it changed."""
-        pipeline = self.store.get(run.pipeline, run.version)
-        if pipeline is None:  # cannot happen: versions are never deleted
-            raise ScantideError(f"run {run.run_id} names pipeline {run.pipeline} {run.version}, which is missing")
+        key = (run.pipeline, run.version)
+        if key not in self._pipelines:
+            found = self.store.get(*key)
+            if found is None:  # cannot happen: versions are never deleted
+                raise ScantideError(f"run {run.run_id} names pipeline {run.pipeline} {run.version}, which is missing")
+            self._pipelines[key] = found
+        pipeline = self._pipelines[key]
         changed = self._refresh(run)
         decision = plan(pipeline.spec, run)
         for name, why in decision.skip.items():
@@ -124,6 +129,7 @@ class Conductor:
             if decision.failed_step is not None:
                 step = run.steps[decision.failed_step]
                 run.error = {"step": decision.failed_step, **(step.error or {"code": "failed", "message": ""})}
+            run.updated_at = time.time()  # the event's time; the save stamps its own
             self.outbox.append([events.pipeline_outcome(run, self.link)])
             changed = True
         return changed
