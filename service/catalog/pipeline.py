@@ -154,7 +154,7 @@ def _step(i: int, raw: Any, errors: list[str]) -> PipelineStep | None:
             try:
                 when = parse_when(s["when"])
             except WhenError as exc:
-                errors.append(f"{at}.when: {exc}")
+                errors.append(f"{at}.when: {str(exc).removeprefix('when: ')}")
     inputs = _inputs(at, s.get("inputs", [SCAN_INPUT]), errors)
     if len(errors) > before:
         return _Broken(name if isinstance(name, str) else f"#{i}", tuple(needs))

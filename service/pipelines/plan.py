@@ -3,8 +3,8 @@
 Rules: a step runs when every step it needs has ended completed or skipped; its ``when``, if any,
 is then evaluated over the upstream results and the scan, and a false one skips it. A failed step
 fails the run: nothing new starts, every step still pending is skipped, and the run ends (failed,
-with the first failed step's error) once the steps already queued or running have ended. A run
-whose steps have all ended without a failure is completed.
+with the error of the first failed step in step order) once the steps already queued or running
+have ended. A run whose steps have all ended without a failure is completed.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -86,17 +87,18 @@ def start_run(store: PipelineStore, targets: Targets, request: ScanRequest) -> t
     scan_uri = home.enqueuer.prepare(request.model_copy(update={"algorithm": spec.steps[0].algorithm})
                                      ).params["scan_uri"]
     steps: dict[str, StepRun] = {}
-    for step in spec.steps:
+    for i, step in enumerate(spec.steps):
         compute = step.compute or targets.default
         found = algorithm_for(targets, step.algorithm, step.version, compute)
         if found is None:
-            raise InvalidRequest(f"steps.{step.name}: algorithm {step.algorithm} "
+            raise InvalidRequest(f"steps[{i}] ({step.name}): algorithm {step.algorithm} "
                                  f"{'version ' + step.version + ' ' if step.version else ''}is not registered on "
                                  f"compute {compute}: register it there")
         try:
             found.spec.validate_params(step.params)
-        except InvalidParams as exc:
-            raise InvalidParams(f"steps.{step.name}.{exc.message}") from None
+        except InvalidParams as exc:  # the newest version refuses what the registered one took
+            raise InvalidParams("; ".join(f"steps[{i}].{p}" for p in re.split(r"; (?=params\.)", exc.message))) \
+                from None
         steps[step.name] = StepRun(algorithm=step.algorithm, version=found.version, compute=compute)
     run = Run(run_id=new_run_id(), pipeline=pv.name, version=pv.version, scan_id=request.scan_id, scan_uri=scan_uri,
               metadata=request.metadata or {}, steps=steps)

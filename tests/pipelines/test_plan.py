@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.catalog.pipeline import PipelineDescriptor, parse_pipeline
+from service.catalog.pipeline import PipelineDescriptor, parse_pipeline, step_order
 from service.pipelines.plan import Plan, context, plan
 from service.pipelines.store import Run, StepRun
 
@@ -202,9 +202,11 @@ def test_a_failed_run_with_nothing_in_flight_ends_in_the_same_plan() -> None:
 
 
 def test_the_failed_step_named_is_the_first_in_step_order() -> None:
+    """step_order, not the descriptor's order: late comes after early and other."""
     p = pipeline(step("late", "early"), step("early"), step("other"))
+    assert step_order(p) == ["early", "other", "late"]
     r = run_of(p, early="completed", late="failed", other="failed")
-    assert plan(p, r) == Plan(outcome="failed", failed_step="late")
+    assert plan(p, r) == Plan(outcome="failed", failed_step="other")
     r = run_of(p, early="failed", other="failed")
     assert plan(p, r) == Plan(skip={"late": "step early failed"}, outcome="failed", failed_step="early")
 
