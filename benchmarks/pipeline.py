@@ -26,7 +26,8 @@ The anchor, measured in the same run: the same system and pipeline with the cond
 12 s (``SCANTIDE_CONDUCTOR_POLL_S=12``), like ClearML's ``PipelineController``, which checks its
 steps every ``pool_frequency=0.2`` minutes by default; a second ``scantide up`` on its own fresh
 state dir and port, over ``--anchor-scans`` runs submitted at once (each run costs about four
-polls, 48 s; ten trivial tasks at a time clear two workers in about a second, well inside one poll).
+polls, 48 s; ten trivial tasks at a time clear two workers in two or three seconds, well inside one
+poll).
 
     python benchmarks/pipeline.py [--scans 100] [--workers 2] [--anchor-scans 10] [--in-flight N]
 
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     anchor = measure("anchor", args.workers, args.anchor_scans, 0,
                      {"SCANTIDE_CONDUCTOR_POLL_S": str(ANCHOR_POLL_S)}, args.timeout_s)
 
-    width = 52
+    width = 56
     print(f"{'what':<{width}} {'runs':>5} {'wall s':>7} {'runs/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}"
           f"   {'handoff p50/p95':>15} {'claim p50/p95':>13}")
     for m, what in ((ours, f"scantide, conductor poll 0.2 s, {args.workers} workers, "
