@@ -1,6 +1,6 @@
 # Container images for scantide: one Dockerfile, three targets (docs/deploy.md: production).
 #
-#   docker build --target service -t scantide-service .   # API, monitor, autoscaler (control plane)
+#   docker build --target service -t scantide-service .   # API, monitor, conductor, autoscaler (control plane)
 #   docker build --target worker  -t scantide-worker  .   # GPU worker: clearml-agent + the algorithms
 #   docker build --target lambda  -t scantide-lambda  .   # the S3 / API Gateway / SQS enqueue handler
 #
@@ -8,6 +8,7 @@
 #
 #   docker run ... scantide-service api          # runs: scantide api
 #   docker run ... scantide-service monitor      # runs: scantide monitor
+#   docker run ... scantide-service conductor    # runs: scantide conductor (pipelines)
 #   docker run ... scantide-service autoscaler   # runs: scantide autoscaler
 #
 # No secret is baked into any image: tokens, the webhook secret and the ClearML credentials come
@@ -42,7 +43,7 @@ USER scantide
 WORKDIR /var/lib/scantide
 EXPOSE 8700
 ENTRYPOINT ["scantide"]
-# No default daemon: name one (api, monitor or autoscaler) on `docker run`.
+# No default daemon: name one (api, monitor, conductor or autoscaler) on `docker run`.
 CMD ["--help"]
 
 

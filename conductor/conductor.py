@@ -78,7 +78,12 @@ class Conductor:
             self._next_sweep = time.monotonic() + SWEEP_EVERY_S
             dirty.update(self.store.active_run_ids())
         for run_id in sorted(dirty):
-            self.advance(run_id)
+            try:
+                self.advance(run_id)
+            except BackendUnavailable:
+                raise  # nothing advances now; the cursors stay, the next tick replays
+            except Exception:  # noqa: BLE001 - one broken run must not stop the others; the sweep retries it
+                log.exception("run_advance_failed run_id=%s", run_id)
         self.outbox.append([], state=cursors)
         return len(dirty)
 

@@ -264,7 +264,7 @@ def test_every_scantide_command_the_dockerfile_names_is_registered(dockerfile, c
             args = [a for a in cmd[-1].exec_form() or [] if not a.startswith("-")]
             if args:
                 named.add(tuple(args[:2]))
-    assert {("api",), ("monitor",), ("autoscaler",)} <= named, f"the daemons' commands are not documented: {named}"
+    assert {("api",), ("monitor",), ("conductor",), ("autoscaler",)} <= named, f"the daemons' commands are not documented: {named}"
     for words in sorted(named):
         problem = command_problem(cli_group, normalise(words, cli_group))
         assert problem is None, problem
