@@ -1,0 +1,62 @@
+"""The conductor's loop in-process, over a real embedded store: what one tick does."""
+
+from __future__ import annotations
+
+import pytest
+
+from conductor.conductor import Conductor
+from monitor.outbox import Outbox
+from service.backends.base import TaskBackend
+from service.domain import ScanRequest
+from service.pipelines.runs import start_run
+from service.pipelines.store import PipelineStore
+from service.pipelines.targets import targets_for
+from service.settings import Settings
+from tests.pipelines.conftest import TRIAGE
+
+
+@pytest.fixture
+def conductor(settings: Settings, backend: TaskBackend, registered: None) -> Conductor:
+    from service.catalog.pipeline import load_pipeline
+    from service.pipelines.runs import register
+
+    store = PipelineStore(settings.pipelines_db)
+    targets = targets_for(settings, backend)
+    register(store, targets, load_pipeline(TRIAGE, "scantide-pipeline.yaml"), "test")
+    return Conductor(store, targets, Outbox(settings.state_dir / "monitor.db"))
+
+
+def test_one_broken_run_does_not_stop_the_others(conductor: Conductor, data_root, monkeypatch) -> None:
+    (data_root / "scan.mp4").write_bytes(b"x")
+    runs = [start_run(conductor.store, conductor.targets, ScanRequest(scan_id=s, scan_uri="scan.mp4",
+                                                                       pipeline="triage"))[0] for s in ("a", "b")]
+    real_refresh = Conductor._refresh
+
+    def refresh(self, run):  # noqa: ANN001, ANN202
+        if run.run_id == runs[0].run_id:
+            raise RuntimeError("a bug met by one run only")
+        return real_refresh(self, run)
+
+    monkeypatch.setattr(Conductor, "_refresh", refresh)
+    assert conductor.tick() == 2
+    broken, fine = (conductor.store.get_run(r.run_id) for r in runs)
+    assert broken.state == "queued" and broken.steps["stats"].task_id is None
+    assert fine.state == "running" and fine.steps["stats"].state == "queued"
+    task = conductor.targets["local"].backend.get_task(fine.steps["stats"].task_id)
+    assert task.scan_id == f"{fine.run_id}.stats.1" and task.params["pipeline_step"] == "stats"
+
+    monkeypatch.setattr(Conductor, "_refresh", real_refresh)
+    conductor._next_sweep = 0.0  # the sweep comes back to the run the feeds have moved past
+    conductor.tick()
+    assert conductor.store.get_run(runs[0].run_id).steps["stats"].state == "queued"
+
+
+def test_a_tick_with_nothing_changed_writes_nothing(conductor: Conductor, data_root) -> None:
+    (data_root / "scan.mp4").write_bytes(b"x")
+    run, _ = start_run(conductor.store, conductor.targets, ScanRequest(scan_id="a", scan_uri="scan.mp4",
+                                                                       pipeline="triage"))
+    conductor.tick()
+    seq = conductor.store.get_run(run.run_id).seq
+    conductor.tick()
+    conductor.tick()
+    assert conductor.store.get_run(run.run_id).seq == seq
