@@ -40,12 +40,12 @@ from typing import Any
 
 from algorithms import runners
 from algorithms.errors import EntryError
-from algorithms.task_files import Inputs, file_sha256
+from algorithms.task_files import Inputs
 from service.catalog import DESCRIPTOR_NAMES, AlgorithmDescriptor, load_descriptor
 from service.errors import ScantideError
 from service.settings import Settings
 from service.storage import is_remote
-from service.storage.base import files_under
+from service.storage.base import file_sha256, files_under
 from service.storage.local import local_path
 
 log = logging.getLogger("algorithms.entry")

@@ -12,7 +12,6 @@ to the cache by its URI, ETag and size (one HEAD request), so a replaced object 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -26,6 +25,7 @@ from service.errors import InvalidRequest, ScantideError
 from service.input_cache import InputCache, InputCacheError
 from service.settings import Settings, load_settings
 from service.storage import Storage, StorageError, is_remote, storage_for
+from service.storage.base import file_sha256
 from service.storage.local import local_path
 
 log = logging.getLogger(__name__)
@@ -230,10 +230,3 @@ def _keep(path: Path, data: bytes) -> None:
     except OSError as exc:
         log.warning("bundle_cache_skipped path=%s error=%s", path, exc)
 
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

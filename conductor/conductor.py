@@ -27,7 +27,7 @@ from monitor.outbox import Outbox
 from service.catalog.pipeline import PipelineStep
 from service.domain import JobState, ScanRequest, TaskInfo
 from service.enqueue import submit_items
-from service.errors import BackendUnavailable, ScantideError
+from service.errors import BackendUnavailable, ScantideError, TaskNotFound
 from service.pipelines.plan import plan
 from service.pipelines.store import PipelineStore, PipelineVersion, Run
 from service.pipelines.targets import Target, Targets
@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 RUNS_CURSOR = "conductor:runs_cursor"  # kept in the monitor's outbox, beside its own
 SWEEP_EVERY_S = 30.0  # every active run is advanced this often, whatever the feeds said
+
+
+class UnknownCompute(ScantideError):
+    code = "unknown_compute"
 
 
 def step_scan_id(run: Run, step: str) -> str:
@@ -53,38 +57,41 @@ class Conductor:
     def tick(self) -> int:
         """Advance every run that changed since the last tick; returns how many runs were advanced."""
         dirty: set[str] = set()
-        cursors: dict[str, object] = {}
-        cursor = int(self.outbox.get(RUNS_CURSOR, 0))
-        while True:
-            ids, cursor = self.store.changed_since(cursor, self.page_size)
+        saved = {RUNS_CURSOR: int(self.outbox.get(RUNS_CURSOR, 0))}
+        cursors = dict(saved)
+        while True:  # the pipeline store failing raises: no run can advance without it
+            ids, cursors[RUNS_CURSOR] = self.store.changed_since(cursors[RUNS_CURSOR], self.page_size)
             dirty.update(ids)
             if len(ids) < self.page_size:
                 break
-        cursors[RUNS_CURSOR] = cursor
         for name, target in self.targets.items():
             if not self._used(name):
                 continue
             key = f"conductor:changes_cursor:{name}"
-            task_cursor = self.outbox.get(key)
-            while True:
-                page = target.backend.changes(task_cursor, self.page_size)
-                dirty.update(str(c.task.params["pipeline_run"]) for c in page.changes
-                             if c.task.params.get("pipeline_run"))
-                task_cursor = page.cursor
-                if not page.more:
-                    break
-            cursors[key] = task_cursor
+            saved[key] = cursors[key] = self.outbox.get(key)
+            try:
+                while True:
+                    page = target.backend.changes(cursors[key], self.page_size)
+                    dirty.update(str(c.task.params["pipeline_run"]) for c in page.changes
+                                 if c.task.params.get("pipeline_run"))
+                    cursors[key] = page.cursor
+                    if not page.more:
+                        break
+            except BackendUnavailable as exc:  # one target down stops no run of the others
+                cursors[key] = saved[key]
+                log.warning("compute_target_unavailable target=%s error=%s", name, exc.message)
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + SWEEP_EVERY_S
             dirty.update(self.store.active_run_ids())
         for run_id in sorted(dirty):
             try:
                 self.advance(run_id)
-            except BackendUnavailable:
-                raise  # nothing advances now; the cursors stay, the next tick replays
+            except BackendUnavailable as exc:  # a target (or the store) is down: the sweep comes back to it
+                log.warning("run_waits run_id=%s error=%s", run_id, exc.message)
             except Exception:  # noqa: BLE001 - one broken run must not stop the others; the sweep retries it
                 log.exception("run_advance_failed run_id=%s", run_id)
-        self.outbox.append([], state=cursors)
+        if cursors != saved:
+            self.outbox.append([], state=cursors)
         return len(dirty)
 
     def _used(self, target: str) -> bool:
@@ -141,22 +148,35 @@ class Conductor:
 
     def _refresh(self, run: Run) -> bool:
         changed = False
-        for step in run.steps.values():
+        for name, step in run.steps.items():
             if step.state not in ("queued", "running") or step.task_id is None:
                 continue
-            task = self.targets[step.compute].backend.get_task(step.task_id)
-            state, result, error = _step_state(task)
+            try:
+                task = self._target(step.compute).backend.get_task(step.task_id)
+                state, result, error = _step_state(task)
+            except TaskNotFound:
+                state, result, error = "failed", None, {
+                    "code": "task_missing", "message": f"step {name}'s task {step.task_id} is no longer in the task "
+                    f"store of compute {step.compute} (deleted?): retry the run to run the step again", "log_tail": ""}
+            except UnknownCompute as exc:
+                state, result, error = "failed", None, {"code": exc.code, "message": exc.message, "log_tail": ""}
             if (state, result, error) != (step.state, step.result, step.error):
                 step.state, step.result, step.error = state, result, error
                 changed = True
         return changed
 
+    def _target(self, name: str) -> Target:
+        if name not in self.targets:
+            raise UnknownCompute(f"compute target {name!r} is no longer configured (known: "
+                                 f"{', '.join(self.targets)}): configure it again and retry the run")
+        return self.targets[name]
+
     def _submit(self, run: Run, name: str, spec: PipelineStep) -> None:
         step = run.steps[name]
-        target: Target = self.targets[step.compute]
         if step.task_id is None:
             step.attempt += 1
         try:
+            target = self._target(step.compute)
             scan_uri, step_inputs, moved = place_inputs(run, name, spec.inputs, target)
             request = ScanRequest(scan_id=step_scan_id(run, name), scan_uri=scan_uri, algorithm=step.algorithm,
                                   algorithm_version=step.version, params=dict(spec.params) or None,
@@ -168,9 +188,12 @@ class Conductor:
                 raise outcome
         except BackendUnavailable:
             raise  # the next tick tries again
-        except ScantideError as exc:  # refused: the step fails, saying why
-            step.state, step.error = "failed", {"code": exc.code, "message": exc.message, "log_tail": ""}
-            log.warning("step_refused run_id=%s step=%s code=%s message=%s", run.run_id, name, exc.code, exc.message)
+        except Exception as exc:  # noqa: BLE001 - anything else would fail again: the step fails, saying why
+            code, message = ((exc.code, exc.message) if isinstance(exc, ScantideError) else
+                             ("input_unavailable" if isinstance(exc, OSError) else "internal_error",
+                              f"{type(exc).__name__}: {exc}"))
+            step.state, step.error = "failed", {"code": code, "message": message, "log_tail": ""}
+            log.warning("step_refused run_id=%s step=%s code=%s message=%s", run.run_id, name, code, message)
             return
         step.task_id, step.state, step.bytes_moved = outcome.task.task_id, "queued", step.bytes_moved + moved
         log.info("step_submitted run_id=%s step=%s task_id=%s compute=%s created=%s bytes_moved=%d", run.run_id,

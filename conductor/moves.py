@@ -9,7 +9,6 @@ cache) and checks each file's sha256 itself.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from service.errors import ScantideError
 from service.pipelines.store import Run
 from service.pipelines.targets import Target
 from service.storage import is_remote, storage_for
+from service.storage.base import file_sha256
 from service.storage.local import local_path
 
 
@@ -54,13 +54,13 @@ def place_inputs(run: Run, step: str, inputs: tuple[str, ...], target: Target) -
 
 
 def _upload(source: Path, uri: str, digest: str | None, target: Target) -> int:
-    """Store ``source`` at ``uri``; its size. Refuses a file whose sha256 is not ``digest`` (when given)."""
-    h = hashlib.sha256()
-    with source.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if digest is not None and h.hexdigest() != digest:
-        raise InputMismatch(f"{source} has sha256 {h.hexdigest()[:12]}…, not the {digest[:12]}… its step recorded: "
+    """Store ``source`` at ``uri``; the bytes uploaded. Refuses a file whose sha256 is not ``digest``
+    (when given). A scan (no digest) already at ``uri`` (an earlier step of the run) is not sent again."""
+    storage = storage_for(uri, target.settings)
+    if digest is None and storage.exists(uri):
+        return 0
+    if digest is not None and (found := file_sha256(source)) != digest:
+        raise InputMismatch(f"{source} has sha256 {found[:12]}…, not the {digest[:12]}… its step recorded: "
                             "it changed after the step ended")
-    storage_for(uri, target.settings).put_file(source, uri)
+    storage.put_file(source, uri)
     return source.stat().st_size

@@ -42,7 +42,7 @@ from urllib.parse import unquote_plus
 
 from service.backends import open_backend
 from service.backends.base import TaskBackend
-from service.domain import SCAN_ID_PATTERN, ScanRequest, Submission
+from service.domain import SCAN_ID_PATTERN, ScanRequest
 from service.enqueue import (
     Enqueuer,
     parse_scan_request,
@@ -65,27 +65,33 @@ class Runtime:
     backend: TaskBackend
     enqueuer: Enqueuer
 
-    def submit(self, request: ScanRequest) -> Submission:
-        """Validate and enqueue one request (the one enqueue path, as the HTTP API runs it)."""
-        return submit_item(self.backend, self.enqueuer.prepare(request))
+    def submit(self, request: ScanRequest) -> tuple[dict[str, Any], bool]:
+        """Validate and enqueue one request (the one enqueue path, as the HTTP API runs it): the
+        answer's body and whether it made something new. A request naming a pipeline starts a run."""
+        if request.pipeline is not None:
+            return self.start_run(request)
+        submission = submit_item(self.backend, self.enqueuer.prepare(request))
+        return submission_body(submission), submission.created
 
-    def start_run(self, request: ScanRequest) -> bool:
-        """Start ``request.pipeline`` on the scan; whether the run is new. Runs live with the control
-        plane: through its API when ``control_plane_url`` is set, else in this state dir's store."""
+    def start_run(self, request: ScanRequest) -> tuple[dict[str, Any], bool]:
+        """Start ``request.pipeline`` on the scan. Runs live with the control plane: through its API
+        when ``control_plane_url`` is set, else in this state dir's store."""
         if self.settings.control_plane_url:
             return _forward(self.settings, request)
+        from service.api.pipelines import run_submission_body
         from service.pipelines.runs import start_run
         from service.pipelines.store import PipelineStore
         from service.pipelines.targets import targets_for
 
         store = PipelineStore(self.settings.pipelines_db)
         try:
-            return start_run(store, targets_for(self.settings, self.backend), request)[1]
+            run, created = start_run(store, targets_for(self.settings, self.backend), request)
         finally:
             store.close()
+        return run_submission_body(run, created), created
 
 
-def _forward(settings: Settings, request: ScanRequest) -> bool:
+def _forward(settings: Settings, request: ScanRequest) -> tuple[dict[str, Any], bool]:
     import httpx
 
     url = f"{str(settings.control_plane_url).rstrip('/')}/v1/scans"
@@ -96,12 +102,14 @@ def _forward(settings: Settings, request: ScanRequest) -> bool:
     except httpx.HTTPError as exc:
         raise BackendUnavailable(f"cannot reach the control plane at {url}: {exc}") from None
     if reply.status_code in (200, 202):
-        return reply.status_code == 202
+        return reply.json(), reply.status_code == 202
     try:
         error = reply.json()["error"]
     except (ValueError, KeyError, TypeError):
         error = {"code": "control_plane_error", "message": reply.text[:300]}
-    if 400 <= reply.status_code < 500 and reply.status_code not in (408, 429):
+    # Our configuration (token, URL) or a passing outage: retried, and the Lambda's errors alarm. The
+    # request itself refused: dropped with the reason, as a retry would be refused again.
+    if 400 <= reply.status_code < 500 and reply.status_code not in (401, 403, 404, 408, 429):
         raise InvalidRequest(f"the control plane refused the run: {error.get('message')}",
                              code=str(error.get("code") or "invalid_request"))
     raise BackendUnavailable(f"the control plane answered {reply.status_code}: {error.get('message')}")
@@ -214,10 +222,7 @@ def submit_s3_record(record: dict[str, Any]) -> str:
         return "ignored"
     rt = runtime()
     pipeline = pipeline_for_key(str((request.metadata or {}).get("key", "")), rt.settings.pipeline_prefixes)
-    if pipeline is not None:
-        created = rt.start_run(request.model_copy(update={"pipeline": pipeline}))
-    else:
-        created = rt.submit(request).created
+    _, created = rt.submit(request.model_copy(update={"pipeline": pipeline}))
     return "submitted" if created else "existing"
 
 
@@ -229,7 +234,7 @@ def handle_http(event: dict[str, Any]) -> dict[str, Any]:
                                              "POST a scan request"}})
     try:
         rt = runtime()
-        submission = rt.submit(parse_scan_request(http_body(event, rt.settings.max_body_bytes)))
+        body, created = rt.submit(parse_scan_request(http_body(event, rt.settings.max_body_bytes)))
     except ScantideError as exc:
         if exc.status >= 500:
             log.warning("request_failed code=%s message=%s", exc.code, exc.message)
@@ -238,7 +243,7 @@ def handle_http(event: dict[str, Any]) -> dict[str, Any]:
         log.exception("unhandled_error")
         return http_response(500, {"error": {"code": "internal_error",
                                              "message": "internal error; the function log has the details"}})
-    return http_response(202 if submission.created else 200, submission_body(submission))
+    return http_response(202 if created else 200, body)
 
 
 def http_body(event: dict[str, Any], max_bytes: int) -> bytes:

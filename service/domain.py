@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class JobState(str, Enum):
@@ -47,6 +47,12 @@ class ScanRequest(BaseModel):
                                  "run_id.")
     pipeline_version: str | None = Field(default=None, max_length=64, description="A registered version of the "
                                          "pipeline; default: the newest.")
+
+    @model_validator(mode="after")
+    def _version_needs_pipeline(self) -> ScanRequest:
+        if self.pipeline_version is not None and self.pipeline is None:
+            raise ValueError("pipeline_version names a version of a pipeline: give pipeline too")
+        return self
     previous_scan_id: str | None = Field(
         default=None, pattern=SCAN_ID_PATTERN,
         description="An earlier scan of the same patient, analysed by the same algorithm and completed, to compare "

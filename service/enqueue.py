@@ -39,6 +39,7 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.algorithms import AlgorithmVersion
+    from service.catalog import AlgorithmDescriptor
     from service.models import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,17 @@ def _with_version(item: SubmitItem, version: AlgorithmVersion) -> SubmitItem:
     if spec.runner == "python-function" and not item.scan_is_blob:
         raise InvalidScanUri(f"scan_uri: {spec.name} is a Python function, whose input a worker unpickles: it takes "
                              "only an input uploaded with POST /v1/blobs (the register scope), as Knot.map does")
+    if (item.params.get("step_inputs") or {}).get("scan", True):  # a pipeline step may not read the scan
+        check_scan(spec, scan_uri)
+    pinned = {**params, **item.params, "algorithm_version": version.version, "bundle_uri": version.uri,
+              "bundle_sha256": version.sha256}
+    return replace(item, params=pinned, queue=version.queue, max_attempts=spec.resources.max_attempts,
+                   user_params=None)
+
+
+def check_scan(spec: AlgorithmDescriptor, scan_uri: str) -> None:
+    """Refuse a scan ``spec`` does not take: another kind by its extension, or (under the data root,
+    where its size can be seen) larger than its ``inputs.max_bytes``."""
     name = scan_uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     if not spec.inputs.accepts(name):
         raise InvalidScanUri(f"scan_uri: {spec.name} takes {' or '.join(spec.inputs.kinds)} files, and {name!r} "
@@ -153,10 +165,6 @@ def _with_version(item: SubmitItem, version: AlgorithmVersion) -> SubmitItem:
         if size > spec.inputs.max_bytes:
             raise InvalidScanUri(f"scan_uri: the scan is {size} bytes; {spec.name} takes at most "
                                  f"{spec.inputs.max_bytes}")
-    pinned = {**params, **item.params, "algorithm_version": version.version, "bundle_uri": version.uri,
-              "bundle_sha256": version.sha256}
-    return replace(item, params=pinned, queue=version.queue, max_attempts=spec.resources.max_attempts,
-                   user_params=None)
 
 
 def previous_output_uri(backend: TaskBackend, algorithm: str, scan_id: str) -> str:

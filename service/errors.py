@@ -224,3 +224,8 @@ class RunNotRetryable(Conflict):
     """Only a failed run can be retried."""
 
     code = "run_not_retryable"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    status = 415
+    code = "unsupported_media_type"

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.auth import TokenAuth
 from service.catalog.descriptor import load_data
 from service.catalog.pipeline import parse_pipeline
-from service.errors import InvalidPipeline, PipelineNotFound, RunNotFound
+from service.errors import InvalidPipeline, PipelineNotFound, RunNotFound, UnsupportedMediaType
 from service.pipelines.runs import register, retry_run
 from service.pipelines.store import PipelineStore, PipelineVersion, Run
 from service.pipelines.targets import Targets
@@ -67,10 +67,15 @@ def pipelines_router(store: PipelineStore, targets: Targets, auth: TokenAuth) ->
         auth.check(request, "register")
         kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if kind not in CONTENT_TYPES:
-            raise InvalidPipeline([f"content type {kind!r}: send the descriptor as application/yaml or "
-                                   "application/json"])
-        pipeline = parse_pipeline(load_data(await request.body(), CONTENT_TYPES[kind], InvalidPipeline))
-        version, created = await run_in_threadpool(register, store, targets, pipeline, "api")
+            raise UnsupportedMediaType(f"content type {kind!r}: send the descriptor as application/yaml or "
+                                       "application/json")
+        body = await request.body()
+
+        def check_and_register() -> tuple[PipelineVersion, bool]:
+            pipeline = parse_pipeline(load_data(body, CONTENT_TYPES[kind], InvalidPipeline))
+            return register(store, targets, pipeline, "api")
+
+        version, created = await run_in_threadpool(check_and_register)
         response.status_code = 201 if created else 200
         return {**version.to_dict(), "created": created}
 

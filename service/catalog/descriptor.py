@@ -142,11 +142,24 @@ def load_data(text: str | bytes, filename: str, error: type[InvalidDescriptor] =
         except UnicodeDecodeError as e:
             raise error([f"{filename}: not UTF-8 text: {e.reason} at byte {e.start}"]) from None
     try:
-        return json.loads(text) if is_json else yaml.safe_load(text)
+        return json.loads(text) if is_json else yaml.load(text, Loader=_NoAliases)  # noqa: S506 - safe, see below
+    except RecursionError:
+        raise error([f"{filename}: nested too deeply"]) from None
     except json.JSONDecodeError as e:
         raise error([f"{filename}: not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"]) from None
     except yaml.YAMLError as e:
         raise error([f"{filename}: not valid YAML: {_yaml_reason(e)}"]) from None
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML's safe loader (data only, no tags) that also refuses aliases (``*name``): a descriptor
+    needs none, and a few hundred bytes of nested aliases expand to gigabytes when printed."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
 
 
 def _yaml_reason(error: yaml.YAMLError) -> str:

@@ -261,6 +261,11 @@ def check_references(pipeline: PipelineDescriptor, lookup: Callable[[PipelineSte
         else:
             try:
                 algorithm.validate_params(s.params)
-            except InvalidParams as exc:  # "params.a: ...; params.b: ...": one error each, each with the step's path
-                errors.extend(f"{at}.{problem}" for problem in re.split(r"; (?=params\.)", exc.message))
+            except InvalidParams as exc:
+                errors.extend(f"{at}.{problem}" for problem in param_problems(exc))
     return errors
+
+
+def param_problems(exc: InvalidParams) -> list[str]:
+    """Each problem of a refusal (``"params.a: …; params.b: …"``), each starting with its field path."""
+    return re.split(r"; (?=params\.)", exc.message)

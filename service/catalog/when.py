@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import operator
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,7 +79,9 @@ def parse_when(text: str) -> When:
     src = text.replace("\r\n", "\n").replace("\r", "\n")
     body = src.lstrip()  # ast.parse refuses leading blanks; positions are reported in ``src``
     try:
-        node = ast.parse(body, mode="eval").body
+        with warnings.catch_warnings():  # "invalid decimal literal" and the like: not for the server's stderr
+            warnings.simplefilter("ignore", SyntaxWarning)
+            node = ast.parse(body, mode="eval").body
     except SyntaxError as e:
         before = sum(len(s) + 1 for s in body.split("\n")[:(e.lineno or 1) - 1])  # the lines above e's
         at = len(src) - len(body) + before + (e.offset or 0) - 1

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from typing import TYPE_CHECKING
 
-from service.catalog.pipeline import PipelineDescriptor, PipelineStep, check_references
+from service.catalog.pipeline import SCAN_INPUT, PipelineDescriptor, PipelineStep, check_references, param_problems
 from service.domain import ScanRequest
+from service.enqueue import check_scan
 from service.errors import (
     InvalidParams,
     InvalidPipeline,
@@ -76,29 +76,35 @@ def pipeline_version(store: PipelineStore, name: str, version: str | None) -> Pi
 
 
 def start_run(store: PipelineStore, targets: Targets, request: ScanRequest) -> tuple[Run, bool]:
-    """Create the run of ``request.pipeline`` on the scan (idempotent on pipeline + scan_id): the run
-    and whether it is new. Raises ``InvalidRequest`` subclasses for what enqueue refuses."""
+    """Create the run of ``request.pipeline`` on the scan (idempotent on pipeline + scan_id: a repeat
+    returns the run made first, whatever version it names): the run and whether it is new. Raises
+    ``InvalidRequest`` subclasses for what enqueue refuses, before anything is stored."""
     if request.algorithm or request.algorithm_version or request.params or request.previous_scan_id:
         raise InvalidRequest("a pipeline request names no algorithm, algorithm_version, params or previous_scan_id: "
                              "each step's algorithm and params come from the pipeline's descriptor")
+    existing = store.find_run(str(request.pipeline), request.scan_id)
+    if existing is not None:
+        return existing, False
     pv = pipeline_version(store, str(request.pipeline), request.pipeline_version)
     spec = pv.spec
-    home = targets[targets.default]
-    scan_uri = home.enqueuer.prepare(request.model_copy(update={"algorithm": spec.steps[0].algorithm})
-                                     ).params["scan_uri"]
+    scan_uri = targets[targets.default].enqueuer.prepare(request).params["scan_uri"]
     steps: dict[str, StepRun] = {}
     for i, step in enumerate(spec.steps):
         compute = step.compute or targets.default
+        if compute not in targets:
+            raise InvalidRequest(f"steps[{i}].compute: this deployment has no compute target {compute!r} (known: "
+                                 f"{', '.join(targets)}): configure it, or register a version of {pv.name} without it")
         found = algorithm_for(targets, step.algorithm, step.version, compute)
         if found is None:
-            raise InvalidRequest(f"steps[{i}] ({step.name}): algorithm {step.algorithm} "
+            raise InvalidRequest(f"steps[{i}].algorithm: {step.algorithm} "
                                  f"{'version ' + step.version + ' ' if step.version else ''}is not registered on "
                                  f"compute {compute}: register it there")
         try:
             found.spec.validate_params(step.params)
         except InvalidParams as exc:  # the newest version refuses what the registered one took
-            raise InvalidParams("; ".join(f"steps[{i}].{p}" for p in re.split(r"; (?=params\.)", exc.message))) \
-                from None
+            raise InvalidParams("; ".join(f"steps[{i}].{p}" for p in param_problems(exc))) from None
+        if SCAN_INPUT in step.inputs:
+            check_scan(found.spec, scan_uri)
         steps[step.name] = StepRun(algorithm=step.algorithm, version=found.version, compute=compute)
     run = Run(run_id=new_run_id(), pipeline=pv.name, version=pv.version, scan_id=request.scan_id, scan_uri=scan_uri,
               metadata=request.metadata or {}, steps=steps)

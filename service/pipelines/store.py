@@ -192,6 +192,12 @@ class PipelineStore:
     def _next_seq(db: sqlite3.Connection) -> int:
         return int(db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()[0])
 
+    def find_run(self, pipeline: str, scan_id: str) -> Run | None:
+        """The run of ``pipeline`` on ``scan_id``, or None."""
+        with self.db.tx(write=False) as db:
+            row = db.execute("SELECT * FROM runs WHERE pipeline = ? AND scan_id = ?", (pipeline, scan_id)).fetchone()
+        return _run(row) if row else None
+
     def get_run(self, run_id: str) -> Run | None:
         with self.db.tx(write=False) as db:
             row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()

@@ -8,6 +8,7 @@ and output URIs are built by ``service.enqueue``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -74,14 +75,21 @@ class Storage(ABC):
 
 
 def files_under(root: Path) -> list[str]:
-    """Every regular file under ``root``, as sorted POSIX paths relative to it."""
+    """Every regular file under ``root``, as sorted POSIX paths relative to it. Symbolic links are
+    left out, and linked folders not entered: what an algorithm links to is not its output (a link to
+    a file of the machine's would otherwise be uploaded and passed to the next step)."""
     out = []
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
             path = Path(dirpath) / name
-            if path.is_file():
+            if path.is_file() and not path.is_symlink():
                 out.append(path.relative_to(root).as_posix())
     return sorted(out)
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def partial_path(dest: Path) -> Path:

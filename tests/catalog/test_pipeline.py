@@ -423,3 +423,15 @@ def test_order_and_cycle_report_do_not_depend_on_the_hash_seed() -> None:
                               env={**os.environ, "PYTHONHASHSEED": seed}, timeout=60, check=True)
         outputs.add(done.stdout)
     assert outputs == {"['a', 'b', 'c', 'd', 'e', 'join']\n['steps: the needs form a cycle: x -> b -> x']\n"}
+
+
+def test_yaml_aliases_and_deep_nesting_are_refused() -> None:
+    """A few hundred bytes of nested aliases expand to gigabytes when an error message prints them."""
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nname: *b\n"
+    with pytest.raises(InvalidPipeline) as info:
+        load_pipeline(bomb, "scantide-pipeline.yaml")
+    assert info.value.errors == ["scantide-pipeline.yaml: not valid YAML: aliases (*name) are not allowed "
+                                 "(line 2, column 8)"]
+    with pytest.raises(InvalidPipeline) as deep:
+        load_pipeline("[" * 5000 + "]" * 5000, "scantide-pipeline.json")
+    assert deep.value.errors == ["scantide-pipeline.json: nested too deeply"]

@@ -237,6 +237,7 @@ def test_s3_keys_under_a_pipeline_prefix_start_runs(tmp_path: Path, monkeypatch:
     are tasks as before."""
     from service.algorithms import register_folder
     from service.backends import open_backend
+    from service.errors import BackendUnavailable
     from service.pipelines.store import PipelineStore
     from service.settings import load_settings
     from tests.conftest import TOKEN, ApiServer, free_port
@@ -272,11 +273,24 @@ def test_s3_keys_under_a_pipeline_prefix_start_runs(tmp_path: Path, monkeypatch:
         other = lam.runtime().backend.list_tasks(limit=10)  # the key outside the prefix: a task, as before
         assert [t.scan_id for t in other] == [lam.scan_id_for_key("scans/clinic 7/patient 42 (upper arch).mp4")]
 
+        gateway = {"httpMethod": "POST", "requestContext": {}, "body": json.dumps(
+            {"scan_id": "gw-1", "scan_uri": "s3://scantide-scans/gw.mp4", "pipeline": "triage"})}
+        answer = lam.handler(gateway, None)
+        assert answer["statusCode"] == 202 and json.loads(answer["body"])["pipeline"] == "triage"
+        sqs = {"Records": [{"eventSource": "aws:sqs", "messageId": "m1", "body": json.dumps(
+            {"scan_id": "sqs-1", "scan_uri": "s3://scantide-scans/q.mp4", "pipeline": "triage"})}]}
+        assert lam.handler(sqs, None) == {"batchItemFailures": []}
+        assert {r.scan_id for r in PipelineStore(settings.pipelines_db).list_runs()} == \
+            {"scans:clinic-7:scan-0001", "gw-1", "sqs-1"}
+
         monkeypatch.setenv("SCANTIDE_CONTROL_PLANE_TOKEN", "wrong")
         lam.runtime().backend.close()
         lam.runtime.cache_clear()
-        refused = lam.handler(event, None)
-        assert refused["rejected"] == 1  # a 401 is not retried: the log says why
+        routed = load_event("s3_put.json")
+        routed["Records"] = routed["Records"][:1]
+        routed["Records"][0]["s3"]["object"]["key"] = "scans/clinic-7/scan-0002.mp4"
+        with pytest.raises(BackendUnavailable, match="401"):  # our configuration: retried, and the errors alarm
+            lam.handler(routed, None)
     finally:
         lam.runtime().backend.close()
         lam.runtime.cache_clear()

@@ -60,3 +60,48 @@ def test_a_tick_with_nothing_changed_writes_nothing(conductor: Conductor, data_r
     conductor.tick()
     conductor.tick()
     assert conductor.store.get_run(run.run_id).seq == seq
+
+
+def test_a_steps_task_gone_from_the_store_fails_the_run_instead_of_hanging(conductor: Conductor, data_root,
+                                                                           monkeypatch) -> None:
+    from service.errors import TaskNotFound
+    from tests.pipelines.conftest import outcome_events
+
+    (data_root / "scan.mp4").write_bytes(b"x")
+    run, _ = start_run(conductor.store, conductor.targets, ScanRequest(scan_id="a", scan_uri="scan.mp4",
+                                                                       pipeline="triage"))
+    conductor.tick()
+    backend = conductor.targets["local"].backend
+
+    def gone(task_id: str):  # noqa: ANN202 - deleted by hand in the store's UI, say
+        raise TaskNotFound(f"no task {task_id}")
+
+    monkeypatch.setattr(backend, "get_task", gone)
+    conductor._next_sweep = 0.0
+    conductor.tick()
+    ended = conductor.store.get_run(run.run_id)
+    assert ended.state == "failed" and ended.error["step"] == "stats" and ended.error["code"] == "task_missing"
+    assert {n: s.state for n, s in ended.steps.items()} == {"stats": "failed", "summary": "skipped",
+                                                            "report": "skipped"}
+    assert [e["type"] for e in outcome_events(conductor.targets["local"].settings)] == ["pipeline.failed"]
+
+
+def test_a_target_that_is_down_holds_up_no_run_of_the_others(conductor: Conductor, settings: Settings,
+                                                              data_root) -> None:
+    from service.errors import BackendUnavailable
+    from service.pipelines.targets import Target
+
+    class Down:
+        def changes(self, cursor, limit):  # noqa: ANN001, ANN201
+            raise BackendUnavailable("cloud is down")
+
+        def close(self) -> None:
+            pass
+
+    conductor.targets["cloud"] = Target("cloud", settings, Down())  # type: ignore[arg-type]
+    (data_root / "scan.mp4").write_bytes(b"x")
+    run, _ = start_run(conductor.store, conductor.targets, ScanRequest(scan_id="a", scan_uri="scan.mp4",
+                                                                       pipeline="triage"))
+    conductor.tick()
+    assert conductor.store.get_run(run.run_id).steps["stats"].state == "queued"
+    assert conductor.outbox.get("conductor:changes_cursor:cloud") is None

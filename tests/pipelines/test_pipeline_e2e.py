@@ -4,6 +4,7 @@ driven by a real conductor process over real workers, announced once."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.conftest import ApiServer, Workers
 from tests.pipelines.conftest import ConductorProcess, outcome_events, register_pipeline, wait_run
@@ -65,7 +66,8 @@ def test_triage_runs_each_step_where_its_when_allows(api: ApiServer, workers: Wo
     assert "report.json" in short_event["data"]["steps"]["report"]["outputs"]["files"]
 
 
-def test_enqueue_refuses_what_a_pipeline_cannot_run(api: ApiServer, registered: None) -> None:
+def test_enqueue_refuses_what_a_pipeline_cannot_run(api: ApiServer, registered: None, data_root: Path) -> None:
+    (data_root / "x.png").write_bytes(b"an image")
     with api.client() as client:
         assert register_pipeline(client).status_code == 201
         cases = [
@@ -75,6 +77,8 @@ def test_enqueue_refuses_what_a_pipeline_cannot_run(api: ApiServer, registered: 
             ({"scan_id": "a", "scan_uri": "x.mp4", "pipeline": "triage", "algorithm": "frame_stats"}, 422,
              "invalid_request"),
             ({"scan_id": "a", "scan_uri": "../x.mp4", "pipeline": "triage"}, 422, "invalid_scan_uri"),
+            ({"scan_id": "a", "scan_uri": "x.png", "pipeline": "triage"}, 422, "invalid_scan_uri"),  # stats: video
+            ({"scan_id": "a", "scan_uri": "x.mp4", "pipeline_version": "1"}, 422, "invalid_request"),
         ]
         for body, status, code in cases:
             r = client.post("/v1/scans", json=body)
@@ -87,5 +91,25 @@ def test_enqueue_refuses_what_a_pipeline_cannot_run(api: ApiServer, registered: 
         assert bad.json()["error"]["code"] == "invalid_pipeline"
         assert "steps[0].params.min_brightness: 300 is greater than the maximum of 255" in bad.json()["error"]["message"]
         assert "steps[1].algorithm: unknown algorithm 'nope': register it first" in bad.json()["error"]["message"]
+        assert client.post("/v1/pipelines", content="name: x", headers={"Content-Type": "text/plain"}
+                           ).json()["error"]["code"] == "unsupported_media_type"
+        bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nname: *b\n"
+        refused = register_pipeline(client, bomb)
+        assert refused.status_code == 422 and "aliases (*name) are not allowed" in refused.json()["error"]["message"]
+        deep = register_pipeline(client, "[" * 5000 + "]" * 5000)
+        assert deep.status_code == 422 and deep.json()["error"]["code"] == "invalid_pipeline"
     with api.client("test-token-read") as reader:
         assert register_pipeline(reader).status_code == 403
+
+
+def test_a_repeated_run_request_answers_the_run_it_made(api: ApiServer, registered: None,
+                                                        make_video: Callable) -> None:
+    """Even once the scan file is gone or a newer version is registered: the repeat is a read."""
+    video = make_video("gone.mp4", frames=12, fps=12.0, size=(32, 24))
+    with api.client() as client:
+        assert register_pipeline(client).status_code == 201
+        first = client.post("/v1/scans", json={"scan_id": "g", "scan_uri": "gone.mp4", "pipeline": "triage"})
+        assert first.status_code == 202
+        Path(video["path"]).unlink()
+        again = client.post("/v1/scans", json={"scan_id": "g", "scan_uri": "gone.mp4", "pipeline": "triage"})
+        assert again.status_code == 200 and again.json()["run_id"] == first.json()["run_id"]

@@ -220,3 +220,19 @@ def test_s3_storage_against_an_unreachable_endpoint(monkeypatch: pytest.MonkeyPa
 
     with pytest.raises(StorageUnavailable):
         storage.fetch(f"s3://{BUCKET}/x.mp4", tmp_path / "x.mp4", max_bytes=10)
+
+
+def test_files_under_leaves_links_out(tmp_path: Path) -> None:
+    """An output folder holding a link to a file of the machine (a secret, say) lists no such file:
+    it would be uploaded and handed to the next pipeline step."""
+    from service.storage.base import files_under
+
+    secret = tmp_path / "secret"
+    secret.write_text("token")
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "result.json").write_text("{}")
+    (out / "sub" / "a.txt").write_text("a")
+    (out / "leak").symlink_to(secret)
+    (out / "linked").symlink_to(tmp_path)
+    assert files_under(out) == ["result.json", "sub/a.txt"]
