@@ -1,5 +1,5 @@
 """What the benchmarks share about processes: the fastest uvicorn parts installed, CPU time from
-/proc, free loopback ports and stopping a child cleanly."""
+/proc, free loopback ports, waiting for a started API and stopping a child cleanly."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import importlib.util
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -50,3 +51,20 @@ def stop(proc: subprocess.Popen, timeout_s: float = 5.0) -> None:
             proc.wait()
     if proc.stdin:
         proc.stdin.close()
+
+
+def wait_healthy(url: str, up: subprocess.Popen | None = None, timeout_s: float = 60.0) -> None:
+    """Until ``url``'s /healthz answers 200; exits when ``up`` (the process serving it) dies first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if up is not None and up.poll() is not None:
+            raise SystemExit(f"scantide up exited ({up.returncode}) before the API at {url} came up")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the API at {url} did not come up in {timeout_s:.0f} s")

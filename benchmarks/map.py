@@ -26,28 +26,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._proc import HOST, free_port, stop  # noqa: E402
+from benchmarks._proc import HOST, free_port, stop, wait_healthy  # noqa: E402
 from scantide import Client, Knot  # noqa: E402
 
 
 def square(x: int) -> int:
     return x * x
-
-
-def wait_healthy(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"the API at {url} did not come up in {timeout_s:.0f} s")
 
 
 def pool_run(calls: int, workers: int) -> float:

@@ -56,7 +56,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._proc import HOST, free_port, stop  # noqa: E402
+from benchmarks._proc import HOST, free_port, stop, wait_healthy  # noqa: E402
 from scantide import Client  # noqa: E402
 
 ALGORITHM = Path(__file__).resolve().parent / "pipeline_algorithms" / "bench_step"
@@ -106,20 +106,6 @@ def ts(value: str | None) -> float:
     if value is None:
         raise SystemExit("a task of a completed step has no timestamp")
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-def wait_healthy(url: str, up: subprocess.Popen, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if up.poll() is not None:
-            raise SystemExit(f"scantide up exited ({up.returncode}) before the API at {url} came up")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"the API at {url} did not come up in {timeout_s:.0f} s")
 
 
 @contextlib.contextmanager

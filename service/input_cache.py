@@ -38,8 +38,10 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
+
+from service.backends.embedded_db import transaction
 
 log = logging.getLogger(__name__)
 
@@ -194,13 +196,8 @@ class InputCache:
         its writers. A connection per transaction: a task makes a handful."""
         with closing(sqlite3.connect(self.root / INDEX, timeout=_BUSY_TIMEOUT_S, isolation_level=None)) as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(db, nullcontext()):
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
 
     def _sweep_tmp(self) -> None:
         """Remove downloads left behind by killed workers."""
