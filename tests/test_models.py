@@ -77,7 +77,8 @@ def test_enqueue_pins_the_promoted_version_and_queued_tasks_keep_theirs(
 
     # The Lambda runtime goes through the same enqueue path.
     runtime = Runtime(settings, backend, Enqueuer.from_settings(settings))
-    assert runtime.submit(ScanRequest(scan_id="e", scan_uri="scan.mp4")).task.params["model_version"] == "1"
+    body, created = runtime.submit(ScanRequest(scan_id="e", scan_uri="scan.mp4"))
+    assert created and backend.get_task(body["task_id"]).params["model_version"] == "1"
 
 
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
