@@ -12,7 +12,8 @@ def open_backend(settings: Settings) -> TaskBackend:
         from service.algorithms import ensure_builtin
         from service.backends.embedded import EmbeddedBackend
 
-        backend = EmbeddedBackend(settings.db_path, max_attempts=settings.max_attempts)
+        backend = EmbeddedBackend(settings.db_path, max_attempts=settings.max_attempts,
+                                  worker_expiry_s=max(settings.lease_s, 3 * settings.heartbeat_s))
         ensure_builtin(backend, settings)
         return backend
     from service.errors import ConfigError

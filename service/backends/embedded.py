@@ -9,6 +9,7 @@ monotonic sequence ``changes()`` pages on.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import sqlite3
 import time
@@ -48,14 +49,20 @@ from service.errors import (
     UnknownAlgorithm,
 )
 
+log = logging.getLogger(__name__)
+
 
 class EmbeddedBackend(TaskBackend):
     """``TaskBackend`` over a SQLite file. Safe to share between threads and processes."""
 
-    def __init__(self, path: str | Path, *, max_attempts: int = 2, busy_timeout_s: float = 30.0) -> None:
+    def __init__(self, path: str | Path, *, max_attempts: int = 2, busy_timeout_s: float = 30.0,
+                 worker_expiry_s: float = 60.0) -> None:
+        """worker_expiry_s: a worker silent this long is gone (killed, its machine lost): its
+        registration is dropped, as its task's lease runs out."""
         self.db = Database(path, busy_timeout_s)
         self.path = self.db.path
         self.max_attempts = max_attempts
+        self.worker_expiry_s = worker_expiry_s
         self.models = EmbeddedModels(self.db)
         self.algorithms = EmbeddedAlgorithms(self.db)
 
@@ -210,7 +217,10 @@ class EmbeddedBackend(TaskBackend):
         return sorted(r[0] for r in rows)
 
     def workers(self, queue: str | None = None) -> list[WorkerInfo]:
-        where, args = ("WHERE queue = ?", (queue,)) if queue else ("", ())
+        """Workers heard from within ``worker_expiry_s``; a silent one is gone, registered or not."""
+        where, args = "WHERE last_seen >= ?", [time.time() - self.worker_expiry_s]
+        if queue:
+            where, args = f"{where} AND queue = ?", [*args, queue]
         with self.db.tx(write=False) as db:
             rows = db.execute(f"SELECT * FROM workers {where} ORDER BY id", args).fetchall()
         return [
@@ -305,8 +315,13 @@ class EmbeddedBackend(TaskBackend):
         return task
 
     def reap_expired(self) -> list[TaskInfo]:
+        """Re-queue or fail tasks whose lease ran out, and drop the registrations of silent workers."""
         with self.db.tx() as db:
-            return self._reap(db, time.time())
+            now = time.time()
+            gone = db.execute("DELETE FROM workers WHERE last_seen < ? RETURNING id", (now - self.worker_expiry_s,))
+            for row in gone.fetchall():
+                log.warning("worker_expired worker=%s silent_s>%.0f", row["id"], self.worker_expiry_s)
+            return self._reap(db, now)
 
     def _reap(self, db: sqlite3.Connection, now: float) -> list[TaskInfo]:
         """Inside a write transaction: re-queue (or fail) tasks whose lease ran out."""
