@@ -60,9 +60,13 @@ def up(
     fixed: bool = typer.Option(False, "--fixed", help="Keep that many workers running instead of autoscaling."),
 ) -> None:
     """Run the API, the monitor and the autoscaler (which starts workers on demand, from zero)."""
-    from service.supervisor import Child, Supervisor, cli_argv
+    from service.supervisor import Child, Supervisor, cli_argv, end_leftovers, lock_state_dir
 
     settings = with_local_token(_settings(ctx))
+    lock = lock_state_dir(settings.state_dir)  # noqa: F841 - held until this process ends
+    if ended := end_leftovers(settings.state_dir):
+        err_console.print(f"scantide up: ended {len(ended)} process(es) a killed scantide up left running on "
+                          f"{settings.state_dir}")
     if workers is not None:
         settings = settings.model_copy(update={"workers": workers})
     children = [Child("api", cli_argv("api")), Child("monitor", cli_argv("monitor")),
@@ -86,13 +90,14 @@ def api(ctx: typer.Context, access_log: bool = typer.Option(True, help="Log each
     import uvicorn
 
     from service.api import create_app
+    from service.api.server import server_options
 
     settings = _settings(ctx)
     if not settings.api_tokens:
         err_console.print("refusing to serve the API without tokens: set SCANTIDE_API_TOKENS or use `scantide up`")
         raise typer.Exit(2)
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, access_log=access_log,
-                log_level="info")
+                log_level="info", **server_options())
 
 
 @app.command()

@@ -229,3 +229,9 @@ class RunNotRetryable(Conflict):
 class UnsupportedMediaType(InvalidRequest):
     status = 415
     code = "unsupported_media_type"
+
+
+class StateDirLocked(Conflict):
+    """Another ``scantide up`` runs on this state dir."""
+
+    code = "state_dir_locked"

@@ -25,7 +25,7 @@ from service.algorithms import ENTRY_POINT, pin_unversioned, unregistered
 from service.backends.base import TaskBackend
 from service.domain import TaskError, TaskInfo
 from service.errors import BackendUnavailable, LeaseLost, ScantideError
-from service.processes import die_with_parent, stop_session
+from service.processes import SUPERVISOR_ENV, die_with_parent, stop_session, supervisor_alive
 from service.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,10 @@ class Worker:
         done = 0
         try:
             while not self.draining and (max_tasks is None or done < max_tasks):
+                if not supervisor_alive(os.environ.get(SUPERVISOR_ENV)):
+                    log.warning("worker_orphaned worker=%s: the scantide up it ran under is gone; stopping",
+                                self.worker_id)
+                    break
                 try:
                     task = self.backend.claim(self.queue, self.worker_id, self.settings.lease_s)
                     if task is None and self.backend.heartbeat(self.worker_id, None, self.settings.lease_s):
