@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -48,9 +49,20 @@ def root(
     state_dir: Optional[Path] = typer.Option(None, help="State directory (default SCANTIDE_STATE_DIR or ./.scantide)."),
     log_level: str = typer.Option("INFO", help="Log level for daemons."),
 ) -> None:
+    os.umask(0o077)  # the store, tokens, logs and outputs: this user's alone (0700 folders, 0600 files)
     overrides = {"state_dir": state_dir} if state_dir else {}
     ctx.obj = load_settings(**overrides)
     setup_logging(log_level.upper())
+    private(ctx.obj.state_dir)
+
+
+def private(folder: Path) -> None:
+    """Make an existing state dir this user's alone, as the umask makes every new one."""
+    try:
+        if folder.is_dir() and folder.stat().st_uid == os.getuid() and folder.stat().st_mode & 0o077:
+            folder.chmod(0o700)
+    except OSError:
+        pass
 
 
 @app.command()
@@ -59,7 +71,7 @@ def up(
     workers: Optional[int] = typer.Option(None, help="Most workers at once (default SCANTIDE_WORKERS)."),
     fixed: bool = typer.Option(False, "--fixed", help="Keep that many workers running instead of autoscaling."),
 ) -> None:
-    """Run the API, the monitor and the autoscaler (which starts workers on demand, from zero)."""
+    """Run the API, the monitor, the conductor and the autoscaler (which starts workers on demand, from zero)."""
     from service.supervisor import Child, Supervisor, cli_argv, end_leftovers, lock_state_dir
 
     settings = with_local_token(_settings(ctx))

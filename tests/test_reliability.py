@@ -156,3 +156,21 @@ def test_a_graceful_stop_drains_workers_before_the_monitor_stops(settings: Setti
     assert at["api stopped"] < min(at["worker-0 stopping"], at["worker-1 stopping"])
     assert max(at["worker-0 stopped"], at["worker-1 stopped"]) < at["conductor stopping"]
     assert at["conductor stopped"] < at["monitor stopping"]
+
+
+def test_the_state_dir_is_this_users_alone(tmp_path: Path) -> None:
+    """Tokens, the store, logs and outputs: 0700 folders, 0600 files, an existing open folder closed."""
+    from service.supervisor import cli_argv
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCANTIDE_")}
+    env.update(SCANTIDE_STATE_DIR=str(state), SCANTIDE_CONFIG=str(tmp_path / "absent.toml"))
+    subprocess.run(cli_argv("status"), env=env, check=True, capture_output=True, timeout=120)
+    assert state.stat().st_mode & 0o777 == 0o700
+    db = state / "scantide.db"
+    assert db.stat().st_mode & 0o777 == 0o600
+    created = [p for p in state.rglob("*") if p.is_file()]
+    assert created and all(p.stat().st_mode & 0o077 == 0 for p in created), \
+        [(p.name, oct(p.stat().st_mode)) for p in created if p.stat().st_mode & 0o077]

@@ -88,7 +88,8 @@ def command_argv(descriptor: AlgorithmDescriptor, *, here: str, inputs: str, out
     Each value stays inside its one argv element: nothing is split, and no shell ever reads the
     result. ``here``: the algorithm's folder; ``inputs``/``outputs``: the scan's input and output
     folders; ``params``: checked task params (one missing takes its declared default). A string
-    parameter that is a whole element may not start with "-": the program would read it as an option.
+    parameter that is a whole element may not start with "-" (the program would read it as an option)
+    or "/", and none may hold a ".." segment or NUL: a value cannot name a path outside the run's folders.
     """
     values: dict[str, Any] = {"here": here, "inputs": inputs, "outputs": outputs}
     for name, schema in descriptor.parameters.items():
@@ -114,6 +115,10 @@ def command_argv(descriptor: AlgorithmDescriptor, *, here: str, inputs: str, out
             if len(pieces) == 1 and text.startswith("params.") and isinstance(value, str) and value.startswith("-"):
                 problems.append(f"{text}: {value!r} would be read as an option in command[{i}]; a value that makes "
                                 "up a whole argument may not start with '-'")
+            if text.startswith("params.") and isinstance(value, str) and (
+                    ".." in value.split("/") or (len(pieces) == 1 and value.startswith("/"))):
+                problems.append(f"{text}: {value!r} could name a path outside the run's folders in command[{i}]; a "
+                                "value may not hold a '..' segment, nor start with '/' as a whole argument")
             parts.append(rendered)
         argv.append("".join(parts))
     if problems:

@@ -335,7 +335,7 @@ def test_command_argv_keeps_literal_braces() -> None:
     assert argv(d, {}) == ["python", "-c", "print({}, '/in')"]
 
 
-@pytest.mark.parametrize("value", ["$(rm -rf /)", "../../etc/passwd", "a; b", "`id`", "x y\nz", "'\""])
+@pytest.mark.parametrize("value", ["$(rm -rf x)", "a; b", "`id`", "x y\nz", "'\"", "a/b..c", "..."])
 def test_hostile_values_stay_one_literal_element(value: str) -> None:
     d = parse_descriptor({"name": "echoer", "version": "1", "command": ["echo", "{params.s}", "pre-{params.s}"],
                           "parameters": {"s": {"type": "string"}}})
@@ -349,6 +349,20 @@ def test_option_like_string_as_whole_element_is_refused() -> None:
         argv(d, {"s": "--x"})
     assert info.value.message == ("params.s: '--x' would be read as an option in command[1]; a value that makes up "
                                   "a whole argument may not start with '-'")
+
+
+@pytest.mark.parametrize(("value", "where"), [("../../etc/passwd", 1), ("/etc/passwd", 1), ("a/../../b", 2)])
+def test_values_that_could_name_a_path_outside_the_run_are_refused(value: str, where: int) -> None:
+    d = parse_descriptor({"name": "echoer", "version": "1", "command": ["echo", "{params.s}", "pre-{params.t}"],
+                          "parameters": {"s": {"type": "string", "default": "ok"},
+                                         "t": {"type": "string", "default": "ok"}}})
+    name = "s" if where == 1 else "t"
+    with pytest.raises(InvalidParams) as info:
+        argv(d, {name: value})
+    assert info.value.message == (f"params.{name}: {value!r} could name a path outside the run's folders in "
+                                  f"command[{where}]; a value may not hold a '..' segment, nor start with '/' as a "
+                                  "whole argument")
+    assert argv(d, {"t": "/abs/inside/a/word"})[2] == "pre-/abs/inside/a/word"  # not a whole argument: a string
 
 
 def test_option_like_value_inside_an_element_and_negative_numbers_pass() -> None:
