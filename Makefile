@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench chaos clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+chaos: $(STAMP)
+	SCANTIDE_CHAOS_SCANS=200 $(PY) -m pytest -q -m chaos -s
 
 bench: $(STAMP)
 	$(PY) benchmarks/enqueue.py

@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.2  # how often the worker checks its child, seconds
 KILL_GRACE_S = 5.0  # a stopped task's time to stop its algorithm (and container) itself
-WITHHELD_ENV = frozenset({f"{ENV_PREFIX}API_TOKENS", f"{ENV_PREFIX}WEBHOOK_SECRET"})
+# What the task process has no use for: the API's tokens and the webhook (whose secret it must not
+# see, and whose URL without the secret would not even load as settings).
+WITHHELD_ENV = frozenset({f"{ENV_PREFIX}API_TOKENS", f"{ENV_PREFIX}WEBHOOK_SECRET", f"{ENV_PREFIX}WEBHOOK_URL"})
 
 
 @dataclass
@@ -195,8 +197,8 @@ class Worker:
 
 
 def task_env() -> dict[str, str]:
-    """The task process's environment: ours without the secrets it has no use for (API tokens, the
-    webhook secret), since it runs code and parses files from outside."""
+    """The task process's environment: ours without what it has no use for (``WITHHELD_ENV``: API
+    tokens, the webhook), since it runs code and parses files from outside."""
     return {k: v for k, v in os.environ.items() if k not in WITHHELD_ENV}
 
 
