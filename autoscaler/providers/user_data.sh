@@ -86,8 +86,14 @@ if [ -n "$WORKER_IMAGE" ]; then
   say "starting clearml-agent worker=$CLEARML_WORKER_ID image=$WORKER_IMAGE"
   clearml-agent daemon --queue "$QUEUE" --foreground --docker "$WORKER_IMAGE" --gpus all || STATUS=$?
 else
+  # On the host the agent must run tasks with the python that has scantide (the AMI's), not build
+  # a fresh venv per task (every task would fail "No module named 'algorithms'"): the interpreter
+  # of the scantide command, else python3.
+  SCANTIDE_PYTHON="$(head -n 1 "$(command -v scantide 2>/dev/null || echo /dev/null)" 2>/dev/null | sed -n 's/^#!//p')"
+  [ -x "$SCANTIDE_PYTHON" ] || SCANTIDE_PYTHON="$(command -v python3)"
+  export CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1 CLEARML_AGENT_SKIP_PIP_VENV_INSTALL="$SCANTIDE_PYTHON"
   trap - EXIT
-  say "starting clearml-agent worker=$CLEARML_WORKER_ID (tasks run on the host)"
+  say "starting clearml-agent worker=$CLEARML_WORKER_ID (tasks run on the host with $SCANTIDE_PYTHON)"
   clearml-agent daemon --queue "$QUEUE" --foreground || STATUS=$?
 fi
 power_off "clearml-agent exited with status $STATUS"

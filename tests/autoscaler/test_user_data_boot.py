@@ -27,7 +27,9 @@ case "$*" in
   *) echo "unexpected aws call" >&2; exit 1 ;;
 esac""",
     "clearml-agent": """{ echo "agent $*"; echo "host=$CLEARML_API_HOST key=$CLEARML_API_ACCESS_KEY worker=$CLEARML_WORKER_ID"
-  echo "docker_args=${CLEARML_AGENT_EXTRA_DOCKER_ARGS:-}"; } >> "$CALLS"; exit 3""",
+  echo "docker_args=${CLEARML_AGENT_EXTRA_DOCKER_ARGS:-}"
+  echo "skip_env=${CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL:-} python=${CLEARML_AGENT_SKIP_PIP_VENV_INSTALL:-}"
+  } >> "$CALLS"; exit 3""",
     "docker": 'cat > /dev/null; echo "docker $*" >> "$CALLS"',  # reads the piped ECR password
     "shutdown": 'echo "shutdown $*" >> "$CALLS"',
     "systemctl": "echo running",
@@ -36,7 +38,7 @@ esac""",
 }
 
 
-def run_runner(tmp_path: Path, image: str | None) -> list[str]:
+def run_runner(tmp_path: Path, image: str | None, extra_path: Path | None = None) -> list[str]:
     spec = Ec2PoolSpec(ami="ami-1", subnets=["subnet-1"], security_group_ids=["sg-1"], queue=QUEUE,
                        region="eu-west-1", ssm_prefix=PREFIX, instance_profile_name="scantide-worker")
     text = render_user_data(spec, "gpu")
@@ -49,7 +51,7 @@ def run_runner(tmp_path: Path, image: str | None) -> list[str]:
         (bin_dir / name).chmod(0o755)
     (tmp_path / "runner").write_text(runner)
     calls = tmp_path / "calls"
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "HOME": str(tmp_path),
+    env = {"PATH": f"{bin_dir}:{extra_path or bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "HOME": str(tmp_path),
            **({"WORKER_IMAGE_PARAM": image} if image else {})}
     subprocess.run(["bash", str(tmp_path / "runner")], env=env, check=True, timeout=60, capture_output=True,
                    stdin=subprocess.DEVNULL)
@@ -66,14 +68,26 @@ def test_agent_in_the_worker_image_then_shutdown(tmp_path: Path) -> None:
     assert calls[agent + 1] == (f"host=from-ssm:{PREFIX}/CLEARML_API_HOST key=from-ssm:{PREFIX}/CLEARML_API_ACCESS_KEY "
                                 f"worker={INSTANCE}")
     assert calls[agent + 2] == "docker_args=-e AWS_DEFAULT_REGION=eu-west-1 -e AWS_REGION=eu-west-1"
+    assert calls[agent + 3] == "skip_env= python="  # in the image, the agent's own set-up
     assert any(c.startswith("aws ecr get-login-password --region eu-west-1") for c in calls[:agent])
     assert "docker pull --quiet 123456789012.dkr.ecr.eu-west-1.amazonaws.com/scantide-worker:1" in calls[:agent]
     assert calls[-1] == "shutdown -h now"  # the agent exited: the instance goes away
 
 
 def test_without_an_image_the_agent_runs_tasks_on_the_host(tmp_path: Path) -> None:
-    calls = run_runner(tmp_path, None)
+    """With the python that has scantide: left to itself the agent builds a fresh venv per task, and
+    every task fails "No module named 'algorithms'"."""
+    python = tmp_path / "venv" / "bin" / "python3"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    scantide = tmp_path / "bin-scantide" / "scantide"
+    scantide.parent.mkdir()
+    scantide.write_text(f"#!{python}\nimport service.cli\n")
+    scantide.chmod(0o755)
+    calls = run_runner(tmp_path, None, extra_path=scantide.parent)
 
-    assert f"agent daemon --queue {QUEUE} --foreground" in calls
+    agent = calls.index(f"agent daemon --queue {QUEUE} --foreground")
+    assert calls[agent + 3] == f"skip_env=1 python={python}"
     assert not any(c.startswith("docker ") for c in calls)
     assert calls[-1] == "shutdown -h now"
