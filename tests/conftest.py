@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from service.api import create_app
+from service.api.server import server_options
 from service.backends import open_backend
 from service.backends.base import TaskBackend
 from service.domain import JobState, TaskInfo
@@ -83,7 +84,7 @@ class ApiServer:
     def __init__(self, settings: Settings, backend: TaskBackend) -> None:
         self.url = f"http://127.0.0.1:{settings.api_port}"
         config = uvicorn.Config(create_app(settings, backend), host="127.0.0.1", port=settings.api_port,
-                                log_level="warning", access_log=False)
+                                log_level="warning", access_log=False, **server_options())
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
