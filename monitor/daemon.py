@@ -79,6 +79,10 @@ class MonitorDaemon:
                 failures += 1
                 wait = min(30.0, self.settings.monitor_poll_s * 2 ** failures)
                 log.warning("monitor_backend_unavailable retry_in_s=%.1f error=%s", wait, exc.message)
+            except Exception:  # noqa: BLE001 - the deliverer must keep sending what is queued through a bug here
+                failures += 1
+                wait = min(30.0, self.settings.monitor_poll_s * 2 ** failures)
+                log.exception("monitor_tick_crashed retry_in_s=%.1f", wait)
             self._stop.wait(wait)
         if self.deliverer is not None and sender is not None:
             self.deliverer.stop()

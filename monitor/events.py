@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.domain import Change, JobState, TaskInfo, iso
+from service.errors import ScantideError
 
 if TYPE_CHECKING:
     from service.pipelines.store import Run
     from service.settings import Settings
 
 EVENT_TYPES = ("scan.completed", "scan.failed", "scan.stalled", "queue.backlog", "fleet.launch_failed",
-               "pipeline.completed", "pipeline.failed")
+               "pipeline.completed", "pipeline.failed", "monitor.degraded")
 
-Linker = Callable[[str], str]  # output file URI → a link the platform can fetch
+Linker = Callable[[str], str]  # output file URI → a link the platform can fetch; raises ScantideError
 
 
 def local_link(uri: str) -> str:
@@ -75,18 +76,40 @@ def _timings(task: TaskInfo) -> dict[str, str | None]:
 RESULT_KEYS = ("output_uri", "outputs", "algorithm_version", "model_version", "return_pickle", "checksums")  # ours, not figures
 
 
+class _Links:
+    """Links to the files under one output base, each made once. A file that cannot be linked (no
+    credentials, a store that refuses) is linked as None with its reason in ``errors``: an event
+    is worth sending without a link, and one that could not be built would hold up every later
+    change behind the watcher's cursor."""
+
+    def __init__(self, link: Linker, base: str) -> None:
+        self.link = link
+        self.base = base
+        self.made: dict[str, str | None] = {}
+        self.errors: list[dict[str, str]] = []  # {file, code, message}, in the order first met
+
+    def __call__(self, rel: str | None) -> str | None:
+        if not rel:
+            return None
+        if rel not in self.made:
+            try:
+                self.made[rel] = self.link(f"{self.base}/{rel}")
+            except ScantideError as exc:
+                self.made[rel] = None
+                self.errors.append({"file": rel, "code": exc.code, "message": exc.message})
+        return self.made[rel]
+
+
 def _outputs(task: TaskInfo, link: Linker) -> dict[str, Any] | None:
     """Links to the outputs, by the roles the algorithm named (``outputs.summary``, ``.keyframes``
     …) and every file (``files``), and the headline figures: the result's ``summary``, else the
-    plain values of its result.json."""
+    plain values of its result.json. ``link_errors`` lists the files that could not be linked
+    (their links are None); it is there only when one could not."""
     result = task.result
     if not result:
         return None
     base = str(result.get("output_uri") or task.output_uri).rstrip("/")
-
-    def at(rel: str | None) -> str | None:
-        return link(f"{base}/{rel}") if rel else None
-
+    at = _Links(link, base)
     out: dict[str, Any] = {"uri": base}
     for role, value in (result.get("outputs") or {}).items():
         if role == "files":
@@ -98,6 +121,8 @@ def _outputs(task: TaskInfo, link: Linker) -> dict[str, Any] | None:
     figures = result.get("summary")
     out["figures"] = figures if isinstance(figures, dict) else {
         k: v for k, v in result.items() if k not in RESULT_KEYS and isinstance(v, (str, int, float, bool))}
+    if at.errors:
+        out["link_errors"] = at.errors
     return out
 
 
@@ -165,6 +190,13 @@ def launch_failed(entry: dict[str, Any]) -> Event:
     return Event(event_id("launch_failed", pool, at, reason), "fleet.launch_failed", f"pool:{pool}", at, data)
 
 
+def degraded(what: str, status: str, episode: int, at: float, error: ScantideError | None = None) -> Event:
+    """``monitor.degraded``: once when the monitor starts failing at ``what`` (status "degraded", with
+    the first failure as ``error``), once more when it manages again ("recovered", ``error`` null)."""
+    return Event(event_id("degraded", what, episode, status), "monitor.degraded", f"monitor:{what}", at,
+                 {"what": what, "status": status, "error": error.to_dict() if error else None})
+
+
 def pipeline_outcome(run: Run, link: Linker = local_link) -> Event:
     """``pipeline.completed`` or ``pipeline.failed``: one per run outcome (a retried run that ends
     again sends its new outcome under a new id)."""
@@ -174,8 +206,10 @@ def pipeline_outcome(run: Run, link: Linker = local_link) -> Event:
                                  "version": step.version, "compute": step.compute, "bytes_moved": step.bytes_moved}
         if step.result:
             base = str(step.result.get("output_uri", "")).rstrip("/")
-            entry["outputs"] = {"uri": base, "files": {f: link(f"{base}/{f}")
-                                                       for f in (step.result.get("outputs") or {}).get("files", [])}}
+            at = _Links(link, base)
+            entry["outputs"] = {"uri": base, "files": {f: at(f) for f in (step.result.get("outputs") or {}).get("files", [])}}
+            if at.errors:
+                entry["outputs"]["link_errors"] = at.errors
             entry["figures"] = {k: v for k, v in step.result.items()
                                 if k not in RESULT_KEYS and isinstance(v, (str, int, float, bool))}
         if step.error:

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS kv (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 STATES = ("pending", "delivered", "dead")
+HELD_MARK = "Retry-After"  # in a retry's last_error when the receiver named the wait itself
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,19 @@ class Outbox:
         with self._tx() as db:
             db.execute("UPDATE events SET state = 'dead', attempts = attempts + 1, last_error = ? WHERE id = ?",
                        (error[:500], event_id))
+
+    def retry_now(self, now: float) -> int:
+        """Make every event waiting out a failed send's backoff due at ``now`` (unix seconds): the
+        receiver answers again, so what failed while it was away need not wait for its own timer.
+
+        Per-key order holds as ever (``due()`` offers only a key's oldest pending event). Events the
+        receiver itself asked to wait (a ``Retry-After``, see ``HELD_MARK``) keep the time it gave.
+        Returns how many events were moved.
+        """
+        with self._tx() as db:
+            return db.execute("UPDATE events SET next_attempt_at = ? WHERE state = 'pending' AND attempts > 0"
+                              " AND next_attempt_at > ? AND instr(COALESCE(last_error, ''), ?) = 0",
+                              (now, now, HELD_MARK)).rowcount
 
     # -- operators -------------------------------------------------------------------------
     def list(self, state: str | None = None, limit: int = 50, key: str | None = None) -> list[Entry]:

@@ -3,6 +3,10 @@
 The cursor is the store's own watermark (never this process's clock) and is saved in the
 outbox in the same transaction as the events a page produced, so a restarted monitor resumes
 exactly where it stopped. The alert rules run on a snapshot of queued and running tasks.
+
+An output that cannot be linked (no credentials for its store) does not stop the watcher: its
+event goes out with the reason in ``outputs.link_errors``, and ``monitor.degraded`` is raised once
+for the spell (and once more when links are made again), not once per event.
 """
 
 from __future__ import annotations
@@ -10,21 +14,50 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from monitor import events
 from monitor.alerts import AlertConfig, backlog_transitions, find_stalls
-from monitor.events import Linker, local_link
+from monitor.events import Event, Linker, local_link
 from monitor.fleet import Position, is_final_launch_failure, read_new
 from monitor.outbox import Outbox
 from service.backends.base import TaskBackend
 from service.domain import JobState
+from service.errors import ScantideError
+from service.storage import is_remote
 
 log = logging.getLogger(__name__)
 
 CURSOR = "changes_cursor"
 BACKLOG = "backlog_state"  # {"breached": [queues], "breaches": {queue: count}}
 JOURNAL = "journal_position"  # how far the autoscaler's journal was read
+LINKS = "links_state"  # {"degraded": bool, "episodes": count}: the output-link alert
 ACTIVE_LIMIT = 10_000  # queued/running tasks the stall rules look at per tick
+
+
+class LinkTally:
+    """A linker that notes, since ``reset()``, the first failure, how many failed, and how many links
+    to remote stores it made (local links cannot fail, so they say nothing of a recovery). The
+    failures still propagate: ``events`` turns them into ``link_errors``."""
+
+    def __init__(self, link: Linker) -> None:
+        self.link = link
+        self.reset()
+
+    def reset(self) -> None:
+        self.first_error: ScantideError | None = None
+        self.failed = 0
+        self.made_remote = 0
+
+    def __call__(self, uri: str) -> str:
+        try:
+            url = self.link(uri)
+        except ScantideError as exc:
+            self.failed += 1
+            self.first_error = self.first_error or exc
+            raise
+        self.made_remote += is_remote(uri)
+        return url
 
 
 class Watcher:
@@ -36,7 +69,7 @@ class Watcher:
         self.outbox = outbox
         self.alerts = alerts
         self.page_size = page_size
-        self.link = link
+        self.link = LinkTally(link)
 
     def poll_changes(self) -> int:
         """Turn every change since the cursor into events; returns how many events were new."""
@@ -44,11 +77,38 @@ class Watcher:
         added = 0
         while True:
             page = self.backend.changes(cursor, self.page_size)
+            self.link.reset()
             built = [e for e in (events.from_change(c, self.link, step_events=self.step_events) for c in page.changes) if e is not None]
-            added += self.outbox.append(built, state={CURSOR: page.cursor})
+            state: dict[str, Any] = {CURSOR: page.cursor}
+            if page.changes:
+                built += self._link_alert(max(c.at for c in page.changes), state)
+            added += self.outbox.append(built, state=state)
             cursor = page.cursor
             if not page.more:
                 return added
+
+    def _link_alert(self, at: float, state: dict[str, Any]) -> list[Event]:
+        """``monitor.degraded`` for output links, on a change of spell only; the spell is kept in
+        ``state`` (saved with the page) so a restarted monitor does not raise it again."""
+        tally = self.link
+        was = self.outbox.get(LINKS, {"degraded": False, "episodes": 0})
+        if tally.first_error is not None:
+            error = tally.first_error
+            if was["degraded"]:  # alerted already: the events say which links are missing
+                log.info("output_links_failed failed=%d code=%s error=%s", tally.failed, error.code, error.message)
+                return []
+            now = {"degraded": True, "episodes": was["episodes"] + 1}
+            log.warning("monitor_degraded what=output_links episode=%d failed=%d code=%s error=%s", now["episodes"],
+                        tally.failed, error.code, error.message)
+            alert = events.degraded("output_links", "degraded", now["episodes"], at, error)
+        elif tally.made_remote and was["degraded"]:
+            now = {"degraded": False, "episodes": was["episodes"]}
+            log.warning("monitor_recovered what=output_links episode=%d", now["episodes"])
+            alert = events.degraded("output_links", "recovered", now["episodes"], at)
+        else:
+            return []
+        state[LINKS] = now
+        return [alert]
 
     def poll_journal(self) -> int:
         """Launches the autoscaler gave up on, as ``fleet.launch_failed``; returns how many were new."""

@@ -2,9 +2,15 @@
 
 2xx delivers. 408, 429 (its Retry-After honoured), 5xx, timeouts and connection errors retry
 with capped, jittered exponential backoff until the event is ``max_age_s`` old; any other 4xx is
-permanent and goes to the dead letters. A failed send never touches the task it reports on.
+permanent and goes to the dead letters. A redirect is followed, with the same signed POST, only
+within the webhook URL's own scheme, host and port (``MAX_REDIRECTS`` hops); one anywhere else is
+a dead letter that says so. A failed send never touches the task it reports on.
 Events of one scan go out in order (the outbox only offers a key's oldest pending event); events
 of different scans go out concurrently.
+
+When the receiver was away (an event's first send failed) the first delivery that succeeds makes
+every backed-off event due at once (``Outbox.retry_now``): the backlog goes out as soon as the
+receiver is back, not when each event's own timer runs out.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ from dataclasses import dataclass
 
 import httpx
 
-from monitor.outbox import Entry, Outbox
+from monitor.outbox import HELD_MARK, Entry, Outbox
 from service.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 425, 429}
+REDIRECT_STATUS = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 3  # same-origin hops followed per send
+MOVED = "a webhook URL must answer itself; update SCANTIDE_WEBHOOK_URL"
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,22 @@ def classify(status: int) -> str:
     return "dead"
 
 
+def redirect_target(url: httpx.URL, response: httpx.Response) -> tuple[httpx.URL | None, str]:
+    """Where a redirect from ``url`` may be followed, or None and why not: only to the same scheme,
+    host and port (the signature covers the body and its time, not the URL, so elsewhere would be
+    trusted with a genuine event; and a moved receiver should be configured, not chased)."""
+    location = response.headers.get("location")
+    if not location:
+        return None, f"HTTP {response.status_code} without a Location"
+    try:
+        target = url.join(location)
+    except httpx.InvalidURL:
+        return None, f"HTTP {response.status_code} to an invalid Location {location!r}"
+    if (target.scheme, target.host, target.port) != (url.scheme, url.host, url.port):
+        return None, f"redirected to {target}: {MOVED}"
+    return target, ""
+
+
 def post(client: httpx.Client, policy: DeliveryPolicy, entry: Entry) -> Attempt:
     headers = {
         "Content-Type": "application/json",
@@ -80,15 +105,31 @@ def post(client: httpx.Client, policy: DeliveryPolicy, entry: Entry) -> Attempt:
         EVENT_ID_HEADER: entry.id,
         SIGNATURE_HEADER: sign(policy.secret, entry.body),
     }
-    try:
-        response = client.post(policy.url, content=entry.body, headers=headers, timeout=policy.timeout_s)
-    except httpx.TimeoutException:
-        return Attempt("retry", f"timed out after {policy.timeout_s:.0f} s")
-    except httpx.TransportError as exc:
-        return Attempt("retry", f"connection failed: {type(exc).__name__}: {exc}")
+    url = httpx.URL(policy.url)
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            response = client.post(url, content=entry.body, headers=headers, timeout=policy.timeout_s)
+        except httpx.TimeoutException:
+            return Attempt("retry", f"timed out after {policy.timeout_s:.0f} s")
+        except httpx.TransportError as exc:
+            return Attempt("retry", f"connection failed: {type(exc).__name__}: {exc}")
+        if response.status_code not in REDIRECT_STATUS:
+            return answered(response)
+        target, refused = redirect_target(url, response)
+        if target is None:
+            return Attempt("dead", refused)
+        log.info("webhook_redirected event=%s status=%d to=%s", entry.id, response.status_code, target)
+        url = target
+    return Attempt("dead", f"more than {MAX_REDIRECTS} redirects from {policy.url}: {MOVED}")
+
+
+def answered(response: httpx.Response) -> Attempt:
     outcome = classify(response.status_code)
-    retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
-    return Attempt(outcome, f"HTTP {response.status_code}", retry_after if outcome == "retry" else None)
+    detail = f"HTTP {response.status_code}"
+    retry_after = parse_retry_after(response.headers.get("retry-after"), time.time()) if outcome == "retry" else None
+    if retry_after is not None:
+        detail += f", {HELD_MARK}: {retry_after:.0f} s"  # the outbox's retry_now() leaves such an event be
+    return Attempt(outcome, detail, retry_after)
 
 
 class Deliverer:
@@ -103,6 +144,10 @@ class Deliverer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._rng = random.Random()
+        # Set when a first send fails for want of a receiver; the next success releases the backlog.
+        # It starts set: a monitor restarted during an outage finds its backlog backed off already.
+        self._receiver_away = True
+        self._away_lock = threading.Lock()
 
     def wake(self) -> None:
         self._wake.set()
@@ -162,6 +207,7 @@ class Deliverer:
             self.outbox.mark_delivered(entry.id)
             log.info("webhook_delivered event=%s type=%s key=%s attempts=%d", entry.id, entry.type, entry.key,
                      entry.attempts + 1)
+            self._receiver_back()
         elif attempt.outcome == "dead":
             self.outbox.mark_dead(entry.id, attempt.detail)
             log.warning("webhook_dead_letter event=%s type=%s reason=%s", entry.id, entry.type, attempt.detail)
@@ -169,6 +215,10 @@ class Deliverer:
             self.outbox.mark_dead(entry.id, f"gave up after {entry.attempts + 1} attempts: {attempt.detail}")
             log.warning("webhook_expired event=%s type=%s reason=%s", entry.id, entry.type, attempt.detail)
         else:
+            if entry.attempts == 0 and attempt.retry_after_s is None:
+                # Only a first send counts: an event that fails again once released may be one the
+                # receiver refuses (a 500 on its payload), and must not be released at every success.
+                self._receiver_away = True
             wait = attempt.retry_after_s
             if wait is None:
                 wait = backoff_s(entry.attempts, self.policy.backoff_base_s, self.policy.backoff_cap_s, self._rng)
@@ -176,3 +226,14 @@ class Deliverer:
             self.outbox.mark_retry(entry.id, now + wait, attempt.detail)
             log.info("webhook_retry event=%s attempt=%d in_s=%.1f reason=%s", entry.id, entry.attempts + 1, wait,
                      attempt.detail)
+
+    def _receiver_back(self) -> None:
+        """After a success that ends a spell of failed sends, every backed-off event is due now."""
+        with self._away_lock:
+            if not self._receiver_away:
+                return
+            self._receiver_away = False
+        released = self.outbox.retry_now(time.time())
+        if released:
+            log.info("webhook_receiver_back released=%d", released)
+            self._wake.set()

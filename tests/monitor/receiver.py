@@ -2,8 +2,9 @@
 
 It verifies every request with ``service.verify_signature``, records each one in arrival order and
 answers as the test tells it at runtime: 200, a given status, 429 with ``Retry-After``, after a
-delay (so a delivery stays in flight), or not at all (the server is down; ``up()`` brings it
-back on the same port).
+delay (so a delivery stays in flight), a redirect from its path (``move()``: it moved, to
+``MOVED_PATH`` or elsewhere), or not at all (the server is down; ``up()`` brings it back on the
+same port).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from service.signing import EVENT_ID_HEADER
 from tests.conftest import free_port
 
 PATH = "/hooks/scantide"
+MOVED_PATH = "/hooks/scantide/v2"  # served too, for a receiver that redirects PATH here
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Reply:
     status: int = 200
     retry_after: str | None = None
     delay_s: float = 0.0
+    location: str | None = None  # the Location header of a redirect
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Received:
     status: int  # what the receiver answered (or was about to, when the sender went away)
     signature_error: str | None  # SignatureError.code, or None when the signature is genuine
     answered_at: float | None = None  # time.monotonic() when the answer was handed to the server
+    path: str = PATH  # the path it was posted to
 
     @property
     def accepted(self) -> bool:
@@ -76,9 +80,14 @@ class Receiver:
         self._lock = threading.Lock()
         self._records: list[Received] = []
         self._behaviour = _Behaviour()
+        self._moved: Reply | None = None  # how requests to PATH are answered once it moved
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-        self.app = Starlette(routes=[Route(PATH, self._handle, methods=["POST"])])
+        self.app = Starlette(routes=[Route(PATH, self._handle, methods=["POST"]),
+                                     Route(MOVED_PATH, self._handle, methods=["POST"])])
+
+    def url_for(self, path: str, host: str = "127.0.0.1", scheme: str = "http") -> str:
+        return f"{scheme}://{host}:{self.port}{path}"
 
     # -- what it answers -------------------------------------------------------------------
     def answer_ok(self, delay_s: float = 0.0) -> None:
@@ -93,6 +102,12 @@ class Receiver:
     def delay(self, seconds: float) -> None:
         """Answer 200 after ``seconds``, so each delivery stays in flight that long."""
         self._set(Reply(200, delay_s=seconds))
+
+    def move(self, location: str, status: int = 308) -> None:
+        """Answer every request to ``PATH`` with a redirect to ``location``; ``MOVED_PATH`` answers as
+        before. ``location`` is sent as given (relative or absolute)."""
+        with self._lock:
+            self._moved = Reply(status, location=location)
 
     def respond_next(self, *replies: Reply) -> None:
         """Answer the next requests with ``replies``, one each, then go back to the default."""
@@ -170,13 +185,21 @@ class Receiver:
             body = json.loads(raw)
         except ValueError:
             body = None
+        path = request.url.path
         with self._lock:
-            reply = self._behaviour.next() if problem is None else Reply(401)
+            if problem is not None:
+                reply = Reply(401)
+            elif path == PATH and self._moved is not None:
+                reply = self._moved
+            else:
+                reply = self._behaviour.next()
             record = Received(event_id=request.headers.get(EVENT_ID_HEADER), body=body, raw=raw, headers=headers,
-                              arrived_at=arrived, status=reply.status, signature_error=problem)
+                              arrived_at=arrived, status=reply.status, signature_error=problem, path=path)
             self._records.append(record)
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         record.answered_at = time.monotonic()
-        extra = {"Retry-After": reply.retry_after} if reply.retry_after is not None else None
-        return JSONResponse({"status": reply.status}, status_code=reply.status, headers=extra)
+        extra = {"Retry-After": reply.retry_after} if reply.retry_after is not None else {}
+        if reply.location is not None:
+            extra["Location"] = reply.location
+        return JSONResponse({"status": reply.status}, status_code=reply.status, headers=extra or None)

@@ -3,8 +3,17 @@ it named, every file, and its headline figures."""
 
 from __future__ import annotations
 
-from monitor.events import from_change
+from monitor.events import from_change, local_link, pipeline_outcome
 from service.domain import Change, JobState, TaskInfo
+from service.pipelines.store import Run, StepRun
+from service.storage import StorageError
+
+
+def refusing_s3(uri: str) -> str:
+    """A linker that cannot reach S3, as the real one without credentials."""
+    if uri.startswith("s3://"):
+        raise StorageError(f"no AWS credentials to reach {uri}")
+    return local_link(uri)
 
 
 def completed(result: dict) -> Change:
@@ -42,3 +51,27 @@ def test_a_pipeline_steps_task_sends_no_scan_event_unless_asked() -> None:
     event = from_change(change, step_events=True)
     assert event is not None and event.type == "scan.completed"
     assert event.data["outputs"]["figures"] == {"duration_s": 1.0}  # checksums are ours, not a figure
+
+
+def test_an_output_that_cannot_be_linked_keeps_its_event_and_says_why() -> None:
+    event = from_change(completed({"output_uri": "s3://b/o", "summary": {"frame_count": 48},
+                                   "outputs": {"summary": "summary.json", "keyframes": ["kf_00.jpg"],
+                                               "files": ["summary.json", "kf_00.jpg"]}}), refusing_s3)
+    assert event is not None and event.type == "scan.completed"
+    outputs = event.data["outputs"]
+    assert outputs["summary"] is None and outputs["keyframes"] == [None]
+    assert outputs["files"] == {"summary.json": None, "kf_00.jpg": None}
+    assert outputs["figures"] == {"frame_count": 48}
+    assert outputs["link_errors"] == [  # one per file, however many roles name it
+        {"file": "summary.json", "code": "storage_error", "message": "no AWS credentials to reach s3://b/o/summary.json"},
+        {"file": "kf_00.jpg", "code": "storage_error", "message": "no AWS credentials to reach s3://b/o/kf_00.jpg"}]
+
+    run = Run("run_1", "p", "1", "s1", "file:///scan.mp4", {}, state="completed", steps={
+        "stats": StepRun("frame_stats", "1", "local", state="completed", task_id="t1",
+                         result={"output_uri": "s3://b/run", "outputs": {"files": ["result.json"]}}),
+        "local": StepRun("frame_stats", "1", "local", state="completed", task_id="t2",
+                         result={"output_uri": "/out/run", "outputs": {"files": ["result.json"]}})})
+    steps = pipeline_outcome(run, refusing_s3).data["steps"]
+    assert steps["stats"]["outputs"]["files"] == {"result.json": None}
+    assert [e["file"] for e in steps["stats"]["outputs"]["link_errors"]] == ["result.json"]
+    assert steps["local"]["outputs"] == {"uri": "/out/run", "files": {"result.json": "file:///out/run/result.json"}}
