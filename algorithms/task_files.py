@@ -63,7 +63,8 @@ class Inputs:
         """The local file behind ``uri``; a remote one is copied out of the input cache (fetched into
         it on a miss; ``cached=False``: fetched directly) as ``name`` in the work folder, keeping its
         suffix, which the decoder needs. max_bytes: the largest input accepted, bytes (default: the
-        scan size cap). Whether the run may move the file: ``owned``."""
+        scan size cap). Whether the run may move the file: ``owned``. A local path under the data root
+        must still resolve inside it (``forbidden_scan_uri``)."""
         if not is_remote(uri):
             try:
                 path = local_path(uri)
@@ -71,6 +72,7 @@ class Inputs:
                 raise EntryError("fetch_failed", f"cannot fetch {what} {uri}: {exc.message}") from exc
             if not path.is_file():
                 raise EntryError("fetch_failed", f"{what} {path} does not exist")
+            self._check_still_under_data_root(path, what)
             return path
         suffix = Path(uri.split("?", 1)[0]).suffix
         dest = self.work_dir / "inputs" / (name + (suffix if _SUFFIX.match(suffix) else ""))
@@ -89,6 +91,26 @@ class Inputs:
             raise EntryError(code, f"cannot fetch {what} {uri}: {exc.message}") from exc
         log.info("input_fetched what=%s uri=%s bytes=%d", what.replace(" ", "_"), uri, size)
         return dest
+
+    def _check_still_under_data_root(self, path: Path, what: str) -> None:
+        """Refuse a path under the data root that now resolves outside it.
+
+        Enqueue checked the scan's path (links followed) against the data root, but the path is read
+        in place later: a file or folder swapped for a symlink since then would let a caller who can
+        write under the root have a worker read anything it can. Paths outside the root (model
+        weights, bundles, outputs: written by scantide itself) are not a caller's to choose."""
+        given_root = self.settings.data_root
+        if given_root is None:
+            return
+        root = os.path.realpath(given_root)
+        lexical = os.path.join(os.getcwd(), path)  # not normalised: "root/../elsewhere" counts as under the root
+        if not any(lexical.startswith(r + os.sep) for r in (root, os.path.abspath(given_root))):
+            return
+        real = os.path.realpath(lexical)
+        if not real.startswith(root + os.sep):
+            raise EntryError("forbidden_scan_uri", f"{what} {path} now resolves to {real}, outside the data root "
+                                                   f"{root} (a symlink put in after it was submitted?); refusing "
+                                                   "to read it")
 
     def upstream(self, steps: dict[str, Any]) -> dict[str, Path]:
         """A pipeline step's upstream outputs (``step_inputs.steps``: ``{step: {"uri", "files": {relative

@@ -6,8 +6,8 @@
   becomes a ``ScanRequest`` for ``s3://<bucket>/<key>`` (keys arrive URL-encoded and are decoded
   with ``unquote_plus``) whose ``scan_id`` is derived from the key (``scan_id_for_key``) and whose
   metadata names the object. Other event names, folder markers and ``s3:TestEvent`` are ignored;
-  invalid records are logged and dropped (a retry would not fix them). A transient failure (task
-  store unreachable) is raised after the other records are done, so Lambda retries the event.
+  bad input is rejected (see below). A transient failure (task store unreachable) is raised after
+  the other records are done, so Lambda retries the event.
   A key under a prefix of ``SCANTIDE_PIPELINE_PREFIXES`` starts a run of that pipeline instead
   (the longest matching prefix wins), through the control plane's API when
   ``SCANTIDE_CONTROL_PLANE_URL`` is set.
@@ -16,10 +16,18 @@
   ``{"error": {"code", "message"}}`` with the matching status. Authentication is API Gateway's
   (IAM or an authorizer), not ours.
 - **SQS batches**: each body is an S3 notification (also wrapped in an SNS envelope) or a
-  ``ScanRequest`` JSON. Failed messages are returned as ``{"batchItemFailures": [...]}`` (enable
-  ``ReportBatchItemFailures`` on the event source mapping), so only they are redelivered and, past
-  ``maxReceiveCount``, land in the dead-letter queue. On a FIFO queue every message after the
-  first failure is returned too, to keep the order.
+  ``ScanRequest`` JSON. Messages that failed transiently are returned as
+  ``{"batchItemFailures": [...]}`` (enable ``ReportBatchItemFailures`` on the event source
+  mapping), so only they are redelivered and, past ``maxReceiveCount``, land in the dead-letter
+  queue. On a FIFO queue every message after the first such failure is returned too, to keep the
+  order.
+
+Bad input (``is_bad_input``: a 4xx error such as malformed JSON, an invalid scan_id or scan_uri,
+an unknown algorithm, a scan_id reused for something else) is consumed once from either source and
+never retried, since a retry would be refused the same way: it is logged as ``s3_record_rejected``
+or ``sqs_record_rejected`` with its ``code`` and ``message``, and counted. Every other failure
+(``BackendUnavailable``, previous_scan_not_completed, an unexpected error) is retried: the S3 event
+is raised, the SQS message returned.
 
 Every effect is idempotent on ``(algorithm, scan_id)``: a Lambda retry or a redelivered message
 returns the existing task and never creates a second one. The settings (``SCANTIDE_*``), the task
@@ -50,7 +58,15 @@ from service.enqueue import (
     submission_body,
     submit_item,
 )
-from service.errors import BackendUnavailable, InvalidRequest, MalformedJson, PayloadTooLarge, ScantideError
+from service.errors import (
+    BackendUnavailable,
+    InvalidRequest,
+    MalformedJson,
+    PayloadTooLarge,
+    PreviousScanNotCompleted,
+    RateLimited,
+    ScantideError,
+)
 from service.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -128,6 +144,16 @@ def runtime() -> Runtime:
     return Runtime(settings, open_backend(settings), Enqueuer.from_settings(settings))
 
 
+# Refusals of the request that pass with time: retried, never taken for bad input.
+_PASSING = (PreviousScanNotCompleted, RateLimited)
+
+
+def is_bad_input(exc: ScantideError) -> bool:
+    """Whether ``exc`` refuses the input itself (a 4xx that every retry would meet again), so the
+    record is consumed; anything else is transient, or ours to fix, and retried."""
+    return 400 <= exc.status < 500 and not isinstance(exc, _PASSING)
+
+
 # -- dispatch ---------------------------------------------------------------------------------
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Lambda entry point; see the module docstring for the events and answers."""
@@ -161,8 +187,10 @@ def scan_id_for_key(key: str) -> str:
     sanitised (runs of disallowed characters become ``-``, cut to 115 characters) and get ``-`` and
     12 hex digits of the SHA-256 of the extension-less key appended, so distinct keys keep distinct
     ids: ``uploads/patient 7/scan (1).mp4`` → ``uploads:patient-7:scan-1-<12 hex>``. The id is a
-    pure function of the key, which makes a retried event idempotent; the same key uploaded again
-    (or ``a.mp4`` beside ``a.mov``) maps to the same scan and is not analysed twice.
+    pure function of the key, which makes a retried event idempotent. The same key uploaded again
+    with other content (another ETag or size; or ``a.mp4`` beside ``a.mov``) maps to the same scan,
+    whose task asked for the first: it is refused as ``scan_conflict`` and logged, not analysed
+    (upload a changed scan under a new key, or retry the scan with ``POST /v1/scans/{id}/retry``).
     """
     head, _, name = key.rpartition("/")
     if "." in name.lstrip("."):
@@ -178,6 +206,8 @@ def scan_id_for_key(key: str) -> str:
 
 def scan_request_from_s3(record: dict[str, Any]) -> ScanRequest | None:
     """The request an S3 notification record stands for; None for records that are not uploads."""
+    if not isinstance(record, dict):
+        raise InvalidRequest(f"malformed S3 record: expected an object, got {type(record).__name__}")
     if not str(record.get("eventName", "")).startswith("ObjectCreated:"):
         return None
     try:
@@ -196,23 +226,34 @@ def scan_request_from_s3(record: dict[str, Any]) -> ScanRequest | None:
 
 
 def handle_s3(records: list[dict[str, Any]]) -> dict[str, Any]:
+    counts, rejected, retry = submit_s3_records(records)
+    for exc in rejected:
+        log.warning("s3_record_rejected code=%s message=%s", exc.code, exc.message)
+    if retry is not None:
+        raise retry
+    return counts
+
+
+def submit_s3_records(records: list[Any]) -> tuple[dict[str, int], list[ScantideError], Exception | None]:
+    """Each S3 record on its own, whether it came directly or in an SQS message: the counts
+    (submitted, existing, rejected, ignored), the bad input rejected, and the first transient failure,
+    which the caller raises once the other records are done (their redelivery is a no-op)."""
     counts = {"submitted": 0, "existing": 0, "rejected": 0, "ignored": 0}
+    rejected: list[ScantideError] = []
     retry: Exception | None = None
     for record in records:
         try:
             outcome = submit_s3_record(record)
-        except InvalidRequest as exc:
-            counts["rejected"] += 1
-            log.warning("s3_record_rejected code=%s message=%s", exc.code, exc.message)
-            continue
         except Exception as exc:  # noqa: BLE001 - finish the other records, then let Lambda retry
-            log.exception("s3_record_failed")
-            retry = retry or exc
+            if isinstance(exc, ScantideError) and is_bad_input(exc):
+                counts["rejected"] += 1
+                rejected.append(exc)
+            else:
+                log.exception("s3_record_failed")
+                retry = retry or exc
             continue
         counts[outcome] += 1
-    if retry is not None:
-        raise retry
-    return counts
+    return counts, rejected, retry
 
 
 def submit_s3_record(record: dict[str, Any]) -> str:
@@ -267,35 +308,51 @@ def http_response(status: int, body: dict[str, Any]) -> dict[str, Any]:
 # -- SQS ------------------------------------------------------------------------------------------
 def handle_sqs(records: list[dict[str, Any]]) -> dict[str, Any]:
     failures: list[dict[str, str]] = []
+    rejected = 0
     for record in records:
         message_id = str(record.get("messageId", ""))
         if failures and str(record.get("eventSourceARN", "")).endswith(".fifo"):
             failures.append({"itemIdentifier": message_id})  # keep FIFO order: nothing after a failure
             continue
         try:
-            handle_sqs_message(record.get("body") or "")
-        except InvalidRequest as exc:
-            log.warning("sqs_message_rejected message_id=%s code=%s message=%s", message_id, exc.code, exc.message)
+            bad = handle_sqs_message(record.get("body") or "")
+        except ScantideError as exc:  # transient (bad input is returned, not raised): redelivered
+            log.warning("sqs_message_failed message_id=%s code=%s message=%s", message_id, exc.code, exc.message)
             failures.append({"itemIdentifier": message_id})
-        except Exception:  # noqa: BLE001 - one bad message must not fail the batch
+            continue
+        except Exception:  # noqa: BLE001 - one message must not fail the batch; ours to fix, so redelivered
             log.exception("sqs_message_failed message_id=%s", message_id)
             failures.append({"itemIdentifier": message_id})
+            continue
+        # Consumed: a redelivery would be refused the same way, and would only end in the DLQ.
+        for exc in bad:
+            log.warning("sqs_record_rejected message_id=%s code=%s message=%s", message_id, exc.code, exc.message)
+        rejected += len(bad)
+    log.info("sqs_batch_done messages=%d rejected=%d failed=%d", len(records), rejected, len(failures))
     return {"batchItemFailures": failures}
 
 
-def handle_sqs_message(body: str) -> None:
-    """One SQS message: an S3 notification (possibly inside an SNS envelope) or a ScanRequest."""
+def handle_sqs_message(body: str) -> list[ScantideError]:
+    """One SQS message: an S3 notification (possibly inside an SNS envelope) or a ScanRequest. Returns
+    the bad input it held (the whole message, or each refused S3 record: the others are submitted);
+    raises on a transient failure, after the message's other S3 records are done."""
     try:
         payload = json.loads(body)
     except ValueError:
-        raise MalformedJson("message body is not valid JSON") from None
+        return [MalformedJson("message body is not valid JSON")]
     if isinstance(payload, dict) and payload.get("Type") == "Notification" and isinstance(payload.get("Message"), str):
         return handle_sqs_message(payload["Message"])  # S3 → SNS → SQS
     if isinstance(payload, dict) and payload.get("Event") == "s3:TestEvent":
-        return None
+        return []
     if isinstance(payload, dict) and isinstance(payload.get("Records"), list):
-        for record in payload["Records"]:
-            submit_s3_record(record)
-        return None
-    runtime().submit(scan_request_from(payload))
-    return None
+        _, rejected, retry = submit_s3_records(payload["Records"])
+        if retry is not None:
+            raise retry
+        return rejected
+    try:
+        runtime().submit(scan_request_from(payload))
+    except ScantideError as exc:
+        if is_bad_input(exc):
+            return [exc]
+        raise
+    return []

@@ -43,7 +43,7 @@ def verify_signature(secret: str, headers: Mapping[str, str], body: bytes, toler
     raw request body, byte for byte as received. ``tolerance_s``: seconds the signature's time may
     be away from ``now`` (unix seconds, default the clock).
     """
-    value = next((v for k, v in headers.items() if k.lower() == SIGNATURE_HEADER.lower()), None)
+    value = next((_text(v) for k, v in headers.items() if _text(k).lower() == SIGNATURE_HEADER.lower()), None)
     if not value:
         raise SignatureError(f"missing {SIGNATURE_HEADER} header")
     timestamp: int | None = None
@@ -65,3 +65,11 @@ def verify_signature(secret: str, headers: Mapping[str, str], body: bytes, toler
     # As bytes: compare_digest raises TypeError on a str with non-ASCII characters (a forged header).
     if not any(hmac.compare_digest(expected.encode(), c.encode()) for c in candidates):
         raise SignatureError("signature does not match the body")
+
+
+def _text(header: object) -> str:
+    """A header name or value as text: raw bytes (as ASGI gives them) decoded as HTTP's latin-1; anything
+    else that is not a string becomes one that matches nothing, so it reads as missing or malformed."""
+    if isinstance(header, (bytes, bytearray)):
+        return bytes(header).decode("latin-1")
+    return header if isinstance(header, str) else ""

@@ -104,6 +104,8 @@ class TaskInfo:
     error: TaskError | None = None
     progress: float | None = None  # 0..1 while running, as last reported by the worker
     heartbeat_at: float | None = None  # the worker's last lease renewal
+    history: list[dict[str, Any]] = field(default_factory=list)  # earlier runs ended before a retry:
+    # {attempt, state, error, finished_at (ISO-8601)}, oldest first
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -111,6 +113,12 @@ class TaskInfo:
         for key in ("created_at", "queued_at", "started_at", "finished_at", "heartbeat_at"):
             d[key] = iso(d[key])
         return d
+
+
+def ended_run(task: TaskInfo) -> dict[str, Any]:
+    """What ``task.history`` keeps of the run ``task`` ended before it is run again."""
+    return {"attempt": task.attempt, "state": task.state.value, "error": asdict(task.error) if task.error else None,
+            "finished_at": iso(task.finished_at)}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ already queued or running keep the params they were given.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from service.errors import (
     InvalidScanUri,
     PreviousScanNotCompleted,
     PreviousScanNotFound,
+    ScanConflict,
     ScantideError,
     UnknownAlgorithm,
     invalid_input,
@@ -184,7 +186,31 @@ def submit_items(backend: TaskBackend, items: list[SubmitItem]) -> list[Submissi
     pinned = pin(backend, items)
     ready = [p for p in pinned if isinstance(p, SubmitItem)]
     submitted = iter(backend.submit_many(ready) if ready else [])
-    return [next(submitted) if isinstance(p, SubmitItem) else p for p in pinned]
+    out: list[Submission | ScantideError] = []
+    for item in pinned:
+        outcome = next(submitted) if isinstance(item, SubmitItem) else item
+        if isinstance(outcome, Submission) and not outcome.created and isinstance(item, SubmitItem):
+            outcome = conflict(item, outcome) or outcome
+        out.append(outcome)
+    return out
+
+
+# What a repeat of a scan_id may differ in: versions and derived inputs resolved anew at each request.
+RESOLVED_PARAMS = frozenset({"model_version", "model_uri", "algorithm_version", "bundle_uri", "bundle_sha256",
+                             "previous_output_uri", "output_uri"})
+
+
+def conflict(item: SubmitItem, existing: Submission) -> ScanConflict | None:
+    """Refuse a repeat of ``item``'s (algorithm, scan_id) that asks for something else than the task
+    already made: another scan_uri, other params or other metadata."""
+    asked = {k: v for k, v in item.params.items() if k not in RESOLVED_PARAMS}
+    made = {k: v for k, v in existing.task.params.items() if k not in RESOLVED_PARAMS}
+    differ = sorted(k for k in asked.keys() | made.keys() if asked.get(k) != made.get(k))
+    if not differ:
+        return None
+    return ScanConflict(f"scan {item.scan_id!r} was submitted to {item.algorithm} as task {existing.task.task_id} "
+                        f"with other {', '.join(differ)}: a repeat must ask for the same thing; give a changed scan "
+                        "a new scan_id")
 
 
 def submit_item(backend: TaskBackend, item: SubmitItem) -> Submission:
@@ -197,11 +223,44 @@ def submit_item(backend: TaskBackend, item: SubmitItem) -> Submission:
 
 
 def parse_scan_request(body: bytes) -> ScanRequest:
-    """A ``ScanRequest`` from JSON bytes; raises ``MalformedJson`` or ``InvalidRequest``."""
+    """A ``ScanRequest`` from JSON bytes; raises ``MalformedJson`` or ``InvalidRequest``.
+
+    Stricter than pydantic's JSON parser, which takes ``NaN``, ``Infinity`` and ``-Infinity`` and
+    reads ``1e999`` as infinity: JSON has no such numbers, and echoed in a webhook they would make
+    its body invalid JSON. Numbers of more than 4,300 digits (the parser's limit, and Python's for
+    ``int``) are refused as too long rather than as malformed JSON."""
     try:
-        return ScanRequest.model_validate_json(body)
+        scan = ScanRequest.model_validate_json(body)
     except ValidationError as exc:
-        raise invalid_input(list(exc.errors())) from None
+        errors = list(exc.errors(include_input=False))
+        out_of_range = next((e for e in errors if e.get("type") == "json_invalid"
+                             and str(e.get("ctx", {}).get("error", "")).startswith("number out of range")), None)
+        if out_of_range is not None:
+            where = str(out_of_range["ctx"]["error"]).removeprefix("number out of range").strip()
+            raise InvalidRequest(f"a number in the body ({where}) is out of range: it has more than "
+                                 f"{_MAX_NUMBER_DIGITS} digits; send long numbers as strings") from None
+        raise invalid_input(errors) from None
+    _refuse_non_finite(scan)
+    return scan
+
+
+_MAX_NUMBER_DIGITS = 4300  # jiter's limit, whatever sys.set_int_max_str_digits says
+
+
+def _refuse_non_finite(scan: ScanRequest) -> None:
+    """Raise ``InvalidRequest`` naming the first NaN or infinity in the free-form fields (every other
+    field is a string, which pydantic has already checked)."""
+    stack: list[tuple[str, Any]] = [("params", scan.params), ("metadata", scan.metadata)]
+    while stack:  # a loop, not recursion: nesting is as deep as the parser allows
+        where, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidRequest(f"invalid request: {where} is not a finite number ({value}): JSON has no NaN or "
+                                 "Infinity, and numbers beyond ±1.8e308 (such as 1e999) overflow; send a finite "
+                                 "number or a string")
+        if isinstance(value, dict):
+            stack.extend((f"{where}.{key}", item) for key, item in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in reversed(list(enumerate(value))))
 
 
 def scan_request_from(data: Any) -> ScanRequest:

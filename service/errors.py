@@ -235,3 +235,29 @@ class StateDirLocked(Conflict):
     """Another ``scantide up`` runs on this state dir."""
 
     code = "state_dir_locked"
+
+
+class TaskNotRetryable(Conflict):
+    """Only a failed or stopped task can be run again."""
+
+    code = "task_not_retryable"
+
+
+class ScanNotRetryable(Conflict):
+    """A retry of a scan none of whose tasks failed."""
+
+    code = "scan_not_retryable"
+
+
+class ScanConflict(Conflict):
+    """A repeat of a scan_id whose scan_uri, params or metadata differ from what was submitted."""
+
+    code = "scan_conflict"
+
+
+class RateLimited(ScantideError):
+    """The token sent more requests than ``api_rate_limit_per_s`` allows; the answer's ``Retry-After``
+    says when to try again. Transient: clients retry it."""
+
+    code = "rate_limited"
+    status = 429

@@ -4,8 +4,8 @@ Accepted: ``s3://bucket/key``, ``https://host/…`` whose host resolves only to 
 (unless listed in ``allowed_scan_hosts``), and local files under the data root (a plain path,
 relative to the root or absolute, or ``file://``). Refused: other schemes, ``..`` segments,
 anything outside the data root, and hosts on loopback, private, link-local (cloud metadata
-such as 169.254.169.254), multicast or reserved addresses, to keep callers from making our
-workers fetch internal resources.
+such as 169.254.169.254), multicast or reserved addresses, or IPv6 addresses that carry one
+(``non_public``), to keep callers from making our workers fetch internal resources.
 """
 
 from __future__ import annotations
@@ -97,14 +97,52 @@ def _validate_http(
     addresses = [host] if _is_ip(host) else resolver(host)
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        if not ip.is_global or ip.is_multicast:
+        bad = non_public(ip)
+        if bad is not None:
+            carried = f" (which carries the IPv4 address {bad})" if bad != ip else ""
             raise ForbiddenScanUri(
-                f"scan_uri host {host!r} resolves to {ip}, a non-public address (loopback, private, link-local or "
-                "metadata); add the host to SCANTIDE_ALLOWED_SCAN_HOSTS if this is intended"
+                f"scan_uri host {host!r} resolves to {ip}{carried}, a non-public address (loopback, private, "
+                "link-local or metadata); add the host to SCANTIDE_ALLOWED_SCAN_HOSTS if this is intended"
             )
     return uri
+
+
+_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated ::a.b.c.d (:: and ::1 among them)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the well-known prefix, IPv4 in the low 32 bits
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: a site's own translator, never public
+
+
+def non_public(ip: _IP) -> _IP | None:
+    """The address that makes ``ip`` unfit to fetch from (``ip`` itself, or an IPv4 address it carries),
+    or None when it is public.
+
+    An IPv6 address that embeds an IPv4 one (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo) can
+    deliver to that IPv4 address: through the host's own stack, a NAT64 gateway or a relay. So the
+    IPv4 address is judged as if given plainly: ``64:ff9b::a9fe:a9fe`` is 169.254.169.254.
+    """
+    if not ip.is_global or ip.is_multicast:
+        return ip
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL or ip.is_site_local:  # is_global says yes to both in Python 3.11
+            return ip
+        for carried in _embedded_ipv4(ip):
+            if not carried.is_global or carried.is_multicast:
+                return carried
+    return None
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    if ip in _IPV4_COMPATIBLE or ip in _NAT64:
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        return list(ip.teredo)  # (server, client): the client's address is kept obfuscated, ipaddress undoes it
+    return []
 
 
 def _is_ip(host: str) -> bool:

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
                                   description="Largest algorithm folder registered (POST /v1/algorithms), bytes.")
     max_blob_bytes: int = Field(16 * 1024**2, ge=1024,
                                 description="Largest input uploaded with POST /v1/blobs (a Knot call's argument), bytes.")
+    api_rate_limit_per_s: float | None = Field(
+        None, ge=0, description="Requests a second each bearer token may send to the API (per API process), "
+        "answered 429 rate_limited with Retry-After beyond it; unset or 0: no limit (the default, as embedded "
+        "mode's one local token needs none).")
+    api_rate_limit_burst: int = Field(0, ge=0, description="Requests a token may send back to back before "
+                                      "api_rate_limit_per_s applies; 0: one second's worth.")
     algorithm_queues: dict[str, str] = Field(
         default_factory=dict,
         description='Descriptor queue -> task-store queue, e.g. {"gpu": "gpu-scans"}. Unmapped: embedded mode '

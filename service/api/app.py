@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from service.api.algorithms import algorithms_router
@@ -17,10 +17,11 @@ from service.api.errors import install_error_handlers
 from service.api.limits import BodySizeLimit
 from service.api.models import models_router
 from service.api.pipelines import pipelines_router, run_links, run_submission_body
+from service.api.ratelimit import install_rate_limit
 from service.api.tasks import tasks_router
 from service.backends import open_backend
 from service.backends.base import TaskBackend
-from service.domain import ScanRequest
+from service.domain import JobState, ScanRequest
 from service.enqueue import (
     Enqueuer,
     log_submission,
@@ -28,7 +29,7 @@ from service.enqueue import (
     submission_body,
     task_links,
 )
-from service.errors import BackendUnavailable, ScanNotFound
+from service.errors import BackendUnavailable, ScanNotFound, ScanNotRetryable
 from service.pipelines.runs import start_run
 from service.pipelines.store import PipelineStore
 from service.pipelines.targets import targets_for
@@ -57,8 +58,14 @@ class ErrorResponse(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 422, 503)
+    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 415, 422, 429, 431, 503)
 }
+
+
+class RetryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    algorithm: str | None = Field(default=None, max_length=64, description="Only this algorithm's task.")
 
 
 def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAPI:
@@ -81,6 +88,8 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
                        larger={"/v1/algorithms": settings.max_bundle_bytes, "/v1/blobs": settings.max_blob_bytes})
+    # Added last, so outermost: a token over its limit is answered before its body is read.
+    install_rate_limit(app, settings.api_rate_limit_per_s, settings.api_rate_limit_burst)
     install_error_handlers(app)
     app.state.backend = backend
 
@@ -117,6 +126,23 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
             raise ScanNotFound(f"no scan {scan_id!r} has been submitted")
         return {"scan_id": scan_id, "tasks": [{**t.to_dict(), "links": task_links(t)} for t in tasks],
                 "runs": [{**r.to_dict(), "links": run_links(r)} for r in runs]}
+
+    @app.post("/v1/scans/{scan_id}/retry", status_code=202, dependencies=[Depends(auth.require("enqueue"))],
+              summary="Run a scan's failed tasks again (each a new attempt; the failed run stays in its history)",
+              description="Optional body `{\"algorithm\": name}`: only that algorithm's task. 404 scan_not_found; "
+              "409 scan_not_retryable when no task of the scan failed or was stopped.")
+    def retry_scan(scan_id: str, body: RetryRequest | None = None) -> dict[str, Any]:
+        tasks = [t for t in backend.tasks_for_scan(scan_id) if body is None or body.algorithm in (None, t.algorithm)]
+        if not tasks:
+            raise ScanNotFound(f"no scan {scan_id!r} has been submitted"
+                               + (f" to {body.algorithm}" if body is not None and body.algorithm else ""))
+        ended = [t for t in tasks if t.state in (JobState.failed, JobState.stopped)]
+        if not ended:
+            states = ", ".join(f"{t.algorithm} {t.state.value}" for t in tasks)
+            raise ScanNotRetryable(f"no task of scan {scan_id!r} failed or was stopped ({states}): nothing to retry")
+        retried = [backend.retry(t.task_id) for t in ended]
+        log.info("scan_retried scan_id=%s tasks=%s", scan_id, ",".join(t.task_id for t in retried))
+        return {"scan_id": scan_id, "tasks": [{**t.to_dict(), "links": task_links(t)} for t in retried]}
 
     @app.get("/v1/tasks/{task_id}", dependencies=[Depends(auth.require("read"))], summary="One task")
     def get_task(task_id: str) -> dict[str, Any]:

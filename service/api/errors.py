@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.errors import ScantideError, invalid_input
 
@@ -37,6 +38,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_disconnected(request: Request, _: ClientDisconnect) -> JSONResponse:
+        # The client went away before sending the whole body: nothing failed here and nobody reads the
+        # answer (uvicorn drops it). Handled here, it never reaches the catch-all below and uvicorn,
+        # which would each log a traceback.
+        log.info("client_disconnected method=%s path=%s", request.method, request.url.path)
+        return error_response(400, "client_disconnected", "the client closed the connection before sending the "
+                                                          "whole request body")
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

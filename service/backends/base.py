@@ -91,6 +91,11 @@ class TaskBackend(ABC):
         Raises ``TaskNotCancellable`` when it is running or finished, ``TaskNotFound``.
         """
 
+    def retry(self, task_id: str) -> TaskInfo:
+        """Queue a failed or stopped task again as a new attempt, its ended run kept in its history;
+        the attempt limit counts from here. Raises ``TaskNotRetryable``, ``TaskNotFound``."""
+        raise ScantideError(f"this task store cannot run task {task_id} again", code="not_supported")
+
     @abstractmethod
     def queue_stats(self, queue: str) -> QueueStats:
         """Pending and running counts and the age of the oldest queued task."""

@@ -39,6 +39,7 @@ from service.domain import (
     TaskInfo,
     Template,
     WorkerInfo,
+    ended_run,
 )
 from service.errors import (
     InvalidRequest,
@@ -46,6 +47,7 @@ from service.errors import (
     ScantideError,
     TaskNotCancellable,
     TaskNotFound,
+    TaskNotRetryable,
     UnknownAlgorithm,
 )
 
@@ -197,6 +199,24 @@ class EmbeddedBackend(TaskBackend):
             raise TaskNotFound(f"no task {task_id!r}")
         raise TaskNotCancellable(f"task {task_id} is {state['state']}: only a queued task can be cancelled")
 
+    def retry(self, task_id: str) -> TaskInfo:
+        now = time.time()
+        with self.db.tx() as db:
+            row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                raise TaskNotFound(f"no task {task_id!r}")
+            task = task_from_row(row)
+            if task.state not in (JobState.failed, JobState.stopped):
+                raise TaskNotRetryable(f"task {task_id} is {task.state.value}: only a failed or stopped task runs again")
+            history = [*task.history, ended_run(task)]
+            row = db.execute(
+                f"UPDATE tasks SET state = 'queued', attempt_base = attempt, worker_id = NULL, lease_until = NULL,"
+                f" queued_at = ?, started_at = NULL, finished_at = NULL, result = NULL, error = NULL, progress = NULL,"
+                f" heartbeat_at = NULL, history = ? WHERE id = ? RETURNING {TASK_COLUMNS}",
+                (now, dump(history), task_id)).fetchone()
+            _record(db, task_id, JobState.queued, task.attempt, now)
+            return task_from_row(row)
+
     def queue_stats(self, queue: str) -> QueueStats:
         now = time.time()
         with self.db.tx(write=False) as db:
@@ -326,14 +346,14 @@ class EmbeddedBackend(TaskBackend):
     def _reap(self, db: sqlite3.Connection, now: float) -> list[TaskInfo]:
         """Inside a write transaction: re-queue (or fail) tasks whose lease ran out."""
         expired = db.execute(
-            f"SELECT {TASK_COLUMNS}, max_attempts AS task_max_attempts FROM tasks"
+            f"SELECT {TASK_COLUMNS}, max_attempts AS task_max_attempts, attempt_base FROM tasks"
             " WHERE state = 'running' AND lease_until < ?", (now,)
         ).fetchall()
         changed = []
         for row in expired:
             task = task_from_row(row)
             limit = row["task_max_attempts"] or self.max_attempts
-            if task.attempt < limit:
+            if task.attempt - row["attempt_base"] < limit:  # runs since the last retry
                 # queued_at stays: the re-queued task goes back to the front of the queue.
                 new = db.execute(
                     f"UPDATE tasks SET state = 'queued', worker_id = NULL, lease_until = NULL, started_at = NULL,"

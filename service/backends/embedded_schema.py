@@ -10,7 +10,7 @@ from service.domain import JobState, TaskError, TaskInfo, Template
 
 # Bump SCHEMA_VERSION with every schema change and add the statements that upgrade the previous
 # version to MIGRATIONS[new version]; SCHEMA always holds the newest schema in full.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MODEL_TABLES = """
 CREATE TABLE IF NOT EXISTS models (
     algorithm TEXT NOT NULL, version TEXT NOT NULL, uri TEXT NOT NULL, sha256 TEXT NOT NULL,
@@ -42,6 +42,10 @@ MIGRATIONS: dict[int, list[str]] = {
     3: [],  # filled below from MODEL_TABLES
     # v4: the algorithm registry; each task's own attempt limit (its algorithm's resources.max_attempts).
     4: ["ALTER TABLE tasks ADD COLUMN max_attempts INTEGER"],  # and ALGORITHM_TABLES, below
+    # v5: retrying a failed task: the runs it had before (history), and the attempts that came before
+    # the retry (attempt_base), which the attempt limit does not count.
+    5: ["ALTER TABLE tasks ADD COLUMN history TEXT",
+        "ALTER TABLE tasks ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0"],
 }
 
 SCHEMA = """
@@ -54,7 +58,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     state TEXT NOT NULL, params TEXT NOT NULL, output_uri TEXT NOT NULL,
     attempt INTEGER NOT NULL DEFAULT 0, worker_id TEXT, lease_until REAL,
     created_at REAL NOT NULL, queued_at REAL, started_at REAL, finished_at REAL,
-    result TEXT, error TEXT, progress REAL, heartbeat_at REAL, max_attempts INTEGER,
+    result TEXT, error TEXT, progress REAL, heartbeat_at REAL, max_attempts INTEGER, history TEXT,
+    attempt_base INTEGER NOT NULL DEFAULT 0,
     UNIQUE (scan_id, algorithm)  -- the idempotency key, and the index for lookups by scan
 );
 CREATE INDEX IF NOT EXISTS tasks_by_queue ON tasks (queue, state, queued_at);
@@ -72,7 +77,7 @@ CREATE TABLE IF NOT EXISTS workers (
 
 TASK_COLUMNS = (
     "id, algorithm, scan_id, queue, state, params, output_uri, attempt, worker_id, "
-    "created_at, queued_at, started_at, finished_at, result, error, progress, heartbeat_at"
+    "created_at, queued_at, started_at, finished_at, result, error, progress, heartbeat_at, history"
 )
 
 
@@ -110,4 +115,5 @@ def task_from_row(row: sqlite3.Row) -> TaskInfo:
         error=TaskError(**error) if error else None,
         progress=row["progress"],
         heartbeat_at=row["heartbeat_at"],
+        history=json.loads(row["history"]) if row["history"] else [],
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
+from service.errors import ForbiddenScanUri
 from service.scan_uri import Resolver, needs_resolution, system_resolver, validate_scan_uri
 from service.settings import Settings
 from service.storage.base import (
@@ -142,9 +143,12 @@ class HttpsSource(Storage):
 
     def _pinned_request(self, client: httpx.Client, method: str, uri: str) -> httpx.Request:
         parts = urlsplit(uri)
+        if parts.scheme.lower() not in ("https", "http"):  # validate_scan_uri would judge file:// as a local path
+            raise ForbiddenScanUri(f"a redirect led to {uri}, which is not an https:// URL")
         host = parts.hostname or ""
         addresses = self.resolver(host) if needs_resolution(uri) else [host]
-        # Raises ForbiddenScanUri when any address is not public (unless the host is allowed).
+        # Raises ForbiddenScanUri when any address is not public (unless the host is allowed), an IPv4
+        # address carried in an IPv6 one (NAT64, 6to4 …) included: the same check as at enqueue.
         validate_scan_uri(uri, data_root=Path(os.sep), allowed_hosts=self.allowed_hosts,
                           resolver=lambda _host: addresses)
         ip = addresses[0]

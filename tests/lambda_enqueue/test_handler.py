@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import subprocess
@@ -16,7 +17,9 @@ from typing import Any
 import pytest
 
 from lambda_enqueue import handler as lam
+from service import errors
 from service.domain import SCAN_ID_PATTERN, TaskInfo
+from tests.conftest import free_port
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +44,26 @@ def rt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[lam.Runtime]
     yield runtime
     runtime.backend.close()
     lam.runtime.cache_clear()
+
+
+@pytest.fixture
+def rt_cp_down(rt: lam.Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[lam.Runtime]:
+    """The container with ``SCANTIDE_CONTROL_PLANE_URL`` naming a loopback port nothing listens on: a
+    request naming a pipeline fails transiently (connection refused, ``BackendUnavailable``)."""
+    monkeypatch.setenv("SCANTIDE_CONTROL_PLANE_URL", f"http://127.0.0.1:{free_port()}")
+    lam.runtime.cache_clear()
+    down = lam.runtime()
+    yield down
+    down.backend.close()
+
+
+def sqs_record(message_id: str, body: Any, arn: str = "arn:aws:sqs:us-east-1:123456789012:scantide-uploads") -> dict:
+    return {"eventSource": "aws:sqs", "eventSourceARN": arn, "messageId": message_id,
+            "body": body if isinstance(body, str) else json.dumps(body)}
+
+
+def rejections(caplog: pytest.LogCaptureFixture, event: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(event + " ")]
 
 
 def only_task(rt: lam.Runtime, scan_id: str) -> TaskInfo:
@@ -174,13 +197,19 @@ def test_api_gateway_refuses_other_methods(rt: lam.Runtime) -> None:
 
 
 # -- SQS ------------------------------------------------------------------------------------------
-def test_sqs_partial_batch_failure(rt: lam.Runtime) -> None:
+def test_sqs_bad_input_is_consumed_once(rt: lam.Runtime, caplog: pytest.LogCaptureFixture) -> None:
+    """A message a redelivery would not fix is not returned (it would only end in the DLQ): it is
+    consumed, with the reason logged."""
     event = load_event("sqs_batch.json")
     good, bad = event["Records"]
 
-    out = lam.handler(event, None)
+    with caplog.at_level(logging.INFO, logger=lam.__name__):
+        out = lam.handler(event, None)
 
-    assert out == {"batchItemFailures": [{"itemIdentifier": bad["messageId"]}]}
+    assert out == {"batchItemFailures": []}
+    [line] = rejections(caplog, "sqs_record_rejected")
+    assert f"message_id={bad['messageId']} code=invalid_request message=" in line and "scan_id" in line
+    assert "sqs_batch_done messages=2 rejected=1 failed=0" in caplog.messages
     task = only_task(rt, "scans:sqs:scan-0002")
     assert task.params["scan_uri"] == "s3://scantide-scans/scans/sqs/scan-0002.mp4"
     # The redelivered good message is a no-op.
@@ -188,30 +217,103 @@ def test_sqs_partial_batch_failure(rt: lam.Runtime) -> None:
     assert len(all_tasks(rt)) == 1
 
 
-def test_sqs_scan_request_and_sns_envelope(rt: lam.Runtime) -> None:
+def test_sqs_scan_request_and_sns_envelope(rt: lam.Runtime, caplog: pytest.LogCaptureFixture) -> None:
     good = load_event("sqs_batch.json")["Records"][0]
     request = {**good, "messageId": "m-request",
                "body": json.dumps({"scan_id": "from-sqs", "scan_uri": "s3://scantide-scans/from-sqs.mp4"})}
     sns = {**good, "messageId": "m-sns", "body": json.dumps({"Type": "Notification", "Message": good["body"]})}
     broken = {**good, "messageId": "m-broken", "body": "{"}
 
-    out = lam.handler({"Records": [request, sns, broken]}, None)
+    with caplog.at_level(logging.WARNING, logger=lam.__name__):
+        out = lam.handler({"Records": [request, sns, broken]}, None)
 
-    assert out == {"batchItemFailures": [{"itemIdentifier": "m-broken"}]}
+    assert out == {"batchItemFailures": []}
+    assert [line.split(" message=")[0] for line in rejections(caplog, "sqs_record_rejected")] == \
+        ["sqs_record_rejected message_id=m-broken code=malformed_json"]
     assert only_task(rt, "from-sqs").params["scan_uri"] == "s3://scantide-scans/from-sqs.mp4"
     only_task(rt, "scans:sqs:scan-0002")
 
 
-def test_sqs_fifo_fails_everything_after_the_first_failure(rt: lam.Runtime) -> None:
-    good, bad = load_event("sqs_batch.json")["Records"]
+@pytest.mark.parametrize("delivery", ["s3", "sqs", "sns-sqs"])
+def test_bad_input_is_rejected_alike_from_s3_and_sqs(rt: lam.Runtime, caplog: pytest.LogCaptureFixture,
+                                                     delivery: str) -> None:
+    """The same notification, one bad record beside a good one, whichever way it arrives: the good
+    record is submitted, the bad one consumed once with its reason logged, nothing retried."""
+    event = load_event("s3_put.json")
+    good = event["Records"][0]
+    hashed = {**good, "s3": {**good["s3"], "object": {**good["s3"]["object"], "key": "scans/a%23b.mp4"}}}
+    notification = {"Records": [hashed, good]}
+    body = json.dumps(notification)
+    deliveries = {
+        "s3": notification,
+        "sqs": {"Records": [sqs_record("m-1", body)]},
+        "sns-sqs": {"Records": [sqs_record("m-1", {"Type": "Notification", "Message": body})]},
+    }
+
+    with caplog.at_level(logging.WARNING, logger=lam.__name__):
+        out = lam.handler(deliveries[delivery], None)
+
+    if delivery == "s3":
+        assert out == {"submitted": 1, "existing": 0, "rejected": 1, "ignored": 0}
+        [line] = rejections(caplog, "s3_record_rejected")
+        assert line.startswith("s3_record_rejected code=invalid_scan_uri message=")
+    else:
+        assert out == {"batchItemFailures": []}
+        [line] = rejections(caplog, "sqs_record_rejected")
+        assert line.startswith("sqs_record_rejected message_id=m-1 code=invalid_scan_uri message=")
+    assert "'#'" in line
+    only_task(rt, "scans:clinic-7:scan-0001")
+    assert len(all_tasks(rt)) == 1
+
+
+def test_sqs_transient_failure_is_redelivered(rt_cp_down: lam.Runtime, caplog: pytest.LogCaptureFixture) -> None:
+    """Only a transient failure (here the control plane unreachable) goes back to the queue."""
+    bad = sqs_record("m-bad", {"scan_id": "bad id!", "scan_uri": "s3://scantide-scans/x.mp4"})
+    down = sqs_record("m-down", {"scan_id": "run-1", "scan_uri": "s3://scantide-scans/r.mp4", "pipeline": "triage"})
+    good = sqs_record("m-good", {"scan_id": "plain-1", "scan_uri": "s3://scantide-scans/p.mp4"})
+
+    with caplog.at_level(logging.WARNING, logger=lam.__name__):
+        out = lam.handler({"Records": [bad, down, good]}, None)
+
+    assert out == {"batchItemFailures": [{"itemIdentifier": "m-down"}]}
+    assert any(m.startswith("sqs_message_failed message_id=m-down code=backend_unavailable") for m in caplog.messages)
+    assert [line.split(" code=")[0] for line in rejections(caplog, "sqs_record_rejected")] == \
+        ["sqs_record_rejected message_id=m-bad"]
+    assert [t.scan_id for t in all_tasks(rt_cp_down)] == ["plain-1"]
+
+
+def test_sqs_fifo_fails_everything_after_the_first_transient_failure(rt_cp_down: lam.Runtime) -> None:
+    """Bad input is consumed and keeps no message back; after a transient failure nothing is done,
+    so a FIFO queue redelivers the rest in order."""
     arn = "arn:aws:sqs:us-east-1:123456789012:scantide-uploads.fifo"
-    event = {"Records": [{**bad, "eventSourceARN": arn}, {**good, "eventSourceARN": arn}]}
+    bad = sqs_record("m-bad", "{", arn)
+    before = sqs_record("m-before", {"scan_id": "fifo-0", "scan_uri": "s3://scantide-scans/0.mp4"}, arn)
+    down = sqs_record("m-down", {"scan_id": "run-1", "scan_uri": "s3://scantide-scans/r.mp4", "pipeline": "triage"},
+                      arn)
+    after = sqs_record("m-after", {"scan_id": "fifo-1", "scan_uri": "s3://scantide-scans/1.mp4"}, arn)
 
-    out = lam.handler(event, None)
+    out = lam.handler({"Records": [bad, before, down, after]}, None)
 
-    assert out == {"batchItemFailures": [{"itemIdentifier": bad["messageId"]},
-                                         {"itemIdentifier": good["messageId"]}]}
-    assert all_tasks(rt) == []
+    assert out == {"batchItemFailures": [{"itemIdentifier": "m-down"}, {"itemIdentifier": "m-after"}]}
+    assert [t.scan_id for t in all_tasks(rt_cp_down)] == ["fifo-0"]
+
+
+@pytest.mark.parametrize(
+    ("error", "bad"),
+    [
+        (errors.InvalidRequest("x"), True),
+        (errors.MalformedJson("x"), True),
+        (errors.PayloadTooLarge("x"), True),
+        (errors.Conflict("a scan_id reused for another scan"), True),
+        (errors.NotFound("x"), True),
+        (errors.PreviousScanNotCompleted("x"), False),  # passes once the earlier scan completes
+        (errors.RateLimited("x"), False),
+        (errors.BackendUnavailable("x"), False),
+        (errors.ConfigError("x"), False),  # ours to fix: retried, and the errors alarm
+    ],
+)
+def test_only_lasting_refusals_are_bad_input(error: errors.ScantideError, bad: bool) -> None:
+    assert lam.is_bad_input(error) is bad
 
 
 # -- cold start -----------------------------------------------------------------------------------

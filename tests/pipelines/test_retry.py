@@ -12,7 +12,7 @@ from tests.pipelines.conftest import ConductorProcess, outcome_events, register_
 
 FAIL_ONCE = '''
 import pathlib, sys
-marker, outputs = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+marker, outputs = pathlib.Path(sys.argv[1].removeprefix("--marker=")), pathlib.Path(sys.argv[2])
 if not marker.exists():
     marker.write_text("failed once")
     print("fail_once: the first try fails on purpose", flush=True)
@@ -37,7 +37,7 @@ def test_failed_step_fails_the_run_and_retry_keeps_completed_steps(
     folder.mkdir()
     (folder / "fail_once.py").write_text(FAIL_ONCE)
     (folder / "scantide-algorithm.yaml").write_text(
-        'name: fail_once\nversion: "1"\ncommand: ["python", "{here}/fail_once.py", "{params.marker}", "{outputs}"]\n'
+        'name: fail_once\nversion: "1"\ncommand: ["python", "{here}/fail_once.py", "--marker={params.marker}", "{outputs}"]\n'
         "parameters: {marker: {type: string}}\nrequired: [marker]\n")
     register_folder(backend, settings, folder, by="test")
     make_video("scan.mp4", frames=24, fps=24.0, size=(64, 48))
