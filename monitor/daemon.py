@@ -20,6 +20,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 ALERT_EVERY_S = 5.0  # the stall and backlog rules need no faster tick
+STOP_DELIVERY_S = 10.0  # on stop: how long the events already due may take to go out
 
 
 def outbox_for(settings: Settings) -> Outbox:
@@ -53,6 +54,22 @@ class MonitorDaemon:
     def stop(self, *_: Any) -> None:
         self._stop.set()
 
+    def _deliver_what_is_due(self, within_s: float) -> None:
+        """On stop: read the changes made since the last tick (the workers' last tasks, finished while
+        the stack drained) and give what is due, those included, ``within_s`` to be delivered."""
+        try:
+            self.watcher.poll_changes()
+        except Exception as exc:  # noqa: BLE001 - stopping: what is not read now is read at the next start
+            log.warning("monitor_last_poll_failed error=%s", exc)
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            due = self.watcher.outbox.next_due_at()
+            if due is None or due > time.time():
+                return
+            self.deliverer.wake()  # type: ignore[union-attr]
+            time.sleep(0.1)
+        log.warning("monitor_stopped_with_due_events: they go out at the next start")
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
@@ -85,6 +102,7 @@ class MonitorDaemon:
                 log.exception("monitor_tick_crashed retry_in_s=%.1f", wait)
             self._stop.wait(wait)
         if self.deliverer is not None and sender is not None:
+            self._deliver_what_is_due(STOP_DELIVERY_S)
             self.deliverer.stop()
             sender.join(timeout=self.settings.webhook_timeout_s + 5)
         log.info("monitor_stopped")

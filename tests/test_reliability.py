@@ -174,3 +174,34 @@ def test_the_state_dir_is_this_users_alone(tmp_path: Path) -> None:
     created = [p for p in state.rglob("*") if p.is_file()]
     assert created and all(p.stat().st_mode & 0o077 == 0 for p in created), \
         [(p.name, oct(p.stat().st_mode)) for p in created if p.stat().st_mode & 0o077]
+
+
+def test_a_stopping_monitor_announces_what_finished_during_the_drain(settings: Settings, backend: TaskBackend,
+                                                                     data_root: Path) -> None:
+    """A task that ends after the monitor's last tick (a worker finishing while the stack stops) is
+    announced before the monitor exits, not at its next start."""
+    from service.supervisor import cli_argv, settings_env
+    from tests.monitor.receiver import Receiver
+
+    secret = "stop-order-secret-0123456789abcdef"
+    receiver = Receiver(secret)
+    receiver.up()
+    try:
+        watched = settings.model_copy(update={"webhook_url": receiver.url, "webhook_secret": secret,
+                                              "monitor_poll_s": 3600.0})  # it reads changes at start, then not
+        (data_root / "scan.mp4").write_bytes(b"x")
+        submitted = backend.submit("video_summary", "s-drain", {"scan_id": "s-drain", "scan_uri": "scan.mp4"},
+                                   str(data_root / "out"))
+        log = open(settings.state_dir / "monitor.log", "wb")
+        monitor = subprocess.Popen(cli_argv("monitor"), env={**os.environ, **settings_env(watched)}, stdout=log,
+                                   stderr=log, stdin=subprocess.DEVNULL)
+        wait_for(lambda: "monitor_started" in (settings.state_dir / "monitor.log").read_text(), timeout_s=60)
+        backend.register_worker("w", "default")
+        task = backend.claim(submitted.task.queue, "w", 30.0)
+        assert task is not None and task.task_id == submitted.task.task_id
+        backend.finish(task.task_id, "w", result={"ok": True})
+        monitor.send_signal(signal.SIGTERM)
+        assert monitor.wait(timeout=60) == 0
+        assert [r.body["type"] for r in receiver.accepted()] == ["scan.completed"]
+    finally:
+        receiver.down()
