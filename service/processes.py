@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -122,8 +123,6 @@ def leftovers(state_dir: Path) -> list[int]:
 
 def end_processes(pids: list[int], grace_s: float) -> None:
     """SIGTERM, up to ``grace_s`` to exit, then SIGKILL (each one's own group too, for what it started)."""
-    import time
-
     for pid in pids:
         _signal_group(pid, signal.SIGTERM)
         _kill(pid, signal.SIGTERM)

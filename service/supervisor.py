@@ -161,8 +161,7 @@ class Supervisor:
     def _stop_all(self) -> int:
         for i, stage in enumerate(stop_stages(self.children)):
             # The workers get the grace to finish their tasks; the others a short stop of their own.
-            deadline = time.monotonic() + (self.grace_s if i < len(STOP_ORDER) and STOP_ORDER[i] == DRAINING
-                                           else STAGE_S)
+            deadline = time.monotonic() + (self.grace_s if i == STOP_ORDER.index(DRAINING) else STAGE_S)
             running = [c for c in stage if c.process is not None and c.process.poll() is None]
             for child in running:
                 log.info("child_stopping name=%s", child.name)
