@@ -33,7 +33,7 @@ from typing import Any
 
 from autoscaler.model import InstanceOption, Market, PoolConfig, WarmPoolConfig
 from service.errors import ConfigError
-from service.settings import Settings
+from service.settings import Settings, queue_name_problem
 
 LOCAL_TICK_S = 1.0  # local workers start in a second or two: a slow tick would dominate the wait
 
@@ -69,6 +69,9 @@ def parse_config(data: dict[str, Any], settings: Settings, source: str = "config
             pools.append(_pool(raw))
         except (TypeError, ValueError, KeyError) as exc:
             raise ConfigError(f"{source}: pools[{i}]: {exc}") from exc
+        problem = queue_name_problem(pools[-1].queue) if isinstance(pools[-1].queue, str) else "not a string"
+        if problem:
+            raise ConfigError(f"{source}: pools[{i}].queue: {problem}")
     if not pools:
         raise ConfigError(f"{source}: no [[pools]] configured")
     tick = float(data.get("tick_s", settings.autoscaler_tick_s or 15.0))

@@ -18,6 +18,18 @@ ENV_PREFIX = "SCANTIDE_"
 CONFIG_ENV = "SCANTIDE_CONFIG"  # path of an optional TOML file
 DEFAULT_CONFIG_FILE = "scantide.toml"
 SCOPES = ("enqueue", "read", "promote", "register")
+QUEUE_NAME_MIN = 3  # a ClearML server strips a queue name and refuses a shorter one (400/800)
+
+
+def queue_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a task-store queue, or None. The rule is the ClearML server's
+    (``Queue.name``: stripped, at least 3 characters), kept in both modes so a configuration that
+    works embedded works on ClearML; spaces around a name would make the server keep another name."""
+    if name != name.strip():
+        return f"queue name {name!r} has spaces around it"
+    if len(name) < QUEUE_NAME_MIN:
+        return f"queue name {name!r} is shorter than {QUEUE_NAME_MIN} characters (a ClearML server refuses it)"
+    return None
 
 
 class Settings(BaseSettings):
@@ -124,6 +136,23 @@ class Settings(BaseSettings):
         # A URL prefix stays a string (Path would fold "s3://" into "s3:/"); anything else is a path.
         if isinstance(value, str) and "://" not in value:
             return Path(value)
+        return value
+
+    @field_validator("default_queue")
+    @classmethod
+    def _default_queue_name(cls, value: str) -> str:
+        problem = queue_name_problem(value)
+        if problem:
+            raise ValueError(f"default_queue: {problem}")
+        return value
+
+    @field_validator("algorithm_queues")
+    @classmethod
+    def _algorithm_queue_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, queue in value.items():
+            problem = queue_name_problem(queue)
+            if problem:
+                raise ValueError(f"algorithm_queues[{key!r}]: {problem}")
         return value
 
     @model_validator(mode="after")

@@ -58,7 +58,7 @@ def test_update_keeps_what_operators_set(clearml_server: FakeClearMLServer, tmp_
     doc["script"].update(repository="https://git.example/scantide.git", requirements={"pip": "scantide"})
     doc["container"]["arguments"] = "--ipc=host"
 
-    out = register(clearml_server, tmp_path, "--queue", "q2", "--commit", "abc123")
+    out = register(clearml_server, tmp_path, "--queue", "q-two", "--commit", "abc123")
 
     assert out.returncode == 0, out.stderr
     after = template_doc(clearml_server)
@@ -67,7 +67,7 @@ def test_update_keeps_what_operators_set(clearml_server: FakeClearMLServer, tmp_
                                "repository": "https://git.example/scantide.git", "version_num": "abc123",
                                "requirements": {"pip": "scantide"}}
     assert after["container"] == {"image": "img:1", "arguments": "--ipc=host"}
-    assert clearml_backend().get_template("video_summary").queue == "q2"
+    assert clearml_backend().get_template("video_summary").queue == "q-two"
 
 
 def test_refuses_without_the_clearml_backend(clearml_server: FakeClearMLServer, tmp_path: Path) -> None:  # noqa: F811

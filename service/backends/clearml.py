@@ -31,7 +31,7 @@ from clearml.backend_api.services.v2_23 import queues, tasks
 from service.backends.base import TaskBackend
 from service.backends.clearml_agent import ClearMLAgent
 from service.backends.clearml_algorithms import ClearMLAlgorithms
-from service.backends.clearml_changes import read_changes
+from service.backends.clearml_changes import LOOKBACK_S, MAX_SEEN, Window, read_changes
 from service.backends.clearml_client import ClearMLClient, ClearMLRefused
 from service.backends.clearml_models import ClearMLModels
 from service.backends.clearml_store import (
@@ -50,8 +50,6 @@ from service.backends.clearml_tasks import (
     TEMPLATE_FIELDS,
     TEMPLATE_PREFIX,
     TEMPLATE_TAG,
-    decode_cursor,
-    encode_cursor,
     scan_hyperparams,
     scan_tags,
     seconds,
@@ -67,6 +65,7 @@ from service.domain import (
     JobState,
     QueueStats,
     Submission,
+    SubmitItem,
     TaskError,
     TaskInfo,
     Template,
@@ -74,6 +73,7 @@ from service.domain import (
 )
 from service.errors import (
     BackendUnavailable,
+    ScantideError,
     TaskNotCancellable,
     TaskNotFound,
     UnknownAlgorithm,
@@ -95,13 +95,17 @@ _STATUSES = {
 class ClearMLBackend(TaskBackend):
     """``TaskBackend`` over a ClearML server. Safe to share between threads.
 
-    page_size: tasks per ``tasks.get_all`` page; at most the server's ``max_page_size`` (500).
+    page_size: tasks per ``tasks.get_all`` page (a server whose ``max_page_size`` is lower serves fewer).
     worker_timeout_s: a stand-in worker's registration lapses this long after its last report.
+    lookback_s, max_seen: the change feed's lookback window, seconds, and how many changes inside
+    it a cursor remembers (``clearml_changes``).
     """
 
     def __init__(self, client: ClearMLClient, *, project: str = "scantide", max_attempts: int = 2,
-                 page_size: int = 500, worker_timeout_s: int = 600) -> None:
+                 page_size: int = 500, worker_timeout_s: int = 600, lookback_s: float = LOOKBACK_S,
+                 max_seen: int = MAX_SEEN) -> None:
         self.store = ClearMLStore(client, project, page_size=page_size)
+        self.lookback_s, self.max_seen = lookback_s, max_seen
         self.agent = ClearMLAgent(self.store, max_attempts=max_attempts, worker_timeout_s=worker_timeout_s)
         self.models = ClearMLModels(self.store)
         self.algorithms = ClearMLAlgorithms(self.store)
@@ -175,14 +179,16 @@ class ClearMLBackend(TaskBackend):
         return [self.get_template(name) for name in names]
 
     # -- submit ----------------------------------------------------------------------------
-    def submit(self, algorithm: str, scan_id: str, params: dict[str, Any], output_uri: str) -> Submission:
+    def submit(self, algorithm: str, scan_id: str, params: dict[str, Any], output_uri: str, *,
+               max_attempts: int | None = None) -> Submission:
+        """``max_attempts``: runs before a lost worker fails the task; None: the backend's setting."""
         template_doc = self._template_doc(algorithm, params.get("algorithm_version"))
         queue = template_from_doc(template_doc).queue
         tags = scan_tags(algorithm, scan_id)
         found = self._candidates(tags)
         if found:
             return Submission(task=task_info(self._settle(tags, queue, None, found)), created=False)
-        hyperparams = scan_hyperparams(template_doc, scan_id, params, output_uri)
+        hyperparams = scan_hyperparams(template_doc, scan_id, params, output_uri, max_attempts)
         mine = self.store.send(tasks.CloneRequest(
             task=template_doc["id"], new_task_name=f"{algorithm}/{scan_id}", new_task_tags=[SCAN_TAG, *tags],
             new_task_hyperparams=hyperparams, new_task_project=self.store.project_id()))["id"]
@@ -191,6 +197,16 @@ class ClearMLBackend(TaskBackend):
             log.info("task_created task=%s scan_id=%s algorithm=%s", mine, scan_id, algorithm)
         return Submission(task=task_info(winner), created=winner["id"] == mine)
 
+    def submit_many(self, items: list[SubmitItem]) -> list[Submission | ScantideError]:
+        out: list[Submission | ScantideError] = []
+        for item in items:
+            try:
+                out.append(self.submit(item.algorithm, item.scan_id, item.params, item.output_uri,
+                                       max_attempts=item.max_attempts))
+            except ScantideError as exc:
+                out.append(exc)
+        return out
+
     def _candidates(self, tags: list[str]) -> list[dict]:
         """Every task of the scan, oldest first. More than a page of them (only on a server with a
         tiny page cap) is read again until a pass finds nothing new, since a loser deleting its clone
@@ -198,10 +214,11 @@ class ClearMLBackend(TaskBackend):
         so the race is then settled on a best-effort basis."""
         found: dict[str, dict] = {}
         while True:
-            rows = self.store.find_tasks(tags=["__$all", *tags], order_by=["created"])
+            listing = list(self.store.task_pages(tags=["__$all", *tags], order_by=["created"]))
+            rows = [row for page in listing for row in page]
             new = [r["id"] for r in rows if r["id"] not in found]
             found.update((r["id"], r) for r in rows)
-            if len(rows) < self.store.page_size or not new:
+            if len(listing) <= 1 or not new:
                 return sorted(found.values(), key=lambda d: (d.get("created", ""), d["id"]))
 
     def _settle(self, tags: list[str], queue: str, mine: str | None, docs: list[dict]) -> dict:
@@ -276,23 +293,21 @@ class ClearMLBackend(TaskBackend):
         return list(itertools.islice(matching, limit))
 
     def changes(self, cursor: str | None, limit: int = 500) -> ChangePage:
-        decode_cursor(cursor)  # refuse a bad cursor even before the project exists
+        """See ``clearml_changes``: a late-stamped change is delivered once, within the lookback."""
+        Window.decode(cursor)  # refuse a bad cursor even before the project exists
         pid = self.store.project_id()
         if pid is None:
             return ChangePage(changes=[], cursor=cursor, more=False)
-        size = min(self.store.page_size, limit + 1)
 
         def fetch(conditions: list[str], page: int, page_size: int) -> list[dict]:
             return self.store.send(tasks.GetAllRequest(
                 project=[pid], tags=[SCAN_TAG], status_changed=conditions, order_by=["status_changed", "id"],
                 page=page, page_size=page_size, only_fields=TASK_FIELDS))["tasks"]
 
-        docs, more = read_changes(fetch, cursor, limit, size)
-        changes = []
-        for doc in docs:
-            info = task_info(doc)
-            changes.append(Change(cursor=encode_cursor(doc), task_id=info.task_id, state=info.state,
-                                  attempt=info.attempt, at=seconds(doc["status_changed"]) or 0.0, task=info))
+        found, more = read_changes(fetch, cursor, limit, self.store.page_size, task_info,
+                                   lookback_s=self.lookback_s, max_seen=self.max_seen)
+        changes = [Change(cursor=after, task_id=info.task_id, state=info.state, attempt=info.attempt,
+                          at=seconds(doc["status_changed"]) or 0.0, task=info) for doc, info, after in found]
         return ChangePage(changes=changes, cursor=changes[-1].cursor if changes else cursor, more=more)
 
     def cancel(self, task_id: str) -> TaskInfo:

@@ -14,10 +14,13 @@ popping the queue, and record outcomes the way scantide reads them.
 - finish: the result as output artifact ``scantide-result`` and then ``tasks.completed`` (so a
   completed task always has its result), or the error as runtime property ``error`` and then
   ``tasks.failed`` (``status_reason`` = error code, ``status_message`` = message).
-- reap_expired: best effort, for stand-in workers only (tasks whose ``lease_until`` passed):
-  ``tasks.reset`` and enqueue again, keeping ``attempt``, or fail ``worker_lost`` after
-  ``max_attempts`` runs. Tasks run by real agents carry no lease; ClearML's own watchdog stops
-  those when their agent goes silent (``stopped``, read back as ``worker_lost``).
+- reap_expired: a task whose worker is lost runs again, as in the embedded mode, until its attempt
+  limit (``properties.max_attempts``, else ``max_attempts``); then it fails ``worker_lost``. Lost
+  means: a stand-in's lease (``lease_until``) ran out; a real agent's registration lapsed (it was
+  silent past its timeout) while the task it last reported is still in progress; or ClearML's
+  watchdog stopped the task as non-responsive. Running again is ``tasks.reset`` and ``tasks.enqueue``,
+  with ``attempt`` kept; since the reset deletes the run's console log, the log's tail goes into
+  the task's ``scantide-history`` first. Best effort: it runs where ``reap_expired`` is called.
 - drain: ClearML has no drain. A request is recorded in the metadata of the worker's queues
   (``scantide-drain-<hash>``, type ``scantide.drain``); a stand-in worker sees it on its next claim
   or heartbeat, takes no new task and exits. A real ``clearml-agent`` ignores it: the autoscaler
@@ -32,7 +35,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from clearml.backend_api.services.v2_23 import queues, tasks, workers
+from clearml.backend_api.services.v2_23 import events, queues, tasks, workers
 
 from service.backends.clearml_client import ClearMLRefused
 from service.backends.clearml_store import (
@@ -47,15 +50,20 @@ from service.backends.clearml_store import (
     refused,
 )
 from service.backends.clearml_tasks import (
+    max_attempts_of,
     progress_text,
     result_artifact,
     seconds,
     task_info,
+    with_run,
 )
-from service.domain import TaskError, TaskInfo
+from service.domain import TaskError, TaskInfo, iso
 from service.errors import LeaseLost
 
 log = logging.getLogger(__name__)
+
+WATCHDOG_STOP = "non-responsive"  # in the status_reason of a task ClearML's watchdog stopped
+LOG_TAIL_LINES = 200  # console log events read for a lost run's tail (cut to TaskError.LOG_TAIL_BYTES)
 
 
 class ClearMLAgent:
@@ -198,19 +206,12 @@ class ClearMLAgent:
         return task_info(done)
 
     def reap_expired(self) -> list[TaskInfo]:
+        """Run again, or fail ``worker_lost``, every task whose worker is lost; the tasks changed."""
         self._last_reap = time.monotonic()
-        now = time.time()
         changed = []
-        for doc in self.store.find_tasks(status=["in_progress"]):
-            runtime = doc.get("runtime") or {}
+        for doc, why in self._lost():
             try:
-                lease_until = float(runtime["lease_until"])
-            except (KeyError, TypeError, ValueError):
-                continue  # not a stand-in's task: ClearML watches real agents itself
-            if lease_until >= now:
-                continue
-            try:
-                self._expire(doc, int(float(runtime.get("attempt") or 1)))
+                self._expire(doc, why)
             except ClearMLRefused as exc:  # another reaper (or the worker's own finish) got there first
                 log.info("reap_skipped task=%s error=%s", doc["id"], exc.message)
                 continue
@@ -219,18 +220,81 @@ class ClearMLAgent:
                 changed.append(task_info(new))
         return changed
 
-    def _expire(self, doc: dict, attempt: int) -> None:
+    def _lost(self) -> list[tuple[dict, str]]:
+        """Tasks whose worker is lost, and how it was lost."""
+        now, lost, agents = time.time(), [], []
+        for doc in self.store.find_tasks(status=["in_progress"]):
+            runtime = doc.get("runtime") or {}
+            if runtime.get("lease_until") not in (None, ""):  # a stand-in's task
+                try:
+                    if float(runtime["lease_until"]) < now:
+                        lost.append((doc, "its lease expired"))
+                except (TypeError, ValueError):
+                    pass
+            elif _reported_this_run(doc):
+                agents.append(doc)
+        if agents:
+            # Workers are read after the tasks and each task again after them: a task still in
+            # progress in the same run once its agent is gone was lost, not finished meanwhile.
+            live = {w.get("id") for w in self.store.worker_docs()}
+            for doc in agents:
+                if doc["last_worker"] in live:
+                    continue
+                again = self.store.task_doc(doc["id"])
+                if again is not None and again.get("status") == "in_progress" and all(
+                        again.get(k) == doc.get(k) for k in ("started", "last_worker", "last_worker_report")):
+                    lost.append((again, f"its agent {doc['last_worker']} stopped reporting"))
+        stopped = self.store.find_tasks(status=["stopped"], only_fields=["id", "status_reason"])
+        for row in stopped:
+            if WATCHDOG_STOP in (row.get("status_reason") or ""):
+                doc = self.store.task_doc(row["id"])
+                if doc is not None and doc.get("status") == "stopped":
+                    lost.append((doc, "ClearML's watchdog stopped it as non-responsive"))
+        return lost
+
+    def _expire(self, doc: dict, why: str) -> None:
         info = task_info(doc)
-        log.warning("lease_expired task=%s worker=%s attempt=%d", info.task_id, info.worker_id, attempt)
-        if attempt < self.max_attempts:
-            self.store.send(tasks.ResetRequest(task=info.task_id, force=True, status_reason="lease expired"))
+        limit = max_attempts_of(doc) or self.max_attempts
+        attempt = max(info.attempt, 1)
+        log.warning("worker_lost task=%s worker=%s attempt=%d of=%d why=%r", info.task_id, info.worker_id, attempt,
+                    limit, why)
+        tail = self._log_tail(info.task_id)
+        if attempt < limit:
+            err = TaskError.make("worker_lost", f"the worker running attempt {attempt} was lost ({why}); the task "
+                                                f"was queued again", tail)
+            self._keep_run(info.task_id, attempt, err)  # first: the reset deletes the run's log
+            self.store.send(tasks.ResetRequest(task=info.task_id, force=True, status_reason="worker lost"))
             self.store.send(tasks.EditRequest(task=info.task_id, runtime={"attempt": str(attempt)}))
             self.store.send(tasks.EnqueueRequest(task=info.task_id, queue_name=info.queue,
-                                                 status_reason="re-queued: lease expired"))
+                                                 status_reason=f"re-queued: {why}"))
             return
-        err = TaskError.make("worker_lost", f"the worker running this task stopped responding (attempt {attempt} "
-                                            f"of {self.max_attempts}); the task was not retried again")
+        err = TaskError.make("worker_lost", f"the worker running this task stopped responding ({why}; attempt "
+                                            f"{attempt} of {limit}); the task was not retried again", tail)
         runtime = {**(doc.get("runtime") or {}), "error": json.dumps(asdict(err))}
         runtime.pop("lease_until", None)
         self.store.send(tasks.EditRequest(task=info.task_id, force=True, runtime=runtime))
         self.store.send(tasks.FailedRequest(task=info.task_id, status_reason=err.code, status_message=err.message))
+
+    def _log_tail(self, task_id: str) -> str:
+        """The end of the task's console log (``log`` events, as an agent reports its output)."""
+        try:
+            found = self.store.send(events.GetTaskLogRequest(task=task_id, batch_size=LOG_TAIL_LINES,
+                                                             navigate_earlier=True, order="asc"))
+        except ClearMLRefused as exc:  # no log to keep is no reason to leave the task lost
+            log.warning("log_tail_unread task=%s error=%s", task_id, exc.message)
+            return ""
+        return "\n".join(str(e.get("msg") or "").rstrip("\n") for e in found.get("events") or [])
+
+    def _keep_run(self, task_id: str, attempt: int, error: TaskError) -> None:
+        """Add the lost run to the task's ``scantide-history`` (its configuration, which a reset keeps)."""
+        found = self.store.find_tasks(id=[task_id], limit=1, only_fields=["id", "configuration"])
+        configuration = found[0].get("configuration") if found else None
+        run = {"attempt": attempt, "state": "failed", "error": asdict(error), "finished_at": iso(time.time())}
+        self.store.send(tasks.EditRequest(task=task_id, force=True, configuration=with_run(configuration, run)))
+
+
+def _reported_this_run(doc: dict) -> bool:
+    """A real agent's task whose agent reported it since it started (a re-queued task keeps the
+    previous run's ``last_worker`` until its new agent reports)."""
+    started, reported = seconds(doc.get("started")), seconds(doc.get("last_worker_report"))
+    return bool(doc.get("last_worker")) and started is not None and reported is not None and reported >= started

@@ -19,7 +19,6 @@ of one algorithm must not race.
 
 from __future__ import annotations
 
-import itertools
 import json
 import secrets
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 from clearml.backend_api.services.v2_23 import models
 
-from service.backends.clearml_store import ClearMLStore
+from service.backends.clearml_store import ClearMLStore, pages
 from service.backends.clearml_tasks import seconds
 from service.errors import ModelVersionExists, ModelVersionNotFound
 from service.models import AuditEntry, ModelVersion, rollback_target
@@ -50,14 +49,13 @@ class ClearMLModels:
         if pid is None:
             return []
         tags = ["__$all", MODEL_TAG, *([f"alg:{algorithm}"] if algorithm else []), *more_tags]
-        out: list[dict] = []
-        for page in itertools.count():
-            rows = self.store.send(models.GetAllRequest(project=[pid], tags=tags, only_fields=FIELDS,
+
+        def fetch(page: int, page_size: int) -> list[dict]:
+            return self.store.send(models.GetAllRequest(project=[pid], tags=tags, only_fields=FIELDS,
                                                         order_by=["created"], page=page,
-                                                        page_size=self.store.page_size))["models"]
-            out.extend(rows)
-            if len(rows) < self.store.page_size:
-                return out
+                                                        page_size=page_size))["models"]
+
+        return [row for rows in pages(fetch, self.store.page_size) for row in rows]
 
     def _doc(self, algorithm: str, version: str) -> dict | None:
         found = self._docs(algorithm, f"version:{version}")

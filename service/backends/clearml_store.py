@@ -1,9 +1,11 @@
 """Typed access to the ClearML objects scantide uses (its project, queues, scan tasks, workers),
 shared by the platform side (``clearml``) and the agent side (``clearml_agent``).
 
-Every list is read page by page until a short page: the server caps a page at its
-``max_page_size`` (500 by default) and the SDK's ``Task.get_tasks`` silently stops there.
-``page_size`` must not exceed the server's cap.
+Every list is read page by page (``pages``). The server caps a page at its ``max_page_size``
+(``services._mongo.max_page_size``, 500 by default, configurable) and the SDK's ``Task.get_tasks``
+silently stops there; a server capped below the ``page_size`` asked for answers a short page that
+is not the last, so a short page ends a listing only when the next one is empty (or when it is
+shorter than an earlier page of the listing, which proves the cap is larger).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import itertools
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from clearml.backend_api.services.v2_23 import projects, queues, tasks, workers
@@ -87,10 +89,15 @@ class ClearMLStore:
             self._queue_ids.pop(name, None)
 
     # -- tasks -------------------------------------------------------------------------------
-    def iter_tasks(self, *, order_by: list[str] | None = None, page_size: int | None = None,
-                   only_fields: list[str] | None = None, **filters: Any) -> Iterator[dict]:
+    def iter_tasks(self, **options: Any) -> Iterator[dict]:
+        """The rows of ``task_pages``, read lazily."""
+        for rows in self.task_pages(**options):
+            yield from rows
+
+    def task_pages(self, *, order_by: list[str] | None = None, page_size: int | None = None,
+                   only_fields: list[str] | None = None, **filters: Any) -> Iterator[list[dict]]:
         """Scan tasks of our project matching ``filters`` (``tasks.get_all`` fields; ``a__b`` for
-        ``a.b``), page after page, until a short page. only_fields: default ``TASK_FIELDS``."""
+        ``a.b``), page after page (``pages``). only_fields: default ``TASK_FIELDS``."""
         pid = self.project_id()
         if pid is None:
             return
@@ -98,13 +105,13 @@ class ClearMLStore:
         extra = {k.replace("__", "."): v for k, v in filters.items() if "__" in k}  # e.g. execution__queue
         plain = {k: v for k, v in filters.items() if "__" not in k}
         plain.setdefault("tags", [SCAN_TAG])
-        for page in itertools.count():
-            rows = self.send(tasks.GetAllRequest(
+
+        def fetch(page: int, page_size: int) -> list[dict]:
+            return self.send(tasks.GetAllRequest(
                 project=[pid], only_fields=only_fields or TASK_FIELDS, order_by=order_by or ["created"], page=page,
-                page_size=size, _allow_extra_fields_=bool(extra), **plain, **extra))["tasks"]
-            yield from rows
-            if len(rows) < size:
-                return
+                page_size=page_size, _allow_extra_fields_=bool(extra), **plain, **extra))["tasks"]
+
+        yield from pages(fetch, size)
 
     def find_tasks(self, *, limit: int | None = None, **filters: Any) -> list[dict]:
         return list(itertools.islice(self.iter_tasks(page_size=limit, **filters), limit))
@@ -145,6 +152,24 @@ class ClearMLStore:
 
     def clear_drain(self, queue_id: str, worker_id: str) -> None:
         self.send(queues.DeleteMetadataRequest(queue=queue_id, keys=[drain_key(worker_id)]))
+
+
+def pages(fetch: Callable[[int, int], list[dict]], size: int) -> Iterator[list[dict]]:
+    """The non-empty pages of an offset-paged listing, ``fetch(page, page_size)``, in order.
+
+    The server serves ``min(page_size, max_page_size)`` rows from offset ``page`` times that, and
+    its cap is unknown here: a page shorter than ``size`` may be the last or a capped one. It is the
+    last when a page before it was longer (the cap is larger than it); otherwise the next page tells,
+    and an empty one ends the listing."""
+    longest = 0
+    for page in itertools.count():
+        rows = fetch(page, size)
+        if not rows:
+            return
+        yield rows
+        if len(rows) < size and len(rows) < longest:
+            return
+        longest = max(longest, len(rows))
 
 
 def drain_key(worker_id: str) -> str:

@@ -9,7 +9,11 @@ tagged ``scantide-scan``, ``scan:<scan_id>`` and ``alg:<algorithm>`` (the idempo
   ``scan_id``, ``scan_uri``, ``output_uri``, ``model_version``, ``metadata``). ClearML stores
   strings: other values are written as JSON with their Python type name in ``type``.
 - Section ``properties`` (ClearML's user properties): ``algorithm``, ``queue``, ``max_runtime_s``,
-  ``entry_point``; a scan task adds ``scan_id`` and ``output_uri``.
+  ``entry_point``; a scan task adds ``scan_id``, ``output_uri`` and, when its algorithm sets one,
+  ``max_attempts`` (runs before a lost worker fails it; else the backend's setting).
+- Configuration item ``scantide-history`` (JSON): the runs that ended with a lost worker before the
+  task was queued again, oldest first, ``{attempt, state, error: {code, message, log_tail},
+  finished_at}``; written before ``tasks.reset``, which deletes the run's console log.
 - The result: output artifact ``scantide-result`` (type JSON, the result in ``type_data.preview``).
 - Runtime properties, written by the stand-in agent (``scantide worker``; see ``clearml_agent``):
   ``worker``, ``attempt``, ``lease_until``, ``heartbeat_at``, ``progress``, ``queued_at``, ``error``.
@@ -23,9 +27,10 @@ States (DESIGN.md): created/queued → queued, in_progress → running, complete
 completed only with a result artifact (else failed, ``no_result``: an agent killed by SIGTERM
 marks its task completed), failed → failed, stopped → stopped.
 
-Attempt: ClearML keeps no run counter. The stand-in agent counts its claims in the runtime
-property ``attempt`` (a lease re-queue keeps it, the next claim adds one); a task run by a real
-``clearml-agent`` has no such property and counts 1 once it started, else 0.
+Attempt: ClearML keeps no run counter. The runtime property ``attempt`` counts runs: the stand-in
+agent's claim writes it with its own run counted (and ``worker``); a re-queue after a lost worker
+writes the runs so far. A real ``clearml-agent`` writes neither, so a task it started counts one
+run more than its ``attempt`` says (0 when there is none).
 """
 
 from __future__ import annotations
@@ -44,12 +49,12 @@ ARGS = "Args"
 PROPERTIES = "properties"
 TASK_TYPE = "inference"
 TEMPLATE_PREFIX = "template/"
+HISTORY_ITEM = "scantide-history"
 # What every read asks the server for (a task's console log and metrics are never needed here).
 TASK_FIELDS = ["id", "name", "status", "status_reason", "status_message", "status_changed", "created", "started",
                "completed", "last_worker", "last_worker_report", "tags", "hyperparams", "runtime",
                "execution.queue", "execution.artifacts"]
 TEMPLATE_FIELDS = [*TASK_FIELDS, "script", "container"]
-EPOCH = "1970-01-01T00:00:00+00:00"
 
 _QUEUED = ("created", "queued")
 _DONE = ("completed", "published", "publishing", "closed")
@@ -104,13 +109,37 @@ def template_from_doc(doc: dict) -> Template:
                     params=decode_section(doc, ARGS), max_runtime_s=float(props.get("max_runtime_s", 1800.0)))
 
 
-def scan_hyperparams(template_doc: dict, scan_id: str, params: dict[str, Any], output_uri: str) -> dict:
+def scan_hyperparams(template_doc: dict, scan_id: str, params: dict[str, Any], output_uri: str,
+                     max_attempts: int | None = None) -> dict:
     """The template's sections with the scan's parameters merged into ``Args``."""
     hyper = dict(template_doc.get("hyperparams") or {})
     hyper[ARGS] = {**(hyper.get(ARGS) or {}), **encode_section(ARGS, params)}
-    hyper[PROPERTIES] = {**(hyper.get(PROPERTIES) or {}),
-                         **encode_section(PROPERTIES, {"scan_id": scan_id, "output_uri": output_uri})}
+    props: dict[str, Any] = {"scan_id": scan_id, "output_uri": output_uri}
+    if max_attempts is not None:
+        props["max_attempts"] = max_attempts
+    hyper[PROPERTIES] = {**(hyper.get(PROPERTIES) or {}), **encode_section(PROPERTIES, props)}
     return hyper
+
+
+def max_attempts_of(doc: dict) -> int | None:
+    """The task's own attempt limit (``properties.max_attempts``), if it has one."""
+    value = _float(decode_section(doc, PROPERTIES).get("max_attempts"))
+    return int(value) if value else None
+
+
+def run_history(doc: dict) -> list[dict[str, Any]]:
+    """The ``scantide-history`` records of a document read with ``configuration``."""
+    item = (doc.get("configuration") or {}).get(HISTORY_ITEM) or {}
+    runs = _json(item.get("value"))
+    return runs if isinstance(runs, list) else []
+
+
+def with_run(configuration: dict | None, run: dict[str, Any]) -> dict:
+    """A task's whole ``configuration`` (``tasks.edit`` replaces it) with ``run`` added to its history."""
+    runs = run_history({"configuration": configuration})
+    item = {"name": HISTORY_ITEM, "type": "json", "value": json.dumps([*runs, run]),
+            "description": "scantide: runs of this task that ended with a lost worker before it ran again"}
+    return {**(configuration or {}), HISTORY_ITEM: item}
 
 
 def template_script(template: Template, current: dict | None = None, *, repository: str | None = None,
@@ -154,7 +183,8 @@ def task_info(doc: dict) -> TaskInfo:
     result = _result(doc)
     state, error = _state(doc, result, runtime)
     status = doc.get("status")
-    attempt = int(_float(runtime.get("attempt")) or (1 if doc.get("started") else 0))
+    agent_run = bool(doc.get("started")) and not runtime.get("worker")  # a real agent counts its run nowhere
+    attempt = int(_float(runtime.get("attempt")) or 0) + agent_run
     queued_at = _float(runtime.get("queued_at"))
     if queued_at is None and status == "queued":
         queued_at = seconds(doc.get("status_changed"))
@@ -237,7 +267,7 @@ def _float(value: Any) -> float | None:
         return None
 
 
-# -- time and the change cursor ------------------------------------------------------------------
+# -- time ------------------------------------------------------------------
 def parse_time(value: str) -> dt.datetime:
     when = dt.datetime.fromisoformat(value)
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
@@ -246,27 +276,3 @@ def parse_time(value: str) -> dt.datetime:
 def seconds(value: str | None) -> float | None:
     """A server timestamp (ISO-8601; naive means UTC) → unix seconds."""
     return parse_time(value).timestamp() if value else None
-
-
-ChangeKey = tuple[dt.datetime, str]
-
-
-def change_key(doc: dict) -> ChangeKey:
-    return parse_time(doc["status_changed"]), doc["id"]
-
-
-def encode_cursor(doc: dict) -> str:
-    return f"{doc['status_changed']}|{doc['id']}"
-
-
-def decode_cursor(cursor: str | None) -> tuple[str, ChangeKey] | None:
-    """``"<status_changed>|<task id>"`` → (the timestamp as the server wrote it, its sort key)."""
-    if cursor in (None, ""):
-        return None
-    stamp, sep, task_id = cursor.rpartition("|")
-    try:
-        if not sep or not task_id:
-            raise ValueError(cursor)
-        return stamp, (parse_time(stamp), task_id)
-    except ValueError as exc:
-        raise InvalidRequest(f"invalid change cursor {cursor!r}") from exc

@@ -75,7 +75,8 @@ def clearml_backend(**options) -> TaskBackend:
 
     client = ClearMLClient(timeout_s=options.pop("timeout_s", 10.0), retries=options.pop("retries", 2),
                            backoff_s=options.pop("backoff_s", 0.05))
-    return ClearMLBackend(client, project="scantide-tests", max_attempts=MAX_ATTEMPTS, page_size=PAGE, **options)
+    options = {"max_attempts": MAX_ATTEMPTS, "page_size": PAGE, **options}
+    return ClearMLBackend(client, project="scantide-tests", **options)
 
 
 def embedded_store(tmp_path: Path) -> Store:

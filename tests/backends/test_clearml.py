@@ -8,10 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from clearml.backend_api.services.v2_23 import tasks
+from clearml.backend_api.services.v2_23 import events, queues, tasks, workers
 
-from service.backends.clearml_tasks import RESULT_ARTIFACT, scan_tags, task_info
-from service.domain import JobState, Template
+from service.backends.clearml_client import ClearMLRefused
+from service.backends.clearml_tasks import RESULT_ARTIFACT, run_history, scan_tags, task_info
+from service.domain import JobState, SubmitItem, Template
 from service.errors import BackendUnavailable, ConfigError, LeaseLost, TaskNotFound
 from tests.backends.conftest import ALGO, MAX_ATTEMPTS, QUEUE, Store, clearml_backend
 from tests.fakes.clearml_server import FakeClearMLServer
@@ -228,6 +229,140 @@ def test_an_expired_lease_requeues_then_fails_worker_lost(clearml_store: Store) 
     assert b.reap_expired() == []
     with pytest.raises(LeaseLost):
         b.finish(task.task_id, "w2", result={"late": True})
+
+
+# -- real agents that vanish ---------------------------------------------------------------------
+
+AGENT_TIMEOUT_S = 60  # the agents' registration lapses this long after their last report
+
+
+def later(server: FakeClearMLServer, seconds: float) -> None:
+    """Move the stand-in's clock ``seconds`` on (registrations lapse, the watchdog finds stale tasks)."""
+    clock = server.app.clock
+    server.app.clock = lambda: clock() + seconds
+
+
+def agent_runs_next(store: Store, worker: str, *output: str) -> str:
+    """What a ``clearml-agent`` does with the next task of the queue, over the same calls: register,
+    pop, mark started, report it, and send the task's console output as log events."""
+    send, server = store.backend.store.send, store.server
+    qid = store.backend.store.queue_id(QUEUE)
+    send(workers.RegisterRequest(worker=worker, timeout=AGENT_TIMEOUT_S, queues=[qid]))
+    task_id = send(queues.GetNextTaskRequest(queue=qid))["entry"]["task"]
+    send(tasks.StartedRequest(task=task_id, status_reason="worker started execution", force=True))
+    send(workers.StatusReportRequest(worker=worker, timestamp=server.app.now(), task=task_id, queue=qid,
+                                     queues=[qid]))
+    if output:
+        send(events.AddBatchRequest(requests=[events.TaskLogEvent(task=task_id, worker=worker, level="info",
+                                                                  msg=line, timestamp=server.app.now() + i)
+                                              for i, line in enumerate(output)]))
+    return task_id
+
+
+def vanish(server: FakeClearMLServer, how: str) -> None:
+    if how == "registration_lapsed":  # the agent's host died: it stops reporting
+        later(server, AGENT_TIMEOUT_S + 1)
+    else:  # no reaper ran for hours: ClearML's watchdog stopped the task
+        later(server, 7200 + 1)
+        assert server.app.watchdog(7200)
+
+
+def history_of(store: Store, task_id: str) -> list[dict]:
+    (doc,) = store.backend.store.find_tasks(id=[task_id], only_fields=["id", "configuration"])
+    return run_history(doc)
+
+
+@pytest.mark.parametrize("how", ["registration_lapsed", "watchdog_stopped"])
+def test_a_lost_agents_task_runs_again_then_fails_worker_lost(clearml_store: Store, how: str) -> None:
+    b, server = clearml_store.backend, clearml_store.server
+    task = b.submit(ALGO, "scan-1", {}, "/out/scan-1").task
+    assert agent_runs_next(clearml_store, "agent-1", "loading weights", "step 1 of 3") == task.task_id
+    assert b.reap_expired() == []  # its agent is alive
+    vanish(server, how)
+
+    (requeued,) = b.reap_expired()
+    assert (requeued.task_id, requeued.state, requeued.attempt) == (task.task_id, JobState.queued, 1)
+    (run,) = history_of(clearml_store, task.task_id)
+    assert (run["attempt"], run["error"]["code"]) == (1, "worker_lost")
+    assert run["error"]["log_tail"] == "loading weights\nstep 1 of 3"  # kept: the reset deleted the log
+    assert task.task_id not in server.app.logs
+
+    agent_runs_next(clearml_store, "agent-2", "second run")
+    assert (b.get_task(task.task_id).state, b.get_task(task.task_id).attempt) == (JobState.running, 2)
+    vanish(server, how)
+    (failed,) = b.reap_expired()
+    assert (failed.state, failed.attempt) == (JobState.failed, MAX_ATTEMPTS)
+    assert failed.error is not None and failed.error.code == "worker_lost"
+    assert failed.error.log_tail == "second run"
+    assert len(history_of(clearml_store, task.task_id)) == 1
+    assert b.reap_expired() == []
+
+
+def test_a_tasks_own_attempt_limit_counts(clearml_store: Store) -> None:
+    b, server = clearml_store.backend, clearml_store.server
+    (once,) = b.submit_many([SubmitItem(ALGO, "scan-1", {}, "/out/scan-1", max_attempts=1)])
+    assert not isinstance(once, Exception)
+    agent_runs_next(clearml_store, "agent-1")
+    vanish(server, "registration_lapsed")
+    (failed,) = b.reap_expired()
+    assert (failed.task_id, failed.state, failed.attempt) == (once.task.task_id, JobState.failed, 1)
+
+
+def test_a_task_an_agent_just_took_is_not_lost(clearml_store: Store) -> None:
+    """A task re-queued after a lost run keeps that run's last_worker until its new agent reports."""
+    b, server = clearml_store.backend, clearml_store.server
+    task = b.submit(ALGO, "scan-1", {}, "/out/scan-1").task
+    agent_runs_next(clearml_store, "agent-1")
+    vanish(server, "registration_lapsed")
+    b.reap_expired()
+    qid = b.store.queue_id(QUEUE)
+    b.store.send(queues.GetNextTaskRequest(queue=qid))  # agent-2 popped it and has not reported it yet
+    b.store.send(tasks.StartedRequest(task=task.task_id, force=True))
+    assert b.reap_expired() == [] and b.get_task(task.task_id).state is JobState.running
+
+
+# -- queue names ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["q", "ab", " ab ", "   "])
+def test_a_queue_name_under_3_characters_is_refused_like_a_server_does(clearml_store: Store, name: str) -> None:
+    b = clearml_store.backend
+    with pytest.raises(ClearMLRefused) as refused:
+        b.store.send(queues.CreateRequest(name=name))
+    assert (refused.value.result_code, refused.value.subcode) == (400, 800)
+    task = b.submit(ALGO, "scan-1", {}, "/out/scan-1").task
+    with pytest.raises(ClearMLRefused) as refused:  # enqueue by name makes the queue: the same rule
+        b.store.send(tasks.EnqueueRequest(task=task.task_id, queue_name=name))
+    assert refused.value.subcode == 800
+    with pytest.raises(ClearMLRefused):
+        b.register_template(Template(name="other", queue=name))
+    assert b.store.send(queues.CreateRequest(name="abc"))["id"]
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    ({"default_queue": "q"}, "default_queue"),
+    ({"default_queue": " gpu"}, "default_queue"),
+    ({"algorithm_queues": {"gpu": "gp"}}, "algorithm_queues['gpu']"),
+])
+def test_short_queue_names_are_refused_when_settings_load(overrides: dict, named: str, tmp_path) -> None:
+    from service.settings import load_settings
+
+    with pytest.raises(ConfigError) as refused:
+        load_settings(state_dir=tmp_path, **overrides)
+    message = refused.value.message
+    assert named in message and ("3 characters" in message or "spaces around it" in message)
+
+
+def test_short_pool_queue_names_are_refused_when_the_autoscaler_config_loads(tmp_path) -> None:
+    from autoscaler.config import parse_config
+    from service.settings import load_settings
+
+    pool = {"name": "gpu", "queue": "gp", "options": [{"instance_type": "g5.xlarge"}]}
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"pools": [pool]}, load_settings(state_dir=tmp_path), source="pools.toml")
+    assert "pools.toml: pools[0].queue" in refused.value.message
+    assert parse_config({"pools": [{**pool, "queue": "gpu"}]}, load_settings(state_dir=tmp_path)).pools[0].queue \
+        == "gpu"
 
 
 # -- a real scantide worker as the agent ---------------------------------------------------------

@@ -16,12 +16,22 @@ Behaviour copied from clearml-server, because scantide depends on it:
   enqueuing a task that is already in the queue stamps it, then answers 400/706
   ``task_already_queued``;
 - timestamps have the server's precision (MongoDB: milliseconds) and come from ``clock``, which a
-  test may freeze to make many changes share one timestamp;
+  test may freeze to make many changes share one timestamp; ``stamped_earlier(s)`` makes writes
+  land with a stamp ``s`` seconds old, as a server's do when the write comes after a later-stamped
+  one (``ChangeStatusRequest.execute`` takes its time before it writes), and ``watchdog()`` runs one
+  cycle of the non-responsive tasks watchdog, which stamps its whole batch with one time;
+- ``queues.get_next_task`` turns a stopped task back to queued without stamping it;
+- queue names are stripped and must keep 3 characters (the ``Queue.name`` field's ``min_length``):
+  400/800 ``data_validation_error`` otherwise, from ``queues.create`` and from ``tasks.enqueue`` by
+  ``queue_name`` alike;
+- a task's console log is its ``log`` events; ``tasks.reset`` and ``tasks.delete`` delete them;
 - ``tasks.get_all`` filters (``id``, ``name`` as a regex, ``project``, ``tags`` with ``-``
   exclusion and the ``__$all``/``__$any``/``__$not`` operators, ``status``, ``status_changed``
   with ``>``/``>=``/``<``/``<=``, ``execution.queue``), orders (``order_by``, ``id`` appended so
   pages are stable), projects (``only_fields``) and pages (``page``, ``page_size``, capped at
-  ``max_page_size``: without paging fields only the first ``max_page_size`` tasks come back);
+  ``max_page_size``, the server's ``services._mongo.max_page_size``: 500 unless given; a page asked
+  bigger is served at the cap, from offset ``page`` times the cap; without paging fields only the
+  first ``max_page_size`` tasks come back);
 - unknown ids answer 400 with the server's subcode; an unknown endpoint answers 404.
 
 Endpoints (request fields used → ``data``):
@@ -29,7 +39,8 @@ Endpoints (request fields used → ``data``):
 ``auth.login``                      basic auth → ``{token}``
 ``projects.get_all``                id, name (regex) → ``{projects}``
 ``projects.create``                 name, description → ``{id}``
-``queues.create``                   name, tags → ``{id}`` (400/801 when the name exists)
+``queues.create``                   name, tags → ``{id}`` (400/801 when the name exists, 400/800 when it is
+                                    shorter than 3 characters)
 ``queues.get_all``                  id, name (regex), only_fields → ``{queues}``
 ``queues.get_by_id``                queue, max_task_entries → ``{queue}``
 ``queues.get_num_entries``          queue → ``{num}``
@@ -49,7 +60,8 @@ Endpoints (request fields used → ``data``):
 ``tasks.started``                   task → in_progress, sets ``started``
 ``tasks.completed`` / ``failed``    task, status_reason, status_message → sets ``completed``
 ``tasks.stopped``                   task → stopped
-``tasks.reset``                     task, force → created; clears runtime, outputs, started/completed, queue
+``tasks.reset``                     task, force → created; clears runtime, outputs, started/completed, queue;
+                                    deletes the task's log
 ``tasks.delete``                    task, force (needed unless created) → ``{deleted}``
 ``tasks.add_or_update_artifacts``   task, artifacts [{key, type, mode, uri, type_data}] → ``{updated}``
 ``workers.register``                worker, timeout, queues (ids), tags
@@ -57,6 +69,11 @@ Endpoints (request fields used → ``data``):
 ``workers.status_report``           worker (400/1001 when not registered), task, queue, queues, tags;
                                     stamps the task's ``last_worker`` and ``last_update``
 ``workers.get_all``                 last_seen, tags → ``{workers}`` (entries expire after their timeout)
+``events.add`` / ``add_batch``       a ``log`` event {task, timestamp (ms), level, worker, msg} / JSON lines of
+                                    them → ``{added, errors}``
+``events.get_task_log``             task, batch_size, navigate_earlier, from_timestamp, order → ``{events,
+                                    returned, total}``: the last ``batch_size`` lines (navigate_earlier: newest
+                                    first unless order is ``asc``)
 ``models.create``                   uri, name, comment, tags, framework, ready, project, metadata [{key, type, value}] → ``{id, created}``
 ``models.get_all`` / ``get_by_id``  id, name (regex), project, tags, ready, only_fields, order_by, page, page_size → ``{models}`` / ``{model}``
 ``models.update``                   model, name, comment, tags, ready, … → ``{updated, fields}``; stamps ``last_update``
@@ -69,6 +86,7 @@ server's database. ``maintenance = True`` makes it answer 503, like a server bei
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -76,7 +94,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -128,12 +146,14 @@ class FakeClearML:
         self.tasks: dict[str, dict] = {}
         self.workers: dict[str, dict] = {}
         self.models: dict[str, dict] = {}
+        self.logs: dict[str, list[dict]] = {}  # task id → its log events, in the order they came
         self.calls: list[str] = []  # endpoint names, in order: lets tests count round trips
         self._lock = threading.Lock()
         # Endpoint "<service>.<action>" is the method "<service>__<action>".
         self._endpoints: dict[str, Callable[[dict], dict]] = {
             name.replace("__", "."): getattr(self, name) for name in dir(self)
-            if name.partition("__")[0] in ("projects", "queues", "tasks", "workers", "models") and "__" in name
+            if name.partition("__")[0] in ("projects", "queues", "tasks", "workers", "models", "events")
+            and "__" in name
         }
 
     # -- protocol ------------------------------------------------------------------------------
@@ -185,6 +205,31 @@ class FakeClearML:
         """The server clock: unix milliseconds, MongoDB's precision."""
         return int(self.clock() * 1000)
 
+    @contextlib.contextmanager
+    def stamped_earlier(self, seconds: float) -> Iterator[None]:
+        """Everything written in the block is stamped ``seconds`` before now: what a server does to a
+        write that lands after a later-stamped one was read (it takes ``status_changed`` first)."""
+        clock = self.clock
+        self.clock = lambda: clock() - seconds
+        try:
+            yield
+        finally:
+            self.clock = clock
+
+    def watchdog(self, threshold_s: float = 7200.0) -> list[str]:
+        """One cycle of the non-responsive tasks watchdog (``bll/task/non_responsive_tasks_watchdog.py``):
+        tasks in progress whose ``last_update`` is older than ``threshold_s`` are stopped, all stamped
+        with the one time taken before the first is written. Returns their ids."""
+        with self._lock:
+            now = self.now()
+            stale = [t for t in self.tasks.values()
+                     if t["status"] == "in_progress" and t.get("last_update", now) < now - threshold_s * 1000]
+            for task in stale:
+                task.update(status="stopped", status_reason="Forced stop (non-responsive)",
+                            status_message="Forced stop (non-responsive)", status_changed=now, last_update=now,
+                            last_change=now)
+            return [t["id"] for t in stale]
+
     # -- projects ------------------------------------------------------------------------------
     def projects__get_all(self, b: dict) -> dict:
         found = [p for p in self.projects.values() if _matches_common(p, b)]
@@ -206,6 +251,9 @@ class FakeClearML:
         return self.queues[qid]
 
     def _create_queue(self, name: str, tags: list[str] | None = None) -> dict:
+        name = name.strip()  # Queue.name is a StrippedStringField(min_length=3)
+        if len(name) < 3:
+            raise bad_request(800, f"data validation error: name={name!r}: String value is too short")
         qid = new_id()
         now = self.now()
         self.queues[qid] = {"id": qid, "name": name, "display_name": None, "tags": tags or [], "system_tags": [],
@@ -214,7 +262,7 @@ class FakeClearML:
         return self.queues[qid]
 
     def queues__create(self, b: dict) -> dict:
-        if any(q["name"] == b["name"] for q in self.queues.values()):
+        if any(q["name"] == b["name"].strip() for q in self.queues.values()):
             raise bad_request(801, f"value combination already exists: queue name {b['name']!r}")
         return {"id": self._create_queue(b["name"], b.get("tags"))["id"]}
 
@@ -342,7 +390,7 @@ class FakeClearML:
         if b.get("queue") and b.get("queue_name"):
             raise bad_request(12, "validation error: either queue id or queue name should be provided")
         if b.get("queue_name"):
-            queue = next((q for q in self.queues.values() if q["name"] == b["queue_name"]), None)
+            queue = next((q for q in self.queues.values() if q["name"] == b["queue_name"].strip()), None)
             queue = queue or self._create_queue(b["queue_name"])
         elif b.get("queue"):
             queue = self._queue(b["queue"])
@@ -400,6 +448,7 @@ class FakeClearML:
         for key in ("started", "completed", "last_worker", "last_worker_report", "enqueue_status"):
             task.pop(key, None)
         task["runtime"] = {}
+        self.logs.pop(task["id"], None)  # like the server's _delete_task_events
         return self._set_status(task, "created", {"force": b.get("force"), "status_reason": "reset",
                                                   "status_message": "reset"})
 
@@ -411,6 +460,7 @@ class FakeClearML:
         for queue in self.queues.values():
             queue["entries"] = [e for e in queue["entries"] if e["task"] != task["id"]]
         del self.tasks[task["id"]]
+        self.logs.pop(task["id"], None)
         return {"deleted": True}
 
     def tasks__add_or_update_artifacts(self, b: dict) -> dict:
@@ -422,6 +472,39 @@ class FakeClearML:
             artifacts.append(copy.deepcopy(new))
         task["last_change"] = task["last_update"] = self.now()
         return {"updated": len(b["artifacts"])}
+
+    # -- events (the console log) ---------------------------------------------------------------
+    def _add_event(self, event: dict) -> None:
+        if event.get("type") != "log":
+            raise bad_request(12, f"validation error: only log events are kept here, not {event.get('type')!r}")
+        task = self._task(event["task"])
+        self.logs.setdefault(task["id"], []).append({
+            "type": "log", "task": task["id"], "timestamp": int(event.get("timestamp") or self.now()),
+            "level": event.get("level") or "info", "worker": event.get("worker"), "msg": event.get("msg") or ""})
+
+    def events__add(self, b: dict) -> dict:
+        self._add_event(b)
+        return {"added": 1, "errors": 0}
+
+    def events__add_batch(self, b: dict) -> dict:
+        for event in b["batched_data"]:
+            self._add_event(event)
+        return {"added": len(b["batched_data"]), "errors": 0}
+
+    def events__get_task_log(self, b: dict) -> dict:
+        # apiserver/services/events.py get_task_log over bll/event/events_iterator.py
+        self._task(b["task"])
+        lines = sorted(enumerate(self.logs.get(b["task"], [])), key=lambda e: (e[1]["timestamp"], e[0]))
+        events = [e for _, e in lines]
+        earlier = b.get("navigate_earlier", True) is not False
+        since = b.get("from_timestamp")
+        if since is not None:
+            events = [e for e in events if (e["timestamp"] < since if earlier else e["timestamp"] > since)]
+        size = int(b.get("batch_size") or 5000)
+        batch = list(reversed(events))[:size] if earlier else events[:size]
+        if (earlier and b.get("order") == "asc") or (not earlier and b.get("order") == "desc"):
+            batch.reverse()
+        return {"events": copy.deepcopy(batch), "returned": len(batch), "total": len(lines)}
 
     # -- models --------------------------------------------------------------------------------
     def _model(self, model_id: str) -> dict:
@@ -682,7 +765,10 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = 404, envelope(url.path, 404, 0, f"Unable to find endpoint for {url.path}", {})
         else:
             try:
-                payload = json.loads(raw) if raw.strip() else {}
+                if "json-lines" in (self.headers.get("Content-Type") or ""):  # a batch: one request a line
+                    payload = {"batched_data": [json.loads(line) for line in raw.splitlines() if line.strip()]}
+                else:
+                    payload = json.loads(raw) if raw.strip() else {}
             except ValueError:
                 payload = None
             if not isinstance(payload, dict):
