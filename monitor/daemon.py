@@ -54,6 +54,13 @@ class MonitorDaemon:
     def stop(self, *_: Any) -> None:
         self._stop.set()
 
+    def _reap(self) -> None:
+        """Re-queue (or fail, past their attempt limit) the tasks of lost workers. In production no other
+        daemon does: ClearML's own watchdog would only stop them."""
+        for task in self.watcher.backend.reap_expired():
+            log.warning("lost_worker_task task=%s scan=%s now=%s attempt=%d", task.task_id, task.scan_id,
+                        task.state.value, task.attempt)
+
     def _deliver_what_is_due(self, within_s: float) -> None:
         """On stop: read the changes made since the last tick (the workers' last tasks, finished while
         the stack drained) and give what is due, those included, ``within_s`` to be delivered."""
@@ -87,6 +94,7 @@ class MonitorDaemon:
                 added = self.watcher.poll_changes()
                 if time.monotonic() >= next_alerts:
                     next_alerts = time.monotonic() + ALERT_EVERY_S
+                    self._reap()
                     added += self.watcher.check_alerts() + self.watcher.poll_journal()
                 if added and self.deliverer is not None:
                     self.deliverer.wake()

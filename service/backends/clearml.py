@@ -24,6 +24,7 @@ import logging
 import re
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from clearml.backend_api.services.v2_23 import queues, tasks
@@ -50,6 +51,7 @@ from service.backends.clearml_tasks import (
     TEMPLATE_FIELDS,
     TEMPLATE_PREFIX,
     TEMPLATE_TAG,
+    run_history,
     scan_hyperparams,
     scan_tags,
     seconds,
@@ -58,6 +60,7 @@ from service.backends.clearml_tasks import (
     template_from_doc,
     template_hyperparams,
     template_script,
+    with_run,
 )
 from service.domain import (
     Change,
@@ -70,12 +73,14 @@ from service.domain import (
     TaskInfo,
     Template,
     WorkerInfo,
+    ended_run,
 )
 from service.errors import (
     BackendUnavailable,
     ScantideError,
     TaskNotCancellable,
     TaskNotFound,
+    TaskNotRetryable,
     UnknownAlgorithm,
 )
 from service.settings import Settings
@@ -278,7 +283,30 @@ class ClearMLBackend(TaskBackend):
         doc = self.store.task_doc(task_id)
         if doc is None:
             raise TaskNotFound(f"no task {task_id!r}")
-        return task_info(doc)
+        return self._with_history(task_info(doc))
+
+    def _with_history(self, task: TaskInfo) -> TaskInfo:
+        """``task`` with its ``scantide-history`` (a configuration item, read only for one task: the
+        listings leave the configuration out)."""
+        found = self.store.find_tasks(id=[task.task_id], limit=1, only_fields=["id", "configuration"])
+        runs = run_history(found[0]) if found else []
+        return replace(task, history=runs) if runs else task
+
+    def retry(self, task_id: str) -> TaskInfo:
+        """Reset a failed or stopped task and enqueue it again: the ended run goes to its
+        ``scantide-history`` first (a reset deletes its log), and the attempt limit counts from here."""
+        task = self.get_task(task_id)
+        if task.state not in (JobState.failed, JobState.stopped):
+            raise TaskNotRetryable(f"task {task_id} is {task.state.value}: only a failed or stopped task runs again")
+        found = self.store.find_tasks(id=[task_id], limit=1, only_fields=["id", "configuration"])
+        configuration = found[0].get("configuration") if found else None
+        self.store.send(tasks.EditRequest(task=task_id, force=True,
+                                          configuration=with_run(configuration, ended_run(task))))
+        self.store.send(tasks.ResetRequest(task=task_id, force=True, status_reason="retried"))
+        self.store.send(tasks.EditRequest(task=task_id, force=True, runtime={
+            "attempt": str(task.attempt), "attempt_base": str(task.attempt), "queued_at": str(time.time())}))
+        self.store.send(tasks.EnqueueRequest(task=task_id, queue_name=task.queue, status_reason="retried"))
+        return self.get_task(task_id)
 
     def tasks_for_scan(self, scan_id: str) -> list[TaskInfo]:
         return [task_info(d) for d in self.store.find_tasks(tags=[f"scan:{scan_id}"], order_by=["created"])]

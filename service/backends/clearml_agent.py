@@ -259,7 +259,8 @@ class ClearMLAgent:
         log.warning("worker_lost task=%s worker=%s attempt=%d of=%d why=%r", info.task_id, info.worker_id, attempt,
                     limit, why)
         tail = self._log_tail(info.task_id)
-        if attempt < limit:
+        base = int(float((doc.get("runtime") or {}).get("attempt_base") or 0))  # runs before a retry (retry())
+        if attempt - base < limit:
             err = TaskError.make("worker_lost", f"the worker running attempt {attempt} was lost ({why}); the task "
                                                 f"was queued again", tail)
             self._keep_run(info.task_id, attempt, err)  # first: the reset deletes the run's log

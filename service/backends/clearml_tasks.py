@@ -138,7 +138,7 @@ def with_run(configuration: dict | None, run: dict[str, Any]) -> dict:
     """A task's whole ``configuration`` (``tasks.edit`` replaces it) with ``run`` added to its history."""
     runs = run_history({"configuration": configuration})
     item = {"name": HISTORY_ITEM, "type": "json", "value": json.dumps([*runs, run]),
-            "description": "scantide: runs of this task that ended with a lost worker before it ran again"}
+            "description": "scantide: runs of this task that ended (a lost worker, a retry) before it ran again"}
     return {**(configuration or {}), HISTORY_ITEM: item}
 
 

@@ -435,3 +435,33 @@ def test_clearml_states_map_to_ours(status: str, extra: dict, state: JobState, c
     if state is JobState.completed:
         assert info.result == {"ok": True}
     assert info.attempt == (1 if "started" in extra else 0)
+
+
+def test_the_monitor_requeues_a_lost_agents_task_in_production(clearml_store: Store, tmp_path: Path) -> None:
+    """Nothing else reaps in production: the one monitor does, each alert tick."""
+    import os
+    import signal
+    import subprocess
+
+    from service.settings import load_settings
+    from service.supervisor import cli_argv, settings_env
+    from tests.conftest import wait_for
+
+    b, server = clearml_store.backend, clearml_store.server
+    task = b.submit(ALGO, "scan-1", {}, "/out/scan-1").task
+    assert agent_runs_next(clearml_store, "agent-1", "step 1") == task.task_id
+    settings = load_settings(backend="clearml", state_dir=tmp_path / "monitor", clearml_project="scantide-tests",
+                             monitor_poll_s=0.2)
+    with open(tmp_path / "monitor.log", "wb") as log:
+        monitor = subprocess.Popen(cli_argv("monitor"), env={**os.environ, **settings_env(settings)}, stdout=log,
+                                   stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "monitor_started" in (tmp_path / "monitor.log").read_text(), timeout_s=60)
+        time.sleep(0.5)  # its first requests made: the stand-in's clock jumps only after its token is issued
+        vanish(server, "registration_lapsed")
+        wait_for(lambda: b.get_task(task.task_id).state is JobState.queued, timeout_s=60,
+                 what="the monitor to re-queue the lost agent's task")
+        assert [h["error"]["code"] for h in b.get_task(task.task_id).history] == ["worker_lost"]
+    finally:
+        monitor.send_signal(signal.SIGTERM)
+        monitor.wait(timeout=60)

@@ -11,7 +11,7 @@ import pytest
 
 from monitor import events
 from service.domain import JobState, TaskError, TaskInfo, Template
-from service.errors import LeaseLost, TaskNotFound, UnknownAlgorithm
+from service.errors import LeaseLost, TaskNotFound, TaskNotRetryable, UnknownAlgorithm
 from tests.backends.conftest import ALGO, QUEUE, Store
 
 
@@ -166,6 +166,28 @@ def test_finish_with_an_error_fails_the_task(store: Store) -> None:
     assert b.get_task(task.task_id).error == error
     event = events.from_change([c for c in all_changes(store) if c.task_id == task.task_id][-1])
     assert event is not None and event.type == "scan.failed" and event.data["error"]["code"] == "bad_input"
+
+
+def test_a_failed_task_runs_again_with_its_run_in_its_history(store: Store) -> None:
+    b = store.backend
+    task = submit(store, "scan-1")
+    assert b.claim(QUEUE, "w1", lease_s=30) is not None
+    error = TaskError.make("bad_input", "not a video")
+    b.finish(task.task_id, "w1", error=error)
+    before = b.changes(None, limit=100_000)  # a monitor reads the failure before the retry
+    retried = b.retry(task.task_id)
+    assert retried.state is JobState.queued and retried.error is None and retried.result is None
+    assert [(h["attempt"], h["state"], h["error"]["code"]) for h in retried.history] == [(1, "failed", "bad_input")]
+    again = b.claim(QUEUE, "w2", lease_s=30)
+    assert again is not None and (again.task_id, again.attempt) == (task.task_id, 2)
+    done = b.finish(task.task_id, "w2", result={"ok": True})
+    assert done.state is JobState.completed and len(b.get_task(task.task_id).history) == 1
+    with pytest.raises(TaskNotRetryable):
+        b.retry(task.task_id)
+    after = b.changes(before.cursor, limit=100_000)
+    built = [events.from_change(c) for c in [*before.changes, *after.changes] if c.task_id == task.task_id]
+    ids = [(e.type, e.id) for e in built if e is not None]
+    assert [t for t, _ in ids] == ["scan.failed", "scan.completed"] and len({i for _, i in ids}) == 2
 
 
 CLAIMERS = 4
