@@ -283,7 +283,16 @@ class ClearMLBackend(TaskBackend):
         doc = self.store.task_doc(task_id)
         if doc is None:
             raise TaskNotFound(f"no task {task_id!r}")
-        return self._with_history(task_info(doc))
+        return self._with_history(self._agent_failure(task_info(doc)))
+
+    def _agent_failure(self, task: TaskInfo) -> TaskInfo:
+        """A task that failed without our entry point's own error (the agent could not start it: its
+        environment, a missing module) gets its console log's tail, which says why."""
+        if task.state is not JobState.failed or task.error is None or task.error.code != "task_failed" \
+                or task.error.log_tail:
+            return task
+        tail = self.store.log_tail(task.task_id)
+        return replace(task, error=TaskError.make("task_failed", task.error.message, tail)) if tail else task
 
     def _with_history(self, task: TaskInfo) -> TaskInfo:
         """``task`` with its ``scantide-history`` (a configuration item, read only for one task: the
@@ -335,7 +344,8 @@ class ClearMLBackend(TaskBackend):
         found, more = read_changes(fetch, cursor, limit, self.store.page_size, task_info,
                                    lookback_s=self.lookback_s, max_seen=self.max_seen)
         changes = [Change(cursor=after, task_id=info.task_id, state=info.state, attempt=info.attempt,
-                          at=seconds(doc["status_changed"]) or 0.0, task=info) for doc, info, after in found]
+                          at=seconds(doc["status_changed"]) or 0.0, task=self._agent_failure(info))
+                   for doc, info, after in found]
         return ChangePage(changes=changes, cursor=changes[-1].cursor if changes else cursor, more=more)
 
     def cancel(self, task_id: str) -> TaskInfo:

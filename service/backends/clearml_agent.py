@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from clearml.backend_api.services.v2_23 import events, queues, tasks, workers
+from clearml.backend_api.services.v2_23 import queues, tasks, workers
 
 from service.backends.clearml_client import ClearMLRefused
 from service.backends.clearml_store import (
@@ -63,7 +63,6 @@ from service.errors import LeaseLost
 log = logging.getLogger(__name__)
 
 WATCHDOG_STOP = "non-responsive"  # in the status_reason of a task ClearML's watchdog stopped
-LOG_TAIL_LINES = 200  # console log events read for a lost run's tail (cut to TaskError.LOG_TAIL_BYTES)
 
 
 class ClearMLAgent:
@@ -258,7 +257,7 @@ class ClearMLAgent:
         attempt = max(info.attempt, 1)
         log.warning("worker_lost task=%s worker=%s attempt=%d of=%d why=%r", info.task_id, info.worker_id, attempt,
                     limit, why)
-        tail = self._log_tail(info.task_id)
+        tail = self.store.log_tail(info.task_id)
         base = int(float((doc.get("runtime") or {}).get("attempt_base") or 0))  # runs before a retry (retry())
         if attempt - base < limit:
             err = TaskError.make("worker_lost", f"the worker running attempt {attempt} was lost ({why}); the task "
@@ -275,16 +274,6 @@ class ClearMLAgent:
         runtime.pop("lease_until", None)
         self.store.send(tasks.EditRequest(task=info.task_id, force=True, runtime=runtime))
         self.store.send(tasks.FailedRequest(task=info.task_id, status_reason=err.code, status_message=err.message))
-
-    def _log_tail(self, task_id: str) -> str:
-        """The end of the task's console log (``log`` events, as an agent reports its output)."""
-        try:
-            found = self.store.send(events.GetTaskLogRequest(task=task_id, batch_size=LOG_TAIL_LINES,
-                                                             navigate_earlier=True, order="asc"))
-        except ClearMLRefused as exc:  # no log to keep is no reason to leave the task lost
-            log.warning("log_tail_unread task=%s error=%s", task_id, exc.message)
-            return ""
-        return "\n".join(str(e.get("msg") or "").rstrip("\n") for e in found.get("events") or [])
 
     def _keep_run(self, task_id: str, attempt: int, error: TaskError) -> None:
         """Add the lost run to the task's ``scantide-history`` (its configuration, which a reset keeps)."""

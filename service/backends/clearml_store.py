@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from clearml.backend_api.services.v2_23 import projects, queues, tasks, workers
+from clearml.backend_api.services.v2_23 import events, projects, queues, tasks, workers
 
 from service.backends.clearml_client import ClearMLClient, ClearMLRefused
 from service.backends.clearml_tasks import SCAN_TAG, TASK_FIELDS
@@ -29,6 +30,10 @@ WORKER_TAG = "scantide-worker"
 INVALID_TASK_ID, INVALID_TASK_STATUS, FAILED_CHANGING_STATUS = 101, 110, 121
 INVALID_QUEUE_ID, TASK_ALREADY_QUEUED, EXPECTED_UNIQUE = 701, 706, 801
 INVALID_WORKER_ID, WORKER_NOT_REGISTERED = 1001, 1004
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL_LINES = 200  # console log events read for a run's tail (cut to TaskError.LOG_TAIL_BYTES)
 
 
 def refused(exc: Exception, *subcodes: int) -> bool:
@@ -119,6 +124,17 @@ class ClearMLStore:
     def task_doc(self, task_id: str) -> dict | None:
         found = self.find_tasks(id=[task_id], limit=1)
         return found[0] if found else None
+
+    def log_tail(self, task_id: str) -> str:
+        """The end of the task's console log (``log`` events, as an agent reports its output); empty
+        when it cannot be read (no log is no reason to leave a task as it is)."""
+        try:
+            found = self.send(events.GetTaskLogRequest(task=task_id, batch_size=LOG_TAIL_LINES,
+                                                       navigate_earlier=True, order="asc"))
+        except ClearMLRefused as exc:
+            log.warning("log_tail_unread task=%s error=%s", task_id, exc.message)
+            return ""
+        return "\n".join(str(e.get("msg") or "").rstrip("\n") for e in found.get("events") or [])
 
     # -- workers and drain requests -----------------------------------------------------------
     def worker_docs(self) -> list[dict]:

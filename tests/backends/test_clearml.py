@@ -466,3 +466,19 @@ def test_the_monitor_requeues_a_lost_agents_task_in_production(clearml_store: St
     finally:
         monitor.send_signal(signal.SIGTERM)
         monitor.wait(timeout=60)
+
+
+def test_a_task_the_agent_could_not_start_says_why(clearml_store: Store) -> None:
+    """A stock agent whose environment lacks scantide fails the task before our entry point runs: its
+    status_reason and the tail of its console log are the only explanation, so they are the error."""
+    b = clearml_store.backend
+    task = b.submit(ALGO, "scan-1", {}, "/out/scan-1").task
+    agent_runs_next(clearml_store, "agent-1", "Traceback (most recent call last):",
+                    "ModuleNotFoundError: No module named 'algorithms'")
+    b.store.send(tasks.FailedRequest(task=task.task_id, status_reason="worker execution exit code 1", force=True))
+    failed = b.get_task(task.task_id)
+    assert failed.state is JobState.failed and failed.error is not None
+    assert (failed.error.code, failed.error.message) == ("task_failed", "worker execution exit code 1")
+    assert failed.error.log_tail.endswith("ModuleNotFoundError: No module named 'algorithms'")
+    (change,) = [c for c in b.changes(None, limit=1000).changes if c.task_id == task.task_id]
+    assert change.task.error is not None and "No module named 'algorithms'" in change.task.error.log_tail
