@@ -81,12 +81,18 @@ def make_video(data_root: Path) -> Callable[..., dict]:
 
 
 class ApiServer:
+    """The API app served by uvicorn in a thread of this process, on a loopback socket it binds
+    itself to port 0 and hands uvicorn: the kernel's free port, which nobody can take between being
+    picked and being served (``settings.api_port`` is for subprocesses, which cannot do this)."""
+
     def __init__(self, settings: Settings, backend: TaskBackend) -> None:
-        self.url = f"http://127.0.0.1:{settings.api_port}"
-        config = uvicorn.Config(create_app(settings, backend), host="127.0.0.1", port=settings.api_port,
-                                log_level="warning", access_log=False, **server_options())
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(settings, backend), log_level="warning", access_log=False,
+                                **server_options())
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -99,6 +105,7 @@ class ApiServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.sock.close()  # uvicorn closes it once it served; this is for a server never started
 
     def client(self, token: str | None = TOKEN) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

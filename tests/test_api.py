@@ -300,21 +300,71 @@ def test_token_scopes_and_prefixes() -> None:
     assert TokenAuth({}).scopes_for("anything") is None
 
 
-def test_concurrent_posts_share_commits_and_each_gets_its_answer(api, backend, make_video) -> None:
-    """Group commit: 60 concurrent POSTs (new scans, repeats, unknown algorithms) → the right answer each."""
+def test_concurrent_posts_share_commits_and_each_gets_its_answer(api, backend, make_video, monkeypatch) -> None:
+    """Group commit: 60 concurrent POSTs (new scans, repeats, unknown algorithms) → the right answer
+    each, from a handful of store transactions (one per batch), not one each."""
     import asyncio
+    import threading
+    import time
+
+    from service.api import batching
+    from service.enqueue import Enqueuer
 
     make_video("batch.mp4", frames=12)
+    bodies = [{"scan_id": f"b-{i}", "scan_uri": "batch.mp4"} for i in range(40)]
+    bodies += [{"scan_id": f"b-{i}", "scan_uri": "batch.mp4"} for i in range(10)]  # repeats
+    bodies += [{"scan_id": f"x-{i}", "scan_uri": "batch.mp4", "algorithm": "nope"} for i in range(10)]
+
+    # Counted on the real parts: requests handed to the batcher (each is prepared right before),
+    # the batches it flushes, and the write transactions (commits) on the store's SQLite file.
+    prepared: list[str] = []
+    prepare = Enqueuer.prepare
+
+    def counting_prepare(self, request):
+        prepared.append(request.scan_id)
+        return prepare(self, request)
+
+    batches: list[int] = []
+    gate = threading.Event()  # the first batch waits until every request is in: the rest must share
+    submit_items = batching.submit_items
+
+    def gated_submit_items(backend_, items):
+        batches.append(len(items))
+        if len(batches) == 1:
+            assert gate.wait(60), "the test never let the first batch through"
+        return submit_items(backend_, items)
+
+    commits: list[bool] = []
+    tx = backend.db.tx
+
+    def counting_tx(write: bool = True):
+        if write:
+            commits.append(True)
+        return tx(write)
+
+    monkeypatch.setattr(Enqueuer, "prepare", counting_prepare)
+    monkeypatch.setattr(batching, "submit_items", gated_submit_items)
+    monkeypatch.setattr(backend.db, "tx", counting_tx)
 
     async def post_all() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=api.url, headers={"Authorization": f"Bearer {TOKEN}"},
-                                     timeout=30) as client:
-            bodies = [{"scan_id": f"b-{i}", "scan_uri": "batch.mp4"} for i in range(40)]
-            bodies += [{"scan_id": f"b-{i}", "scan_uri": "batch.mp4"} for i in range(10)]  # repeats
-            bodies += [{"scan_id": f"x-{i}", "scan_uri": "batch.mp4", "algorithm": "nope"} for i in range(10)]
-            return await asyncio.gather(*(client.post("/v1/scans", json=b) for b in bodies))
+                                     timeout=90) as client:
+            posts = [asyncio.ensure_future(client.post("/v1/scans", json=b)) for b in bodies]
+            try:
+                deadline = time.monotonic() + 60
+                while len(prepared) < len(bodies) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+            finally:
+                gate.set()
+            return await asyncio.gather(*posts)
 
     responses = asyncio.run(post_all())
+    assert len(prepared) == len(bodies)
+    assert sum(batches) == len(bodies)
+    # Whatever the first batch took, every other request came while it waited and shares one more
+    # batch (two at most: the last request may be counted a moment before the batcher has it).
+    assert len(batches) <= 3 and max(batches) > 1, batches
+    assert 1 <= len(commits) <= len(batches) < len(bodies), (commits, batches)
     statuses = [r.status_code for r in responses]
     assert statuses[50:] == [422] * 10
     assert all(r.json()["error"]["code"] == "unknown_algorithm" for r in responses[50:])

@@ -223,20 +223,46 @@ def test_expired_lease_requeues_then_fails_worker_lost(store: EmbeddedBackend, o
                        (JobState.failed, 2)]
 
 
-def test_heartbeat_extends_the_lease_and_records_progress(store: EmbeddedBackend) -> None:
-    lease_s = 1.0  # long enough that a loaded machine never lets it lapse between a beat and the reap
+class StoreClock:
+    """Stands in for the ``time`` module of ``service.backends.embedded``, whose every timestamp
+    (lease ends, heartbeats, reaps) is its ``time()``: the test moves it, nothing sleeps."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def store_clock(monkeypatch: pytest.MonkeyPatch) -> StoreClock:
+    import service.backends.embedded as embedded
+
+    clock = StoreClock(time.time())
+    monkeypatch.setattr(embedded, "time", clock)
+    return clock
+
+
+def test_heartbeat_extends_the_lease_and_records_progress(store: EmbeddedBackend, store_clock: StoreClock) -> None:
+    lease_s = 1.0
     task = submit(store, "scan-1")
     claimed = store.claim(QUEUE, "w1", lease_s=lease_s)
-    assert claimed is not None and claimed.started_at is not None
+    assert claimed is not None and claimed.started_at == store_clock.now
     original_lease_end = claimed.started_at + lease_s
 
     beats = 0
-    while time.time() < original_lease_end + lease_s:
+    while store_clock.now < original_lease_end + lease_s:  # two leases long, a beat every fifth of one
+        store_clock.advance(lease_s / 5)
         assert store.heartbeat("w1", task.task_id, lease_s=lease_s, progress=0.25) is False
         beats += 1
         assert store.reap_expired() == []
-        time.sleep(lease_s / 5)
-    assert beats > 1
+    assert beats >= 10
+    # The last beat's lease holds until its end, from the beat (not from the claim).
+    store_clock.advance(lease_s * 0.9)
+    assert store.reap_expired() == []
 
     now = store.get_task(task.task_id)
     assert now.state is JobState.running

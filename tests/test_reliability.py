@@ -204,4 +204,4 @@ def test_a_stopping_monitor_announces_what_finished_during_the_drain(settings: S
         assert monitor.wait(timeout=60) == 0
         assert [r.body["type"] for r in receiver.accepted()] == ["scan.completed"]
     finally:
-        receiver.down()
+        receiver.close()

@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from autoscaler.daemon import Autoscaler
 from autoscaler.model import Action, InstanceOption, InstanceState, Launch, Market, PoolConfig, Snapshot
+from autoscaler.policy import decide
 from autoscaler.providers.base import CapacityError
 from autoscaler.providers.ec2 import TAG_MANAGED, TAG_POOL, Ec2Provider
 from autoscaler.providers.ec2_client import Ec2Client, Ec2Error, Ec2Throttled
@@ -465,8 +466,7 @@ def one_per_task(snapshot: Snapshot, now: float, config: dict[str, PoolConfig]) 
 
 
 def the_default_policy(snapshot: Snapshot, now: float, config: dict[str, PoolConfig]) -> list[Action]:
-    policy = pytest.importorskip("autoscaler.policy")
-    return policy.decide(snapshot, now, config)
+    return decide(snapshot, now, config)
 
 
 @pytest.mark.parametrize("policy", [one_per_task, the_default_policy], ids=["one_per_task", "policy.decide"])

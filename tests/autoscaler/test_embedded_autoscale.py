@@ -6,15 +6,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import httpx
 import pytest
 
+from autoscaler.runner import ticks_path
 from service.backends import open_backend
 from service.domain import JobState
 from service.settings import Settings
 from service.supervisor import cli_argv, settings_env
+from tests.autoscaler.conftest import wait_ticks
 from tests.conftest import TOKEN, wait_for
 
 pytestmark = pytest.mark.slow
@@ -66,7 +67,9 @@ def test_up_scales_from_zero_and_back(settings: Settings, make_video) -> None:
                 return False
 
         wait_for(healthy, 60, what="the API")
-        time.sleep(2.0)  # a few autoscaler ticks with an empty queue
+        wait_ticks(ticks_path(settings), 3, timeout_s=60)  # three whole autoscaler ticks with an empty queue
+        journal = settings.autoscaler_journal
+        assert not journal.exists() or '"kind": "launch"' not in journal.read_text(), "nothing launched"
         assert _instances(settings) == [], "the fleet starts at zero"
         assert _worker_pids(settings) == []
 
@@ -87,8 +90,8 @@ def test_up_scales_from_zero_and_back(settings: Settings, make_video) -> None:
 
         # Idle workers are drained and stopped: the fleet returns to zero.
         wait_for(lambda: not _instances(settings) and not _worker_pids(settings), 60, what="the fleet to reach zero")
-        journal = (settings.state_dir / "autoscaler" / "journal.jsonl").read_text()
-        assert '"kind": "launch"' in journal and '"kind": "drain"' in journal
+        decisions = journal.read_text()
+        assert '"kind": "launch"' in decisions and '"kind": "drain"' in decisions
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=90)

@@ -44,10 +44,12 @@ from autoscaler.policy import decide
 from autoscaler.providers.ec2 import TAG_MANAGED, TAG_POOL, Ec2Provider
 from autoscaler.providers.ec2_client import Ec2Client
 from autoscaler.providers.ec2_spec import Ec2PoolSpec
+from autoscaler.runner import TICKS_FILE
 from service.backends.embedded import EmbeddedBackend
 from service.domain import TaskInfo, Template, WorkerInfo
 from service.settings import load_settings
 from service.supervisor import cli_argv
+from tests.autoscaler.conftest import wait_ticks
 from tests.autoscaler.moto_server import (
     AWS_TEST_ENV,
     INSTANCE_PROFILE,
@@ -399,8 +401,12 @@ def test_restart_rebuilds_from_tags(fleet: Fleet, moto: MotoServer, tmp_path: Pa
     second = start_daemon(env, tmp_path / "second.log")
     try:
         wait_for(lambda: len(fleet.live()) >= expected, 30, interval_s=0.1, what="the restarted daemon's fleet")
-        time.sleep(4 * TICK_S)  # a few more ticks of the restarted daemon while the fleet boots
+        # Three more whole ticks of the restarted daemon while the fleet boots: one that failed to
+        # see the fleet by its tags would launch a second one there.
+        wait_ticks(journal.with_name(TICKS_FILE), 3, pid=second.pid, timeout_s=60)
         assert second.poll() is None, (tmp_path / "second.log").read_text()[-3000:]
+        second.send_signal(signal.SIGTERM)  # a launch it started ends before it exits: the count below is final
+        assert second.wait(timeout=60) == 0, (tmp_path / "second.log").read_text()[-3000:]
     finally:
         stop_process(second)
 
@@ -701,4 +707,4 @@ def test_capacity_exhausted_pages_on_call(fleet: Fleet, settings: Any) -> None:
         assert got.type == "fleet.launch_failed" and got.signature_error is None
         assert got.body["data"]["pool"] == POOL and got.body["data"]["reason"] == "no option had capacity"
     finally:
-        receiver.down()
+        receiver.close()

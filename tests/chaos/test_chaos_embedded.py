@@ -75,7 +75,7 @@ def stack(tmp_path: Path):  # noqa: ANN201
     register_folder(backend, settings, REPO / "examples" / "algorithms" / "frame_stats", by="chaos")
     backend.close()
     yield settings, receiver
-    receiver.down()
+    receiver.close()
 
 
 def test_kill_nine_everything_under_load(stack) -> None:  # noqa: ANN001

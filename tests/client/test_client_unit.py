@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import re
+import socket
 import subprocess
 import sys
 import tarfile
@@ -188,14 +189,14 @@ class FakeScantide:
 @pytest.fixture
 def fake() -> Iterator[FakeScantide]:
     fake = FakeScantide()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    sock = socket.create_server(("127.0.0.1", 0))  # bound here and handed over: the port cannot be taken
+    server = uvicorn.Server(uvicorn.Config(fake.app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         assert thread.is_alive(), "uvicorn did not start"
         thread.join(0.02)
-    fake.url = f"http://127.0.0.1:{port}"
+    fake.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     yield fake
     server.should_exit = True
     thread.join(10)

@@ -39,7 +39,7 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver(SECRET)
     r.up()
     yield r
-    r.down()
+    r.close()
 
 
 @pytest.fixture

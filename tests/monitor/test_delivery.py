@@ -93,30 +93,34 @@ def test_receiver_down_then_up(backend: TaskBackend, monitor_settings: Settings,
 
 def test_scans_in_parallel_one_scan_in_order(backend: TaskBackend, monitor_settings: Settings,
                                              receiver: Receiver) -> None:
-    receiver.delay(1.0)
+    receiver.hold()  # nothing is answered until release(): what overlaps is counted, not timed
     monitor = InProcessMonitor(backend, monitor_settings)
     stall_then_fail(backend, monitor, "scan-a")
     complete(backend, "scan-b")
     complete(backend, "scan-c")
     monitor.start()
     try:
+        # Different scans overlap: the three scans' first events are in flight at once ...
+        wait_for(lambda: len(receiver.in_flight()) >= 3, 30, what="three events in flight at once")
+        held = receiver.in_flight()
+        assert sorted((r.body["data"]["scan_id"], r.type) for r in held) == [
+            ("scan-a", "scan.stalled"), ("scan-b", "scan.completed"), ("scan-c", "scan.completed")]
+        # ... and one scan's do not: its second event waits for the answer to its first.
+        assert len(receiver.records()) == 3
+        receiver.release()
         wait_for(lambda: all_delivered(monitor.outbox, 4), 30, what="four events delivered")
     finally:
+        receiver.release()
         monitor.stop()
     a1, a2 = receiver.events_for("scan-a")
-    (b,) = receiver.events_for("scan-b")
-    (c,) = receiver.events_for("scan-c")
-    heads = [a1, b, c]
-    # Different scans overlap: each head arrived before any head was answered.
-    assert max(r.arrived_at for r in heads) < min(r.answered_at for r in heads)
-    # One scan's events do not: the second waited for the first's answer.
     assert (a1.type, a2.type) == ("scan.stalled", "scan.failed")
     assert a2.arrived_at >= a1.answered_at
+    assert receiver.peak_in_flight == 3
 
 
 def test_kill_monitor_mid_delivery(backend: TaskBackend, monitor_settings: Settings, receiver: Receiver,
                                    monitor_process: MonitorProcess) -> None:
-    receiver.delay(1.5)  # every delivery stays in flight 1.5 s
+    receiver.hold()  # every delivery stays in flight until release(), however long the kill takes
     before = [f"scan-before-{i}" for i in range(6)]
     for scan_id in before:
         complete(backend, scan_id)
@@ -138,6 +142,7 @@ def test_kill_monitor_mid_delivery(backend: TaskBackend, monitor_settings: Setti
     for scan_id in after:
         complete(backend, scan_id)
     receiver.delay(0.3)
+    receiver.release()  # the dead monitor's requests are answered (to nobody)
     monitor_process.start()
     n = len(before) + len(after)
     wait_for(lambda: all_delivered(outbox, n) or monitor_process.proc.poll() is not None, 60,
