@@ -58,9 +58,10 @@ def main() -> int:
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--max-tasks", type=int, default=1)
     parser.add_argument("--poll-s", type=float, default=0.2)
+    parser.add_argument("--retries", type=int, default=2, help="Of each API call, as the agent's own session.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    client = ClearMLClient(timeout_s=10.0, retries=2, backoff_s=0.1)
+    client = ClearMLClient(timeout_s=10.0, retries=args.retries, backoff_s=0.1)
     found = client.send(queues.GetAllRequest(name=f"^{re.escape(args.queue)}$"))["queues"]
     qid = found[0]["id"]
     client.send(workers.RegisterRequest(worker=args.worker_id, timeout=600, queues=[qid]))
