@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from service.backends import open_backend
 from service.settings import load_settings
 from service.supervisor import cli_argv, settings_env
 from service.synthetic import write_scan_video
-from tests.chaos.test_chaos_embedded import SCANS, _all_ended, _announced
+from tests.chaos.support import SCANS, all_ended, announced, healthy, start_load
 from tests.conftest import TOKEN, free_port, wait_for
 from tests.fakes.clearml_server import FakeClearMLServer
 from tests.monitor.receiver import Receiver
@@ -75,16 +74,9 @@ def test_server_outage_late_stamps_and_a_killed_monitor(tmp_path: Path, monkeypa
     client = scantide.Client(url, TOKEN, retries=20, timeout_s=10.0)
     acked: dict[str, str] = {}
     try:
-        wait_for(lambda: _healthy(url), timeout_s=60, what="the API")
+        wait_for(lambda: healthy(url), timeout_s=60, what="the API")
 
-        def load() -> None:
-            for i in range(SCANS):
-                task = client.submit(f"chaos-{i}", "scan.mp4", "frame_stats")
-                acked[task.scan_id] = task.task_id
-                time.sleep(0.05)
-
-        loader = threading.Thread(target=load)
-        loader.start()
+        loader = start_load(client, acked)
         wait_for(lambda: len(acked) >= SCANS // 4, timeout_s=120, what="a quarter of the load")
         server.stop()  # the ClearML server goes away …
         time.sleep(1.5)
@@ -96,8 +88,8 @@ def test_server_outage_late_stamps_and_a_killed_monitor(tmp_path: Path, monkeypa
         start("monitor", cli_argv("monitor"))
         loader.join(timeout=300)
         assert not loader.is_alive(), "the load did not finish"
-        ended = wait_for(lambda: _all_ended(client, acked), timeout_s=300, what="every acked scan to end")
-        announced = wait_for(lambda: _announced(receiver, acked), timeout_s=120, what="every scan announced")
+        ended = wait_for(lambda: all_ended(client, acked), timeout_s=300, what="every acked scan to end")
+        events_by_scan = wait_for(lambda: announced(receiver, acked), timeout_s=120, what="every scan announced")
     finally:
         client.close()
         for proc in procs.values():
@@ -114,17 +106,8 @@ def test_server_outage_late_stamps_and_a_killed_monitor(tmp_path: Path, monkeypa
     lost = SCANS - len(acked)
     stuck = sum(state not in ("completed", "failed") for state in states.values())
     failed = sorted(scan for scan, state in states.items() if state != "completed")
-    duplicates = sum(len(ids) - 1 for ids in announced.values())
+    duplicates = sum(len(ids) - 1 for ids in events_by_scan.values())
     orphans = sum(proc.poll() is None for proc in procs.values())
     print(f"\nacked {len(acked)}, lost {lost}, stuck {stuck}, duplicate-id events {duplicates}, orphans {orphans}")
     assert (len(acked), lost, stuck, duplicates, orphans) == (SCANS, 0, 0, 0, 0)
     assert not failed, {scan: ended[scan].error for scan in failed}
-
-
-def _healthy(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
-    except httpx.TransportError:
-        return False

@@ -15,9 +15,7 @@ import os
 import random
 import signal
 import subprocess
-import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -28,11 +26,11 @@ from service.backends import open_backend
 from service.settings import Settings, load_settings
 from service.supervisor import cli_argv, settings_env
 from service.synthetic import write_scan_video
+from tests.chaos.support import SCANS, all_ended, announced, healthy, start_load
 from tests.conftest import TOKEN, free_port, wait_for
 from tests.monitor.receiver import Receiver
 
 REPO = Path(__file__).resolve().parents[2]
-SCANS = int(os.environ.get("SCANTIDE_CHAOS_SCANS", "24"))
 SECRET = "chaos-webhook-secret-0123456789abcdef"
 VICTIMS = ("api", "monitor", "autoscaler", "worker", "algorithms.entry", "conductor", "monitor", "api")
 
@@ -92,16 +90,9 @@ def test_kill_nine_everything_under_load(stack) -> None:  # noqa: ANN001
     client = scantide.Client(url, TOKEN, retries=12, timeout_s=10.0)
     try:
         wait_for(lambda: victim(up.pid, "api") and victim(up.pid, "monitor"), timeout_s=60, what="the stack")
-        wait_for(lambda: _healthy(url), timeout_s=60, what="the API")
+        wait_for(lambda: healthy(url), timeout_s=60, what="the API")
 
-        def load() -> None:
-            for i in range(SCANS):
-                task = client.submit(f"chaos-{i}", "scan.mp4", "frame_stats")
-                acked[task.scan_id] = task.task_id
-                time.sleep(0.05)
-
-        loader = threading.Thread(target=load)
-        loader.start()
+        loader = start_load(client, acked)
         rng = random.Random(0)
         killed_tasks: set[str | None] = set()  # tasks whose algorithm process we killed: they fail, by contract
         for role in VICTIMS:  # one kill -9 after another while scans flow
@@ -119,11 +110,11 @@ def test_kill_nine_everything_under_load(stack) -> None:  # noqa: ANN001
         loader.join(timeout=300)
         assert not loader.is_alive(), "the load did not finish"
 
-        ended = wait_for(lambda: _all_ended(client, acked), timeout_s=300, what="every acked scan to end")
+        ended = wait_for(lambda: all_ended(client, acked), timeout_s=300, what="every acked scan to end")
         states = {scan: task.state for scan, task in ended.items()}
         crashed = {scan for scan, task in ended.items() if task.task_id in killed_tasks
                    and task.state == "failed" and task.error["code"] == "algorithm_crashed"}
-        announced = wait_for(lambda: _announced(receiver, acked), timeout_s=120, what="every scan announced")
+        events_by_scan = wait_for(lambda: announced(receiver, acked), timeout_s=120, what="every scan announced")
     finally:
         client.close()
         up.send_signal(signal.SIGTERM)
@@ -135,7 +126,7 @@ def test_kill_nine_everything_under_load(stack) -> None:  # noqa: ANN001
     lost = SCANS - len(acked)
     stuck = sum(state not in ("completed", "failed") for state in states.values())
     failed = sorted(scan for scan, state in states.items() if state == "failed" and scan not in crashed)
-    duplicates = sum(len(ids) - 1 for ids in announced.values())
+    duplicates = sum(len(ids) - 1 for ids in events_by_scan.values())
     deadline = time.monotonic() + 30  # a worker draining after its supervisor went: give it a moment
     while marked(up.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -157,28 +148,3 @@ def _task_of(entry_pid: int) -> str | None:
         return None
 
 
-def _healthy(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def _all_ended(client: scantide.Client, acked: dict[str, str]) -> dict | None:
-    try:
-        tasks = {scan: client.task(task_id) for scan, task_id in acked.items()}
-    except scantide.ScantideError:
-        return None
-    return tasks if all(t.state in ("completed", "failed", "stopped") for t in tasks.values()) else None
-
-
-def _announced(receiver: Receiver, acked: dict[str, str]) -> dict[str, set[str]] | None:
-    """Each scan's distinct completion event ids, once every scan has one."""
-    ids: dict[str, set[str]] = defaultdict(set)
-    for record in receiver.accepted():
-        body = record.body or {}
-        if body.get("type") in ("scan.completed", "scan.failed"):
-            ids[body["data"]["scan_id"]].add(body["id"])
-    return ids if set(acked) <= set(ids) else None

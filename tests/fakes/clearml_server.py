@@ -55,8 +55,11 @@ Endpoints (request fields used → ``data``):
 ``tasks.get_all`` / ``get_by_id``   see above → ``{tasks}`` / ``{task}``
 ``tasks.edit``                      task, force, editable fields (runtime, hyperparams, …); created only unless force
 ``tasks.enqueue``                   task, queue or queue_name (created when missing) → ``{queued, updated, fields}``
-``tasks.dequeue``                   task → leaves its queue, back to the status it was enqueued from
-                                    (``enqueue_status``, else created); 400/110 unless queued
+``tasks.dequeue``                   task, new_status, remove_from_all_queues → ``{dequeued, updated, fields}``:
+                                    a queued task leaves its queue; a queued or in-progress one is forced to
+                                    new_status, else the status it was enqueued from, else created; never
+                                    refused for its status (updated 0 for any other status, or an unknown id)
+``tasks.ping``                      task → stamps ``last_update`` (an unknown id is not an error)
 ``tasks.started``                   task → in_progress, sets ``started``
 ``tasks.completed`` / ``failed``    task, status_reason, status_message → sets ``completed``
 ``tasks.stopped``                   task → stopped
@@ -410,15 +413,43 @@ class FakeClearML:
         return {"queued": 1, **res}
 
     def tasks__dequeue(self, b: dict) -> dict:
-        # clearml-server bll/task/task_operations.py dequeue_task: only a queued task, restored to the
-        # status it was enqueued from
-        task = self._task(b["task"])
-        if task["status"] != "queued":
-            raise bad_request(110, f"invalid task status: task is not queued, status={task['status']}")
-        for queue in self.queues.values():
-            queue["entries"] = [e for e in queue["entries"] if e["task"] != task["id"]]
-        res = self._set_status(task, task.get("enqueue_status") or "created", {**b, "force": True})
+        # clearml-server bll/task/task_operations.py dequeue_task over TaskBLL.dequeue_and_change_status:
+        # never refused for the task's status. An unknown id is "dequeued" with nothing updated; a queued
+        # task leaves its queue (``execution.queue``; every queue with ``remove_from_all_queues``);
+        # a queued *or running* task is then forced to ``new_status``, else the status it was enqueued
+        # from, else created (the agent sends new_status=in_progress for the task it just popped);
+        # any other status is left alone (updated 0).
+        new_status = b.get("new_status")
+        if new_status and new_status not in STATE_MACHINE:
+            raise bad_request(12, f"validation error: Invalid task status: {new_status}")
+        task = self.tasks.get(b["task"])
+        if task is None:
+            self._remove_from_queues(b["task"])
+            return {"dequeued": 1, "updated": 0}
+        queue_id = (task.get("execution") or {}).get("queue")
+        if task["status"] == "queued" and queue_id in self.queues:
+            self._remove_from_queues(task["id"], [self.queues[queue_id]])
+        if b.get("remove_from_all_queues"):
+            self._remove_from_queues(task["id"])
+        if task["status"] not in ("queued", "in_progress"):
+            return {"dequeued": 1, "updated": 0}
+        res = self._set_status(task, new_status or task.get("enqueue_status") or "created",
+                               {**b, "force": True}, enqueue_status=None)
         return {"dequeued": 1, **res}
+
+    def _remove_from_queues(self, task_id: str, queues: list[dict] | None = None) -> None:
+        for queue in self.queues.values() if queues is None else queues:
+            if any(e["task"] == task_id for e in queue["entries"]):
+                queue["entries"] = [e for e in queue["entries"] if e["task"] != task_id]
+                queue["last_update"] = self.now()
+
+    def tasks__ping(self, b: dict) -> dict:
+        # apiserver/services/tasks.py ping → TaskBLL.set_last_update: stamps last_update and
+        # last_change (an unknown id updates nothing and is not an error); answers no data
+        task = self.tasks.get(b["task"])
+        if task is not None:
+            task["last_update"] = task["last_change"] = self.now()
+        return {}
 
     def tasks__started(self, b: dict) -> dict:
         task = self._task(b["task"])
