@@ -349,8 +349,10 @@ class ClearMLBackend(TaskBackend):
         return ChangePage(changes=changes, cursor=changes[-1].cursor if changes else cursor, more=more)
 
     def cancel(self, task_id: str) -> TaskInfo:
-        """Take a queued task off its queue (``tasks.dequeue``) and mark it stopped. A worker that
-        popped it meanwhile wins: the dequeue is refused and so is the cancel."""
+        """Take a queued task off its queue (``tasks.dequeue``) and mark it stopped. The server never
+        refuses a dequeue for the task's status: a worker that pops the task in the instant between
+        our read and the dequeue loses it, and its run is stopped as cancelled (the embedded store
+        decides in one transaction and has no such window)."""
         task = self.get_task(task_id)
         if task.state is not JobState.queued:
             raise TaskNotCancellable(f"task {task_id} is {task.state.value}: only a queued task can be cancelled")
