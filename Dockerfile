@@ -76,6 +76,8 @@ ENV CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1 \
     CLEARML_AGENT_SKIP_PIP_VENV_INSTALL=/opt/venv/bin/python \
     SCANTIDE_BACKEND=clearml \
     QUEUE=default
+# The agent's own docker mode (`clearml-agent daemon --docker`) overrides this user: its set-up in the
+# task container needs root, so the boot script passes --user 0:0 (docs/deploy.md: Images).
 USER scantide
 WORKDIR /home/scantide
 # The agent serves $QUEUE until it exits. Set CLEARML_WORKER_ID to the EC2 instance id: the

@@ -81,7 +81,13 @@ if [ -n "$WORKER_IMAGE" ]; then
         | docker login --username AWS --password-stdin "${WORKER_IMAGE%%/*}" || exit 1 ;;
   esac
   docker pull --quiet "$WORKER_IMAGE" || exit 1
-  export CLEARML_AGENT_EXTRA_DOCKER_ARGS="-e AWS_DEFAULT_REGION=$REGION -e AWS_REGION=$REGION"
+  # The image's USER is uid 10001, but the agent's start-up script in each task container assumes
+  # root: it bind-mounts the task's config from a 0600 root-owned file (unreadable to uid 10001, so
+  # the in-container agent fails at once), mounts its caches under /root, runs apt-get and
+  # `pip install -U clearml-agent`. --user 0:0 runs task containers as root (docs/deploy.md: worker
+  # image). No per-task apt-get: the image has git, python3.11 with pip and headless OpenCV's libs.
+  export CLEARML_AGENT_EXTRA_DOCKER_ARGS="--user 0:0 -e AWS_DEFAULT_REGION=$REGION -e AWS_REGION=$REGION"
+  export CLEARML_AGENT__AGENT__DOCKER_INSTALL_OPENCV_LIBS=false
   trap - EXIT
   say "starting clearml-agent worker=$CLEARML_WORKER_ID image=$WORKER_IMAGE"
   clearml-agent daemon --queue "$QUEUE" --foreground --docker "$WORKER_IMAGE" --gpus all || STATUS=$?

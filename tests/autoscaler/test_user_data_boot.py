@@ -29,6 +29,7 @@ esac""",
     "clearml-agent": """{ echo "agent $*"; echo "host=$CLEARML_API_HOST key=$CLEARML_API_ACCESS_KEY worker=$CLEARML_WORKER_ID"
   echo "docker_args=${CLEARML_AGENT_EXTRA_DOCKER_ARGS:-}"
   echo "skip_env=${CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL:-} python=${CLEARML_AGENT_SKIP_PIP_VENV_INSTALL:-}"
+  echo "opencv_libs=${CLEARML_AGENT__AGENT__DOCKER_INSTALL_OPENCV_LIBS:-}"
   } >> "$CALLS"; exit 3""",
     "docker": 'cat > /dev/null; echo "docker $*" >> "$CALLS"',  # reads the piped ECR password
     "shutdown": 'echo "shutdown $*" >> "$CALLS"',
@@ -67,8 +68,11 @@ def test_agent_in_the_worker_image_then_shutdown(tmp_path: Path) -> None:
                             "123456789012.dkr.ecr.eu-west-1.amazonaws.com/scantide-worker:1 --gpus all")
     assert calls[agent + 1] == (f"host=from-ssm:{PREFIX}/CLEARML_API_HOST key=from-ssm:{PREFIX}/CLEARML_API_ACCESS_KEY "
                                 f"worker={INSTANCE}")
-    assert calls[agent + 2] == "docker_args=-e AWS_DEFAULT_REGION=eu-west-1 -e AWS_REGION=eu-west-1"
+    # The image's USER is uid 10001; the agent's in-container start-up needs root (it reads the
+    # 0600 root-owned config it mounts, writes under /root): task containers run as root.
+    assert calls[agent + 2] == "docker_args=--user 0:0 -e AWS_DEFAULT_REGION=eu-west-1 -e AWS_REGION=eu-west-1"
     assert calls[agent + 3] == "skip_env= python="  # in the image, the agent's own set-up
+    assert calls[agent + 4] == "opencv_libs=false"  # no apt-get per task: the image has the libraries
     assert any(c.startswith("aws ecr get-login-password --region eu-west-1") for c in calls[:agent])
     assert "docker pull --quiet 123456789012.dkr.ecr.eu-west-1.amazonaws.com/scantide-worker:1" in calls[:agent]
     assert calls[-1] == "shutdown -h now"  # the agent exited: the instance goes away
@@ -89,5 +93,6 @@ def test_without_an_image_the_agent_runs_tasks_on_the_host(tmp_path: Path) -> No
 
     agent = calls.index(f"agent daemon --queue {QUEUE} --foreground")
     assert calls[agent + 3] == f"skip_env=1 python={python}"
+    assert calls[agent + 4] == "opencv_libs="  # no container, no container set-up to configure
     assert not any(c.startswith("docker ") for c in calls)
     assert calls[-1] == "shutdown -h now"
