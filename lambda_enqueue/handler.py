@@ -45,7 +45,7 @@ import logging
 import re
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
 from service.backends import open_backend
@@ -225,21 +225,65 @@ def scan_request_from_s3(record: dict[str, Any]) -> ScanRequest | None:
     return scan_request_from({"scan_id": scan_id_for_key(key), "scan_uri": f"s3://{bucket}/{key}", "metadata": metadata})
 
 
+class Refused(NamedTuple):
+    """Bad input, consumed: what it was (``ref``, stable across redeliveries) and why."""
+
+    ref: str
+    error: ScantideError
+    scan_id: str | None = None
+    scan_uri: str | None = None
+
+
 def handle_s3(records: list[dict[str, Any]]) -> dict[str, Any]:
     counts, rejected, retry = submit_s3_records(records)
-    for exc in rejected:
-        log.warning("s3_record_rejected code=%s message=%s", exc.code, exc.message)
+    for refused in rejected:
+        log.warning("s3_record_rejected code=%s message=%s ref=%s", refused.error.code, refused.error.message,
+                    refused.ref)
+    report_rejections("s3", rejected)
     if retry is not None:
         raise retry
     return counts
 
 
-def submit_s3_records(records: list[Any]) -> tuple[dict[str, int], list[ScantideError], Exception | None]:
+def s3_refused(record: Any, error: ScantideError) -> Refused:
+    """An S3 record as refused input: its object (and version: another upload of the key is another
+    rejection), and the scan it would have been."""
+    try:
+        bucket, obj = record["s3"]["bucket"]["name"], record["s3"]["object"]
+        key = unquote_plus(obj["key"])
+    except (KeyError, TypeError):
+        return Refused(f"s3-record:{hashlib.sha256(repr(record).encode()).hexdigest()[:24]}", error)
+    version = obj.get("eTag") or obj.get("sequencer") or obj.get("size") or ""
+    return Refused(f"s3://{bucket}/{key}@{version}", error, scan_id_for_key(key), f"s3://{bucket}/{key}")
+
+
+def report_rejections(source: str, rejected: list[Refused]) -> None:
+    """Tell the control plane (where configured) what was refused, for its ``scan.rejected`` events.
+    Best effort: the record is consumed whatever happens, and the log line above stays the record."""
+    settings = runtime().settings if rejected else None
+    if settings is None or not settings.control_plane_url:
+        return
+    import httpx
+
+    url = f"{settings.control_plane_url.rstrip('/')}/v1/rejections"
+    for refused in rejected:
+        body = {"ref": refused.ref[:1200], "source": source, "code": refused.error.code,
+                "message": refused.error.message[:2000], "scan_id": refused.scan_id, "scan_uri": refused.scan_uri}
+        try:
+            reply = httpx.post(url, json=body, timeout=5.0,
+                               headers={"Authorization": f"Bearer {settings.control_plane_token or ''}"})
+            if reply.status_code not in (200, 202):
+                log.warning("rejection_not_reported ref=%s status=%d", refused.ref, reply.status_code)
+        except httpx.HTTPError as exc:
+            log.warning("rejection_not_reported ref=%s error=%s", refused.ref, exc)
+
+
+def submit_s3_records(records: list[Any]) -> tuple[dict[str, int], list[Refused], Exception | None]:
     """Each S3 record on its own, whether it came directly or in an SQS message: the counts
     (submitted, existing, rejected, ignored), the bad input rejected, and the first transient failure,
     which the caller raises once the other records are done (their redelivery is a no-op)."""
     counts = {"submitted": 0, "existing": 0, "rejected": 0, "ignored": 0}
-    rejected: list[ScantideError] = []
+    rejected: list[Refused] = []
     retry: Exception | None = None
     for record in records:
         try:
@@ -247,7 +291,7 @@ def submit_s3_records(records: list[Any]) -> tuple[dict[str, int], list[Scantide
         except Exception as exc:  # noqa: BLE001 - finish the other records, then let Lambda retry
             if isinstance(exc, ScantideError) and is_bad_input(exc):
                 counts["rejected"] += 1
-                rejected.append(exc)
+                rejected.append(s3_refused(record, exc))
             else:
                 log.exception("s3_record_failed")
                 retry = retry or exc
@@ -325,21 +369,25 @@ def handle_sqs(records: list[dict[str, Any]]) -> dict[str, Any]:
             failures.append({"itemIdentifier": message_id})
             continue
         # Consumed: a redelivery would be refused the same way, and would only end in the DLQ.
-        for exc in bad:
-            log.warning("sqs_record_rejected message_id=%s code=%s message=%s", message_id, exc.code, exc.message)
+        bad = [r._replace(ref=r.ref or f"sqs:{message_id}") for r in bad]
+        for refused in bad:
+            log.warning("sqs_record_rejected message_id=%s code=%s message=%s ref=%s", message_id, refused.error.code,
+                        refused.error.message, refused.ref)
+        report_rejections("sqs", bad)
         rejected += len(bad)
     log.info("sqs_batch_done messages=%d rejected=%d failed=%d", len(records), rejected, len(failures))
     return {"batchItemFailures": failures}
 
 
-def handle_sqs_message(body: str) -> list[ScantideError]:
+def handle_sqs_message(body: str) -> list[Refused]:
     """One SQS message: an S3 notification (possibly inside an SNS envelope) or a ScanRequest. Returns
-    the bad input it held (the whole message, or each refused S3 record: the others are submitted);
-    raises on a transient failure, after the message's other S3 records are done."""
+    the bad input it held (the whole message, its ``ref`` left empty for the caller's message id, or
+    each refused S3 record: the others are submitted); raises on a transient failure, after the
+    message's other S3 records are done."""
     try:
         payload = json.loads(body)
     except ValueError:
-        return [MalformedJson("message body is not valid JSON")]
+        return [Refused("", MalformedJson("message body is not valid JSON"))]
     if isinstance(payload, dict) and payload.get("Type") == "Notification" and isinstance(payload.get("Message"), str):
         return handle_sqs_message(payload["Message"])  # S3 → SNS → SQS
     if isinstance(payload, dict) and payload.get("Event") == "s3:TestEvent":
@@ -353,6 +401,11 @@ def handle_sqs_message(body: str) -> list[ScantideError]:
         runtime().submit(scan_request_from(payload))
     except ScantideError as exc:
         if is_bad_input(exc):
-            return [exc]
+            scan = payload if isinstance(payload, dict) else {}
+            return [Refused("", exc, _text(scan.get("scan_id")), _text(scan.get("scan_uri")))]
         raise
     return []
+
+
+def _text(value: Any) -> str | None:
+    return value[:1000] if isinstance(value, str) else None

@@ -15,6 +15,7 @@ from monitor.watch import Watcher
 from monitor.webhook import Deliverer, DeliveryPolicy
 from service.backends.base import TaskBackend
 from service.errors import BackendUnavailable
+from service.rejections import RejectionStore
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class MonitorDaemon:
         self.settings = settings
         self.outbox = outbox_for(settings)
         self.watcher = Watcher(backend, self.outbox, alert_config(settings), link=linker_for(settings),
-                               journal=settings.autoscaler_journal, step_events=settings.webhook_step_events)
+                               journal=settings.autoscaler_journal, step_events=settings.webhook_step_events,
+                               rejections=RejectionStore(settings.rejections_db))
         policy = delivery_policy(settings)
         self.deliverer = Deliverer(self.outbox, policy) if policy else None
         self._stop = threading.Event()
@@ -95,7 +97,7 @@ class MonitorDaemon:
                 if time.monotonic() >= next_alerts:
                     next_alerts = time.monotonic() + ALERT_EVERY_S
                     self._reap()
-                    added += self.watcher.check_alerts() + self.watcher.poll_journal()
+                    added += self.watcher.check_alerts() + self.watcher.poll_journal() + self.watcher.poll_rejections()
                 if added and self.deliverer is not None:
                     self.deliverer.wake()
                 failures = 0

@@ -18,10 +18,11 @@ from service.errors import ScantideError
 
 if TYPE_CHECKING:
     from service.pipelines.store import Run
+    from service.rejections import Rejection
     from service.settings import Settings
 
 EVENT_TYPES = ("scan.completed", "scan.failed", "scan.stalled", "queue.backlog", "fleet.launch_failed",
-               "pipeline.completed", "pipeline.failed", "monitor.degraded")
+               "pipeline.completed", "pipeline.failed", "monitor.degraded", "scan.rejected")
 
 Linker = Callable[[str], str]  # output file URI → a link the platform can fetch; raises ScantideError
 
@@ -220,3 +221,11 @@ def pipeline_outcome(run: Run, link: Linker = local_link) -> Event:
             "metadata": run.metadata}
     return Event(event_id(run.run_id, run.state, run.retries), f"pipeline.{run.state}", f"scan:{run.scan_id}",
                  run.updated_at or run.created_at, data)
+
+
+def rejected(rejection: Rejection) -> Event:
+    """``scan.rejected``: input the Lambda refused (consumed, never retried), once per refused record."""
+    data = {"scan_id": rejection.scan_id, "scan_uri": rejection.scan_uri, "source": rejection.source,
+            "ref": rejection.ref, "error": {"code": rejection.code, "message": rejection.message}}
+    return Event(event_id("rejected", rejection.ref), "scan.rejected", f"scan:{rejection.scan_id or rejection.ref}",
+                 rejection.at, data)

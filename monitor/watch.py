@@ -24,13 +24,15 @@ from monitor.outbox import Outbox
 from service.backends.base import TaskBackend
 from service.domain import JobState
 from service.errors import ScantideError
+from service.rejections import RejectionStore
 from service.storage import is_remote
 
 log = logging.getLogger(__name__)
 
 CURSOR = "changes_cursor"
 BACKLOG = "backlog_state"  # {"breached": [queues], "breaches": {queue: count}}
-JOURNAL = "journal_position"  # how far the autoscaler's journal was read
+JOURNAL = "journal_position"
+REJECTIONS = "rejections_cursor"  # how far the refused input (service.rejections) was read  # how far the autoscaler's journal was read
 LINKS = "links_state"  # {"degraded": bool, "episodes": count}: the output-link alert
 ACTIVE_LIMIT = 10_000  # queued/running tasks the stall rules look at per tick
 
@@ -62,7 +64,9 @@ class LinkTally:
 
 class Watcher:
     def __init__(self, backend: TaskBackend, outbox: Outbox, alerts: AlertConfig, *, page_size: int = 500,
-                 link: Linker = local_link, journal: Path | None = None, step_events: bool = False) -> None:
+                 link: Linker = local_link, journal: Path | None = None, step_events: bool = False,
+                 rejections: RejectionStore | None = None) -> None:
+        self.rejections = rejections
         self.step_events = step_events
         self.backend = backend
         self.journal = journal
@@ -109,6 +113,17 @@ class Watcher:
             return []
         state[LINKS] = now
         return [alert]
+
+    def poll_rejections(self) -> int:
+        """Input the Lambda refused and reported, as ``scan.rejected``; returns how many were new."""
+        if self.rejections is None:
+            return 0
+        cursor, added = int(self.outbox.get(REJECTIONS, 0)), 0
+        while True:
+            found, cursor = self.rejections.since(cursor)
+            added += self.outbox.append([events.rejected(r) for r in found], state={REJECTIONS: cursor})
+            if not found:
+                return added
 
     def poll_journal(self) -> int:
         """Launches the autoscaler gave up on, as ``fleet.launch_failed``; returns how many were new."""

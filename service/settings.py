@@ -179,6 +179,11 @@ class Settings(BaseSettings):
         return self.compute_name or ("local" if self.backend == "embedded" else "cloud")
 
     @property
+    def rejections_db(self) -> Path:
+        """Input the Lambda refused, reported through the API, for the monitor to announce."""
+        return self.state_dir / "rejections.db"
+
+    @property
     def pipelines_db(self) -> Path:
         return self.state_dir / "pipelines.db"
 

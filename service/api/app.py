@@ -18,6 +18,7 @@ from service.api.limits import BodySizeLimit
 from service.api.models import models_router
 from service.api.pipelines import pipelines_router, run_links, run_submission_body
 from service.api.ratelimit import install_rate_limit
+from service.api.rejections import rejections_router
 from service.api.tasks import tasks_router
 from service.backends import open_backend
 from service.backends.base import TaskBackend
@@ -33,6 +34,7 @@ from service.errors import BackendUnavailable, ScanNotFound, ScanNotRetryable
 from service.pipelines.runs import start_run
 from service.pipelines.store import PipelineStore
 from service.pipelines.targets import targets_for
+from service.rejections import RejectionStore
 from service.scan_uri import needs_resolution
 from service.settings import Settings
 
@@ -172,4 +174,5 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
     app.include_router(algorithms_router(backend, settings, auth))
     app.include_router(tasks_router(backend, settings, auth))
     app.include_router(pipelines_router(pipelines, targets, auth))
+    app.include_router(rejections_router(RejectionStore(settings.rejections_db), auth))
     return app

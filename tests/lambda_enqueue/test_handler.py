@@ -398,3 +398,57 @@ def test_s3_keys_under_a_pipeline_prefix_start_runs(tmp_path: Path, monkeypatch:
         lam.runtime.cache_clear()
         server.stop()
         backend.close()
+
+
+def test_refused_input_is_reported_once_and_announced_as_scan_rejected(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the control plane is configured, each refused record reaches it once (a redelivery is
+    not a second rejection) and the monitor sends it as scan.rejected."""
+    from monitor.alerts import AlertConfig
+    from monitor.outbox import Outbox
+    from monitor.watch import Watcher
+    from service.backends import open_backend
+    from service.rejections import RejectionStore
+    from service.settings import load_settings
+    from tests.conftest import TOKEN, ApiServer
+
+    for name in list(os.environ):
+        if name.startswith("SCANTIDE_"):
+            monkeypatch.delenv(name)
+    settings = load_settings(state_dir=tmp_path / "control", output_root=OUTPUT_ROOT,
+                             api_tokens={TOKEN: ["enqueue", "read"]})
+    backend = open_backend(settings)
+    server = ApiServer(settings, backend)
+    server.start()
+    try:
+        monkeypatch.setenv("SCANTIDE_CONFIG", str(tmp_path / "absent.toml"))
+        monkeypatch.setenv("SCANTIDE_STATE_DIR", str(tmp_path / "lambda-state"))
+        monkeypatch.setenv("SCANTIDE_OUTPUT_ROOT", OUTPUT_ROOT)
+        monkeypatch.setenv("SCANTIDE_CONTROL_PLANE_URL", server.url)
+        monkeypatch.setenv("SCANTIDE_CONTROL_PLANE_TOKEN", TOKEN)
+        lam.runtime.cache_clear()
+        s3 = load_event("s3_put.json")
+        s3["Records"] = s3["Records"][:1]
+        s3["Records"][0]["s3"]["object"]["key"] = "scans/what%3F.mp4"  # "?" cuts an s3:// URI short: refused
+        sqs = {"Records": [{"eventSource": "aws:sqs", "messageId": "m-bad", "body": json.dumps(
+            {"scan_id": "bad id!", "scan_uri": "s3://b/k.mp4"})}]}
+        for _ in range(2):  # the second time: a redelivery
+            assert lam.handler(s3, None)["rejected"] == 1
+            assert lam.handler(sqs, None) == {"batchItemFailures": []}
+        kept, _ = RejectionStore(settings.rejections_db).since(0)
+        assert sorted((r.source, r.ref, r.code) for r in kept) == [
+            ("s3", "s3://scantide-scans/scans/what?.mp4@0123456789abcdef0123456789abcdef", "invalid_scan_uri"),
+            ("sqs", "sqs:m-bad", "invalid_request")]
+        outbox = Outbox(settings.state_dir / "monitor.db")
+        watcher = Watcher(backend, outbox, AlertConfig(), rejections=RejectionStore(settings.rejections_db))
+        assert watcher.poll_rejections() == 2 and watcher.poll_rejections() == 0
+        bodies = [json.loads(e.body) for e in outbox.list() if e.type == "scan.rejected"]
+        assert sorted(b["data"]["error"]["code"] for b in bodies) == ["invalid_request", "invalid_scan_uri"]
+        by_source = {b["data"]["source"]: b["data"] for b in bodies}
+        assert by_source["sqs"]["scan_id"] == "bad id!"
+        assert by_source["s3"]["scan_uri"] == "s3://scantide-scans/scans/what?.mp4"
+    finally:
+        lam.runtime().backend.close()
+        lam.runtime.cache_clear()
+        server.stop()
+        backend.close()
