@@ -1,6 +1,7 @@
 """Chaos on the embedded stack: ``scantide up`` under an enqueue load while its daemons are killed
 with ``kill -9`` one after another (the API, the monitor, the conductor, the autoscaler, a worker and
-the algorithm process under it) and the webhook receiver goes down and comes back.
+the algorithm process under it), the webhook receiver goes down and comes back, and last the
+supervisor itself is killed and a new ``scantide up`` takes over.
 
 Every acknowledged scan must end completed and be announced under exactly one event id; nothing may
 be left running once ``scantide up`` has stopped. The test prints
@@ -85,6 +86,7 @@ def test_kill_nine_everything_under_load(stack) -> None:  # noqa: ANN001
     env = {k: v for k, v in os.environ.items() if k != "SCANTIDE_SUPERVISOR"}
     up = subprocess.Popen(cli_argv("up"), env={**env, **settings_env(settings)}, stdout=log, stderr=log,
                           stdin=subprocess.DEVNULL)
+    first = up  # the supervisor killed at the end
     url = f"http://127.0.0.1:{settings.api_port}"
     acked: dict[str, str] = {}
     client = scantide.Client(url, TOKEN, retries=12, timeout_s=10.0)
@@ -107,6 +109,12 @@ def test_kill_nine_everything_under_load(stack) -> None:  # noqa: ANN001
                 time.sleep(rng.uniform(0.5, 1.5))
                 receiver.up()
             time.sleep(rng.uniform(0.3, 1.0))
+        # Last, the supervisor itself: everything it ran must die with it, and a new one takes over.
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        wait_for(lambda: not marked(first.pid), timeout_s=60, what="the killed supervisor's processes to end")
+        up = subprocess.Popen(cli_argv("up"), env={**env, **settings_env(settings)}, stdout=log, stderr=log,
+                              stdin=subprocess.DEVNULL)
         loader.join(timeout=300)
         assert not loader.is_alive(), "the load did not finish"
 
@@ -128,9 +136,9 @@ def test_kill_nine_everything_under_load(stack) -> None:  # noqa: ANN001
     failed = sorted(scan for scan, state in states.items() if state == "failed" and scan not in crashed)
     duplicates = sum(len(ids) - 1 for ids in events_by_scan.values())
     deadline = time.monotonic() + 30  # a worker draining after its supervisor went: give it a moment
-    while marked(up.pid) and time.monotonic() < deadline:
+    while (marked(up.pid) or marked(first.pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    orphans = len(marked(up.pid))
+    orphans = len(marked(up.pid)) + len(marked(first.pid))
     print(f"\nacked {len(acked)}, lost {lost}, stuck {stuck}, duplicate-id events {duplicates}, orphans {orphans}")
     assert (len(acked), lost, stuck, duplicates, orphans) == (SCANS, 0, 0, 0, 0)
     assert not failed, f"scans failed under chaos, other than those whose algorithm was killed: {failed}"
