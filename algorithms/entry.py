@@ -53,8 +53,8 @@ log = logging.getLogger("algorithms.entry")
 Progress = Callable[[float], None]
 
 
-def run_task(spec: dict[str, Any], settings: Settings | None = None,
-             progress: Progress | None = None) -> dict[str, Any]:
+def run_task(spec: dict[str, Any], settings: Settings | None = None, progress: Progress | None = None,
+             executor: runners.Executor | None = None) -> dict[str, Any]:
     """Run one task described by ``spec`` (``params``, ``output_uri``, optional ``progress_path``,
     ``bundle_cache`` and ``input_cache``); returns the result to record on the task. Raises ``EntryError``.
 
@@ -62,6 +62,7 @@ def run_task(spec: dict[str, Any], settings: Settings | None = None,
     pinned at enqueue); it is fetched, checked and unpacked, and its descriptor says how to run.
     settings: needed only for remote URIs; loaded from the environment when None.
     progress: called with 0..1; default: written to ``spec["progress_path"]`` when there is one.
+    executor: the worker slot's warm executor, for the Python runners (None: a process per task).
     """
     task_params = spec["params"]
     output_uri = spec["output_uri"]
@@ -81,12 +82,13 @@ def run_task(spec: dict[str, Any], settings: Settings | None = None,
         if is_remote(output_uri):
             out_dir = Path(tmp) / "outputs"
             out_dir.mkdir()
-            returned = runners.run(descriptor, here, staged, params, out_dir, report)
+            returned = runners.run(descriptor, here, staged, params, out_dir, report, executor)
             files = files_under(out_dir)
             checksums = {f: file_sha256(out_dir / f) for f in files}
             inputs.upload(out_dir, output_uri)
         else:
-            returned, files, checksums = _run_local(descriptor, here, staged, params, local_path(output_uri), report)
+            returned, files, checksums = _run_local(descriptor, here, staged, params, local_path(output_uri), report,
+                                                    executor)
     result = describe_result(returned, files, output_uri.rstrip("/"), descriptor.version, params.get("model_version"))
     return {**result, "checksums": checksums}
 
@@ -110,13 +112,14 @@ def _progress_file(path: str | None) -> Progress:
 
 
 def _run_local(descriptor: AlgorithmDescriptor, here: Path, staged: runners.Staged, params: dict[str, Any],
-               out_dir: Path, progress: Progress) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+               out_dir: Path, progress: Progress,
+               executor: runners.Executor | None) -> tuple[dict[str, Any], list[str], dict[str, str]]:
     # Write into a fresh directory and swap it in, so a retried attempt never mixes its files
     # with a dead attempt's.
     staging = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.partial"
     staging.mkdir(parents=True)
     try:
-        returned = runners.run(descriptor, here, staged, params, staging, progress)
+        returned = runners.run(descriptor, here, staged, params, staging, progress, executor)
         files = files_under(staging)
         checksums = {f: file_sha256(staging / f) for f in files}
         if out_dir.exists():
@@ -139,10 +142,11 @@ def describe_result(returned: dict[str, Any], files: list[str], output_uri: str,
 
 
 def execute(spec: dict[str, Any], settings: Settings | None, progress: Progress | None,
-            record_result: Callable[[dict[str, Any]], None], record_error: Callable[[str, str, str], None]) -> int:
+            record_result: Callable[[dict[str, Any]], None], record_error: Callable[[str, str, str], None],
+            executor: runners.Executor | None = None) -> int:
     """Run the task and record its outcome with the given recorders; returns the exit status."""
     try:
-        result = run_task(spec, settings, progress)
+        result = run_task(spec, settings, progress, executor)
     except EntryError as exc:
         log.error("task_failed code=%s message=%s", exc.code, exc.message)
         record_error(exc.code, exc.message, exc.log_tail)

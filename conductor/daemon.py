@@ -12,6 +12,7 @@ from conductor.conductor import Conductor
 from monitor.daemon import outbox_for
 from monitor.events import linker_for
 from service.backends.base import TaskBackend
+from service.doorbell import CHANGES
 from service.errors import BackendUnavailable
 from service.pipelines.store import PipelineStore
 from service.pipelines.targets import targets_for
@@ -27,9 +28,11 @@ class ConductorDaemon:
         self.conductor = Conductor(PipelineStore(settings.pipelines_db), self.targets, outbox_for(settings),
                                    link=linker_for(settings))
         self._stop = threading.Event()
+        self._changes = backend.listener(CHANGES)  # embedded: a step that ends is advanced at once
 
     def stop(self, *_: Any) -> None:
         self._stop.set()
+        self._changes.wake()
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
@@ -44,7 +47,9 @@ class ConductorDaemon:
                 failures += 1
                 wait = min(30.0, self.settings.conductor_poll_s * 2 ** failures)
                 log.warning("conductor_backend_unavailable retry_in_s=%.1f error=%s", wait, exc.message)
-            self._stop.wait(wait)
+            if not self._stop.is_set():
+                self._changes.wait(wait)
+        self._changes.close()
         self.targets.close()
         log.info("conductor_stopped")
         return 0

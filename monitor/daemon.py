@@ -14,6 +14,7 @@ from monitor.outbox import Outbox
 from monitor.watch import Watcher
 from monitor.webhook import Deliverer, DeliveryPolicy
 from service.backends.base import TaskBackend
+from service.doorbell import CHANGES
 from service.errors import BackendUnavailable
 from service.rejections import RejectionStore
 from service.settings import Settings
@@ -52,9 +53,11 @@ class MonitorDaemon:
         policy = delivery_policy(settings)
         self.deliverer = Deliverer(self.outbox, policy) if policy else None
         self._stop = threading.Event()
+        self._changes = backend.listener(CHANGES)  # embedded: rung by every change, so none waits a poll
 
     def stop(self, *_: Any) -> None:
         self._stop.set()
+        self._changes.wake()
 
     def _reap(self) -> None:
         """Re-queue (or fail, past their attempt limit) the tasks of lost workers. In production no other
@@ -110,7 +113,9 @@ class MonitorDaemon:
                 failures += 1
                 wait = min(30.0, self.settings.monitor_poll_s * 2 ** failures)
                 log.exception("monitor_tick_crashed retry_in_s=%.1f", wait)
-            self._stop.wait(wait)
+            if not self._stop.is_set():
+                self._changes.wait(wait)
+        self._changes.close()
         if self.deliverer is not None and sender is not None:
             self._deliver_what_is_due(STOP_DELIVERY_S)
             self.deliverer.stop()

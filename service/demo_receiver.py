@@ -25,6 +25,7 @@ class Receiver:
     def __init__(self, secret: str) -> None:
         self.secret = secret
         self.events: list[tuple[dict, bool]] = []  # (event, signature valid)
+        self._arrived: list[float] = []  # time.time() each event arrived, beside events
         self.port = free_port()
         app = FastAPI()
 
@@ -39,11 +40,16 @@ class Receiver:
             event = json.loads(body)
             if request.headers.get(EVENT_ID_HEADER) != event["id"]:
                 valid = False
+            self._arrived.append(time.time())
             self.events.append((event, valid))
             return {"ok": True}
 
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def arrivals(self) -> list[tuple[dict, bool, float]]:
+        """(event, signature valid, time.time() it arrived), in order of arrival."""
+        return [(e, v, t) for (e, v), t in zip(list(self.events), list(self._arrived), strict=False)]
 
     @property
     def url(self) -> str:

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(2, ge=1, description="Runs per task before an expired lease fails it (worker_lost).")
     task_timeout_s: float = Field(1800.0, gt=0, description="Hard limit on one run of the algorithm, seconds.")
     worker_poll_s: float = Field(0.5, gt=0, description="Idle worker's pause between claims, seconds.")
+    worker_slots: int = Field(1, ge=1, le=64, description="Tasks one worker runs at once, each in its own executor.")
+    worker_warm: bool = Field(True, description="Python algorithms run in a warm executor per slot (false: a "
+                                                "process per task, as a ClearML agent runs them).")
+    executor_max_tasks: int = Field(200, ge=1, description="A warm executor is replaced after this many tasks.")
+    executor_max_rss_mib: int = Field(8192, ge=64, description="A warm executor grown past this is replaced, MiB.")
     workers: int = Field(2, ge=0, description="Most local workers the embedded autoscaler runs at once.")
     local_idle_timeout_s: float = Field(30.0, gt=0, description="An idle local worker is stopped after this long.")
     autoscaler_config: Path | None = Field(None, description="TOML file of pools; unset: one local pool.")

@@ -1,9 +1,18 @@
-"""``scantide worker``: the embedded agent. Claims tasks from one queue and runs each in a subprocess.
+"""``scantide worker``: the embedded agent. Claims tasks from one queue and runs them, ``slots`` at once.
 
-The algorithm runs as ``python -m <template entry point> --spec <file>`` in its own process
-session, under a hard timeout, while this process renews the task's lease. SIGTERM (or SIGINT)
-drains: the running task finishes and no new one is taken. A second signal aborts the task; its
-lease then runs out and the backend re-queues it.
+Each slot is a thread with its own worker registration (the worker id, or ``<id>:<k>`` for slot
+k when there are several) and, for ``python`` and ``python-function`` algorithms, its own warm
+executor (``algorithms.runners.warm``): one long-lived process, with the algorithm's imports and
+model loaded, serving task after task of one version. The slot fetches the inputs, stages them and
+stores the outputs itself (``algorithms.entry.run_task``); only the algorithm runs in the
+executor, with none of the worker's credentials. Other algorithms (commands, containers) and
+tasks of templates with an entry point of their own run as ``python -m <entry point> --spec
+<file>``, a process per task, as before (and every task does with ``SCANTIDE_WORKER_WARM=false``).
+
+Every run has a hard timeout, while the slot renews the task's lease. An idle slot waits for the
+store's ``queue`` doorbell (``service.doorbell``), or its poll interval. SIGTERM (or SIGINT)
+drains: running tasks finish and no new one is taken. A second signal aborts them; their leases
+then run out and the backend re-queues them.
 """
 
 from __future__ import annotations
@@ -15,23 +24,32 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from algorithms.entry import run_task
+from algorithms.errors import EntryError
+from algorithms.runners import PACKAGE_ROOT
+from algorithms.runners.warm import TaskExecutor, WarmExecutor
 from service.algorithms import ENTRY_POINT, pin_unversioned, unregistered
 from service.backends.base import TaskBackend
 from service.domain import TaskError, TaskInfo
+from service.doorbell import QUEUE, Listener
 from service.errors import BackendUnavailable, LeaseLost, ScantideError
 from service.processes import SUPERVISOR_ENV, die_with_parent, stop_session, supervisor_alive
 from service.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.2  # how often the worker checks its child, seconds
+TICK_S = 0.2  # how often a running task's watch checks its time, the stop and the heartbeat, seconds
 KILL_GRACE_S = 5.0  # a stopped task's time to stop its algorithm (and container) itself
+WARM_RUNNERS = frozenset({"python", "python-function"})
 # What the task process has no use for: the API's tokens and the webhook (whose secret it must not
 # see, and whose URL without the secret would not even load as settings).
 WITHHELD_ENV = frozenset({f"{ENV_PREFIX}API_TOKENS", f"{ENV_PREFIX}WEBHOOK_SECRET", f"{ENV_PREFIX}WEBHOOK_URL"})
@@ -44,15 +62,34 @@ class Outcome:
     lost: bool = False  # the lease moved on: record nothing
 
 
+@dataclass
+class Slot:
+    """One task at a time: its registration, its idle wait and its warm executor."""
+
+    worker_id: str
+    listener: Listener
+    executor: WarmExecutor
+
+
 class Worker:
-    def __init__(self, backend: TaskBackend, settings: Settings, queue: str, worker_id: str | None = None) -> None:
+    def __init__(self, backend: TaskBackend, settings: Settings, queue: str, worker_id: str | None = None,
+                 slots: int | None = None) -> None:
         self.backend = backend
         self.settings = settings
         self.queue = queue
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.slots = slots or settings.worker_slots
         self.draining = False
         self._aborted = False
         self.log_dir = settings.state_dir / "logs"
+        self._slots: list[Slot] = []
+        self._tickets: int | None = None  # tasks still to take, with max_tasks
+        self._lock = threading.Lock()
+        self.done = 0
+
+    def slot_ids(self) -> list[str]:
+        """The registrations: the worker id itself with one slot, ``<id>:<k>`` with several."""
+        return [self.worker_id] if self.slots == 1 else [f"{self.worker_id}:{k}" for k in range(self.slots)]
 
     # -- signals ---------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -65,73 +102,115 @@ class Worker:
             self._aborted = True
         else:
             log.info("worker_drain worker=%s signal=%s", self.worker_id, signum)
-            self.draining = True
+            self.drain()
+
+    def drain(self) -> None:
+        self.draining = True
+        for slot in self._slots:
+            slot.listener.wake()
 
     # -- main loop -------------------------------------------------------------------------
     def run(self, max_tasks: int | None = None) -> int:
         """Claim and run tasks until drained (or ``max_tasks`` done). Returns the exit status."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.backend.register_worker(self.worker_id, self.queue)
-        log.info("worker_started worker=%s queue=%s", self.worker_id, self.queue)
-        done = 0
+        self._tickets = max_tasks
+        for worker_id in self.slot_ids():
+            self.backend.register_worker(worker_id, self.queue)
+            self._slots.append(Slot(worker_id, self.backend.listener(QUEUE), WarmExecutor(
+                PACKAGE_ROOT, max_tasks=self.settings.executor_max_tasks,
+                max_rss_bytes=self.settings.executor_max_rss_mib * 2**20)))
+        log.info("worker_started worker=%s queue=%s slots=%d warm=%s", self.worker_id, self.queue, self.slots,
+                 self.settings.worker_warm)
+        threads = [threading.Thread(target=self._serve, args=(slot,), name=f"slot-{k}", daemon=True)
+                   for k, slot in enumerate(self._slots)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():  # short joins: signals reach this (main) thread in between
+                thread.join(timeout=0.5)
+        log.info("worker_stopped worker=%s tasks=%d", self.worker_id, self.done)
+        return 0
+
+    def _serve(self, slot: Slot) -> None:
+        """One slot's loop. Its executors are started from this thread, which lives as long as the
+        slot: their death signal is tied to the thread that started them."""
         try:
-            while not self.draining and (max_tasks is None or done < max_tasks):
+            while not self.draining and self._take_ticket():
                 if not supervisor_alive(os.environ.get(SUPERVISOR_ENV)):
                     log.warning("worker_orphaned worker=%s: the scantide up it ran under is gone; stopping",
                                 self.worker_id)
+                    self.drain()
                     break
                 try:
-                    task = self.backend.claim(self.queue, self.worker_id, self.settings.lease_s)
-                    if task is None and self.backend.heartbeat(self.worker_id, None, self.settings.lease_s):
-                        self.draining = True
+                    task = self.backend.claim(self.queue, slot.worker_id, self.settings.lease_s)
+                    if task is None and self.backend.heartbeat(slot.worker_id, None, self.settings.lease_s):
+                        self.drain()
                 except BackendUnavailable as exc:
-                    log.warning("claim_failed worker=%s error=%s", self.worker_id, exc.message)
-                    time.sleep(min(5.0, self.settings.worker_poll_s * 4))
+                    self._return_ticket()
+                    log.warning("claim_failed worker=%s error=%s", slot.worker_id, exc.message)
+                    slot.listener.wait(min(5.0, self.settings.worker_poll_s * 4))
                     continue
                 if task is None:
-                    time.sleep(self.settings.worker_poll_s)
+                    self._return_ticket()
+                    slot.listener.wait(self.settings.worker_poll_s)
                     continue
-                self.execute(task)
-                done += 1
+                self.execute(task, slot)
+                with self._lock:
+                    self.done += 1
         finally:
+            slot.executor.close()
+            slot.listener.close()
             try:
-                self.backend.unregister_worker(self.worker_id)
+                self.backend.unregister_worker(slot.worker_id)
             except ScantideError as exc:
-                log.warning("unregister_failed worker=%s error=%s", self.worker_id, exc.message)
-        log.info("worker_stopped worker=%s tasks=%d", self.worker_id, done)
-        return 0
+                log.warning("unregister_failed worker=%s error=%s", slot.worker_id, exc.message)
 
-    def execute(self, task: TaskInfo) -> None:
+    def _take_ticket(self) -> bool:
+        with self._lock:
+            if self._tickets is None:
+                return True
+            if self._tickets <= 0:
+                return False
+            self._tickets -= 1
+            return True
+
+    def _return_ticket(self) -> None:
+        with self._lock:
+            if self._tickets is not None:
+                self._tickets += 1
+
+    def execute(self, task: TaskInfo, slot: Slot) -> None:
         """Run one claimed task to its end and record the outcome."""
-        log.info("task_started worker=%s task=%s scan=%s attempt=%d", self.worker_id, task.task_id, task.scan_id,
+        log.info("task_started worker=%s task=%s scan=%s attempt=%d", slot.worker_id, task.task_id, task.scan_id,
                  task.attempt)
-        outcome = self._run_child(task)
+        outcome = self._run(task, slot)
         if outcome.lost:
-            log.warning("task_lease_lost worker=%s task=%s", self.worker_id, task.task_id)
+            log.warning("task_lease_lost worker=%s task=%s", slot.worker_id, task.task_id)
             return
         # The outcome is worth retrying for: until the lease would run out, a store outage only delays it.
         deadline = time.monotonic() + self.settings.lease_s
         while True:
             try:
-                finished = self.backend.finish(task.task_id, self.worker_id, result=outcome.result,
+                finished = self.backend.finish(task.task_id, slot.worker_id, result=outcome.result,
                                                error=outcome.error)
                 break
             except LeaseLost:
-                log.warning("task_lease_lost worker=%s task=%s", self.worker_id, task.task_id)
+                log.warning("task_lease_lost worker=%s task=%s", slot.worker_id, task.task_id)
                 return
             except BackendUnavailable as exc:
                 if time.monotonic() > deadline:
-                    log.error("finish_failed worker=%s task=%s error=%s", self.worker_id, task.task_id, exc.message)
+                    log.error("finish_failed worker=%s task=%s error=%s", slot.worker_id, task.task_id, exc.message)
                     return
-                log.warning("finish_retry worker=%s task=%s error=%s", self.worker_id, task.task_id, exc.message)
+                log.warning("finish_retry worker=%s task=%s error=%s", slot.worker_id, task.task_id, exc.message)
                 time.sleep(1.0)
-        log.info("task_finished worker=%s task=%s state=%s%s", self.worker_id, task.task_id, finished.state.value,
+        log.info("task_finished worker=%s task=%s state=%s%s", slot.worker_id, task.task_id, finished.state.value,
                  f" code={outcome.error.code}" if outcome.error else "")
 
     # -- one task --------------------------------------------------------------------------
-    def _run_child(self, task: TaskInfo) -> Outcome:
+    def _run(self, task: TaskInfo, slot: Slot) -> Outcome:
         template = self.backend.get_template(task.algorithm)
         max_runtime_s = template.max_runtime_s
+        warm = False
         if template.entry_point == ENTRY_POINT:  # it runs registered bundles: only the registered one
             task = pin_unversioned(self.backend.algorithms, task)
             refusal = unregistered(self.backend.algorithms, task)
@@ -139,61 +218,118 @@ class Worker:
                 return Outcome(error=TaskError.make("unregistered_algorithm", refusal))
             version = self.backend.algorithm_version(task.algorithm, str(task.params["algorithm_version"]))
             max_runtime_s = version.spec.resources.timeout_s if version else max_runtime_s
+            warm = bool(version and version.spec.runner in WARM_RUNNERS and self.settings.worker_warm)
         work = self.log_dir / f"{task.task_id}-{task.attempt}"
         work.mkdir(parents=True, exist_ok=True)
-        spec_path, result_path, progress_path = work / "spec.json", work / "result.json", work / "progress"
-        log_path = work / "task.log"
+        result_path, progress_path, log_path = work / "result.json", work / "progress", work / "task.log"
         spec = {"task_id": task.task_id, "algorithm": task.algorithm, "params": task.params,
                 "output_uri": task.output_uri, "result_path": str(result_path), "progress_path": str(progress_path),
                 "bundle_cache": str(self.settings.state_dir / "bundles"),
                 "input_cache": str(self.settings.input_cache_dir)}
-        spec_path.write_text(json.dumps(spec))
         timeout_s = min(max_runtime_s, self.settings.task_timeout_s)
-        with open(log_path, "wb") as log_file:
-            child = subprocess.Popen(
-                [sys.executable, "-m", template.entry_point, "--spec", str(spec_path)],
-                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=task_env(),
-                start_new_session=True,  # a Ctrl-C to the worker's group must not kill the task: we drain
-                preexec_fn=die_with_parent(),  # …but a worker killed outright must not leave it running
-            )
-            status = self._supervise(task, child, timeout_s, progress_path)
-        log_text = _tail(log_path)
-        if status == "lost":
+        if warm:
+            run, stop, progress = self._in_slot(spec, TaskExecutor(slot.executor, log_path))
+        else:
+            run, stop, progress = self._in_process(template.entry_point, spec, work / "spec.json", log_path)
+        outcome, verdict = self._watch(task, slot, timeout_s, run, stop, progress)
+        if verdict == "lost":
             return Outcome(lost=True)
-        if status == "timeout":
+        if verdict == "timeout":
             return Outcome(error=TaskError.make("timeout", f"the algorithm ran past its {timeout_s:.0f} s limit",
-                                                log_text))
-        if status == "aborted":
-            return Outcome(error=TaskError.make("aborted", "the worker was stopped while the task ran", log_text))
-        return _read_outcome(result_path, child.returncode, log_text)
+                                                _tail(log_path)))
+        if verdict == "aborted":
+            return Outcome(error=TaskError.make("aborted", "the worker was stopped while the task ran",
+                                                _tail(log_path)))
+        return outcome
 
-    def _supervise(self, task: TaskInfo, child: subprocess.Popen, timeout_s: float, progress_path: Path) -> str:
-        """Wait for the child, renewing the lease. Returns 'exited', 'timeout', 'lost' or 'aborted'."""
-        started = time.monotonic()
-        next_beat = started + self.settings.heartbeat_s
-        while child.poll() is None:
-            now = time.monotonic()
-            if now - started > timeout_s:
-                _kill(child)
-                return "timeout"
-            if self._aborted:
-                _kill(child)
-                return "aborted"
-            if now >= next_beat:
-                next_beat = now + self.settings.heartbeat_s
-                try:
-                    if self.backend.heartbeat(self.worker_id, task.task_id, self.settings.lease_s,
-                                              progress=_read_progress(progress_path)):
-                        self.draining = True
-                except LeaseLost:
-                    _kill(child)
-                    return "lost"
-                except BackendUnavailable as exc:
-                    # Keep working: the lease is longer than a few missed beats.
-                    log.warning("heartbeat_failed worker=%s task=%s error=%s", self.worker_id, task.task_id,
-                                exc.message)
-            time.sleep(TICK_S)
-        return "exited"
+    def _in_slot(self, spec: dict[str, Any], executor: TaskExecutor) -> tuple[
+            Callable[[], Outcome], Callable[[], None], Callable[[], float | None]]:
+        """The task run by this thread, its algorithm in the slot's warm executor."""
+        latest: list[float] = []
+
+        def run() -> Outcome:
+            try:
+                result = run_task(spec, self.settings, lambda fraction: latest.append(fraction), executor)
+            except EntryError as exc:
+                return Outcome(error=TaskError.make(exc.code, exc.message, exc.log_tail))
+            except Exception as exc:  # noqa: BLE001 - a bug of ours must fail the task, not the slot
+                log.exception("task_crashed task=%s", spec["task_id"])
+                return Outcome(error=TaskError.make("algorithm_crashed", f"{type(exc).__name__}: {exc}",
+                                                    traceback.format_exc()))
+            return Outcome(result=result)
+
+        return run, executor.cancel, lambda: latest[-1] if latest else None
+
+    def _in_process(self, entry_point: str, spec: dict[str, Any], spec_path: Path, log_path: Path) -> tuple[
+            Callable[[], Outcome], Callable[[], None], Callable[[], float | None]]:
+        """The task run as ``python -m <entry point> --spec <file>`` in a session of its own."""
+        spec_path.write_text(json.dumps(spec))
+        result_path, progress_path = Path(spec["result_path"]), Path(spec["progress_path"])
+        started: list[subprocess.Popen] = []
+        stopping = threading.Event()
+
+        def run() -> Outcome:
+            with open(log_path, "wb") as log_file:
+                child = subprocess.Popen(
+                    [sys.executable, "-m", entry_point, "--spec", str(spec_path)],
+                    stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=task_env(),
+                    start_new_session=True,  # a Ctrl-C to the worker's group must not kill the task: we drain
+                    preexec_fn=die_with_parent(),  # …but a worker killed outright must not leave it running
+                )
+                started.append(child)
+                if stopping.is_set():  # stopped while it started
+                    stop_session(child, KILL_GRACE_S)
+                child.wait()
+            return _read_outcome(result_path, child.returncode, _tail(log_path))
+
+        def stop() -> None:
+            stopping.set()
+            if started:
+                stop_session(started[0], KILL_GRACE_S)
+
+        return run, stop, lambda: _read_progress(progress_path)
+
+    def _watch(self, task: TaskInfo, slot: Slot, timeout_s: float, run: Callable[[], Outcome],
+               stop: Callable[[], None], progress: Callable[[], float | None]) -> tuple[Outcome, str | None]:
+        """``run()`` in this thread while a watch renews the lease and enforces the timeout and the
+        stop; ``(outcome, verdict)``, the verdict 'timeout', 'lost' or 'aborted' when the watch
+        stopped the run, else None."""
+        verdict: list[str] = []
+        finished = threading.Event()
+
+        def watch() -> None:
+            started = time.monotonic()
+            next_beat = started + self.settings.heartbeat_s
+            while not finished.wait(TICK_S):
+                now = time.monotonic()
+                if now - started > timeout_s:
+                    verdict.append("timeout")
+                elif self._aborted:
+                    verdict.append("aborted")
+                elif now >= next_beat:
+                    next_beat = now + self.settings.heartbeat_s
+                    try:
+                        if self.backend.heartbeat(slot.worker_id, task.task_id, self.settings.lease_s,
+                                                  progress=progress()):
+                            self.drain()
+                    except LeaseLost:
+                        verdict.append("lost")
+                    except BackendUnavailable as exc:
+                        # Keep working: the lease is longer than a few missed beats.
+                        log.warning("heartbeat_failed worker=%s task=%s error=%s", slot.worker_id, task.task_id,
+                                    exc.message)
+                if verdict:
+                    stop()
+                    return
+
+        watcher = threading.Thread(target=watch, name=f"watch-{task.task_id[:8]}", daemon=True)
+        watcher.start()
+        try:
+            outcome = run()
+        finally:
+            finished.set()
+            watcher.join()
+        return outcome, (verdict[0] if verdict else None)
 
 
 def task_env() -> dict[str, str]:
@@ -224,10 +360,6 @@ def _read_progress(path: Path) -> float | None:
         return max(0.0, min(1.0, float(path.read_text())))
     except (OSError, ValueError):
         return None
-
-
-def _kill(child: subprocess.Popen) -> None:
-    stop_session(child, KILL_GRACE_S)
 
 
 def _tail(path: Path, limit: int = TaskError.LOG_TAIL_BYTES) -> str:

@@ -22,7 +22,8 @@ from algorithms.errors import EntryError
 def run_python(target: str, here: Path, scan: Path, params: dict[str, Any], out_dir: Path,
                progress: Callable[[float], None]) -> dict[str, Any]:
     module_name, _, attr = target.partition(":")
-    sys.path.insert(0, str(here))
+    if str(here) not in sys.path:  # a warm executor runs one bundle task after task
+        sys.path.insert(0, str(here))
     try:
         function = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:

@@ -21,6 +21,7 @@ from service.domain import (
     Template,
     WorkerInfo,
 )
+from service.doorbell import Listener
 from service.errors import ScantideError
 
 if TYPE_CHECKING:
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
 
 
 class TaskBackend(ABC):
+    def listener(self, topic: str) -> Listener:
+        """A wait for ``topic`` (``service.doorbell``: ``queue``, ``changes``) that returns early when
+        this store signals it. Default: no signal, the wait is the caller's poll interval."""
+        return Listener(None, topic)
+
     # -- templates -------------------------------------------------------------------------
     @abstractmethod
     def register_template(self, template: Template) -> None:

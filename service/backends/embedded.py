@@ -41,6 +41,7 @@ from service.domain import (
     WorkerInfo,
     ended_run,
 )
+from service.doorbell import CHANGES, QUEUE, Doorbell, Listener
 from service.errors import (
     InvalidRequest,
     LeaseLost,
@@ -67,9 +68,15 @@ class EmbeddedBackend(TaskBackend):
         self.worker_expiry_s = worker_expiry_s
         self.models = EmbeddedModels(self.db)
         self.algorithms = EmbeddedAlgorithms(self.db)
+        # Processes on this machine waiting for work or changes are rung after each commit.
+        self.bell = Doorbell(self.path.with_name(self.path.name + ".bells"))
 
     def close(self) -> None:
         self.db.close()
+        self.bell.close()
+
+    def listener(self, topic: str) -> Listener:
+        return self.bell.listener(topic)
 
     # -- templates -------------------------------------------------------------------------
     def register_template(self, template: Template) -> None:
@@ -143,6 +150,8 @@ class EmbeddedBackend(TaskBackend):
                 row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE algorithm = ? AND scan_id = ?",
                                  (item.algorithm, item.scan_id)).fetchone()
                 out.append(Submission(task=task_from_row(row), created=False))
+        if any(isinstance(o, Submission) and o.created for o in out):
+            self.bell.ring(QUEUE, CHANGES)
         return out
 
     def get_task(self, task_id: str) -> TaskInfo:
@@ -193,8 +202,10 @@ class EmbeddedBackend(TaskBackend):
                 f" RETURNING {TASK_COLUMNS}", (now, error, task_id)).fetchone()
             if row is not None:
                 _record(db, task_id, JobState.stopped, row["attempt"], now)
-                return task_from_row(row)
             state = db.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is not None:
+            self.bell.ring(CHANGES)
+            return task_from_row(row)
         if state is None:
             raise TaskNotFound(f"no task {task_id!r}")
         raise TaskNotCancellable(f"task {task_id} is {state['state']}: only a queued task can be cancelled")
@@ -215,7 +226,8 @@ class EmbeddedBackend(TaskBackend):
                 f" heartbeat_at = NULL, history = ? WHERE id = ? RETURNING {TASK_COLUMNS}",
                 (now, dump(history), task_id)).fetchone()
             _record(db, task_id, JobState.queued, task.attempt, now)
-            return task_from_row(row)
+        self.bell.ring(QUEUE, CHANGES)
+        return task_from_row(row)
 
     def queue_stats(self, queue: str) -> QueueStats:
         now = time.time()
@@ -272,25 +284,31 @@ class EmbeddedBackend(TaskBackend):
     def claim(self, queue: str, worker_id: str, lease_s: float) -> TaskInfo | None:
         now = time.time()
         with self.db.tx() as db:
-            self._reap(db, now)
+            reaped = self._reap(db, now)
             worker = db.execute("SELECT draining FROM workers WHERE id = ?", (worker_id,)).fetchone()
             if worker is not None and worker["draining"]:
-                return None
-            row = db.execute(
-                f"UPDATE tasks SET state = 'running', attempt = attempt + 1, worker_id = ?, lease_until = ?,"
-                f" started_at = ?, heartbeat_at = ?, progress = 0 WHERE id = (SELECT id FROM tasks"
-                f" WHERE queue = ? AND state = 'queued' ORDER BY queued_at, rowid LIMIT 1) RETURNING {TASK_COLUMNS}",
-                (worker_id, now + lease_s, now, now, queue),
-            ).fetchone()
-            if row is None:
+                row = None
+            else:
+                row = db.execute(
+                    f"UPDATE tasks SET state = 'running', attempt = attempt + 1, worker_id = ?, lease_until = ?,"
+                    f" started_at = ?, heartbeat_at = ?, progress = 0 WHERE id = (SELECT id FROM tasks"
+                    f" WHERE queue = ? AND state = 'queued' ORDER BY queued_at, rowid LIMIT 1)"
+                    f" RETURNING {TASK_COLUMNS}",
+                    (worker_id, now + lease_s, now, now, queue),
+                ).fetchone()
+            task = task_from_row(row) if row is not None else None
+            if task is None:
                 db.execute("UPDATE workers SET last_seen = ? WHERE id = ?", (now, worker_id))
-                return None
-            task = task_from_row(row)
-            _record(db, task.task_id, JobState.running, task.attempt, now)
-            db.execute(
-                "UPDATE workers SET task_id = ?, idle_since = NULL, last_seen = ? WHERE id = ?",
-                (task.task_id, now, worker_id),
-            )
+            else:
+                _record(db, task.task_id, JobState.running, task.attempt, now)
+                db.execute(
+                    "UPDATE workers SET task_id = ?, idle_since = NULL, last_seen = ? WHERE id = ?",
+                    (task.task_id, now, worker_id),
+                )
+        if reaped:
+            self.bell.ring(QUEUE, CHANGES)
+        elif task is not None:
+            self.bell.ring(CHANGES)
         return task
 
     def heartbeat(self, worker_id: str, task_id: str | None, lease_s: float, progress: float | None = None) -> bool:
@@ -332,6 +350,7 @@ class EmbeddedBackend(TaskBackend):
                 "UPDATE workers SET task_id = NULL, idle_since = ?, last_seen = ? WHERE id = ?",
                 (now, now, worker_id),
             )
+        self.bell.ring(CHANGES)
         return task
 
     def reap_expired(self) -> list[TaskInfo]:
@@ -341,7 +360,10 @@ class EmbeddedBackend(TaskBackend):
             gone = db.execute("DELETE FROM workers WHERE last_seen < ? RETURNING id", (now - self.worker_expiry_s,))
             for row in gone.fetchall():
                 log.warning("worker_expired worker=%s silent_s>%.0f", row["id"], self.worker_expiry_s)
-            return self._reap(db, now)
+            reaped = self._reap(db, now)
+        if reaped:
+            self.bell.ring(QUEUE, CHANGES)
+        return reaped
 
     def _reap(self, db: sqlite3.Connection, now: float) -> list[TaskInfo]:
         """Inside a write transaction: re-queue (or fail) tasks whose lease ran out."""
