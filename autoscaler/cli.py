@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from autoscaler.model import MAX_SLOTS
+
 console = Console()
 
 
@@ -29,6 +31,12 @@ def simulate(
     capacity_error_p: float = typer.Option(0.0, min=0.0, max=1.0,
                                            help="Probability a launch or start fails for capacity."),
     png: Path | None = typer.Option(None, help="Write queue depth and fleet size over time to this PNG."),
+    slots: int = typer.Option(1, min=1, max=MAX_SLOTS,
+                              help="Tasks each instance runs at once (both policies), each slowed as measured "
+                                   "in --slot-profile."),
+    slot_profile: Path | None = typer.Option(
+        None, help="Scans per hour per slot count, as benchmarks/throughput.py writes it "
+                   "(default: benchmarks/results/throughput.json in the project)."),
 ) -> None:
     """Replay a trace on a virtual clock through the real policy and daemon; print cost and queue waits."""
     from dataclasses import replace
@@ -39,21 +47,30 @@ def simulate(
     from autoscaler.sim.world import POLICIES
     from autoscaler.simulate import SimSettings
     from autoscaler.simulate import simulate as run_simulation
+    from service.errors import ConfigError
 
     for name, value in (("--policy", policy), ("--vs", vs)):
         if value is not None and value not in POLICIES:
             raise typer.BadParameter(f"{name} must be one of {', '.join(POLICIES)}, got {value!r}")
     settings = SimSettings(tick_s=tick_s, boot=replace(BootModel(), capacity_error_p=capacity_error_p))
     logging.getLogger("autoscaler").setLevel(logging.WARNING)  # a day of launches would drown the table
+    profile = slot_profile.resolve() if slot_profile is not None else None  # from the working directory
     try:
-        result = run_simulation(trace, policy=policy, vs=vs, warm_pool=warm_pool, seed=seed, settings=settings)
+        result = run_simulation(trace, policy=policy, vs=vs, warm_pool=warm_pool, seed=seed, settings=settings,
+                                slots=slots, slot_profile=profile)
     except TraceError as exc:
         console.print(f"[red]bad trace[/red]: {escape(str(exc))}")
         raise typer.Exit(2) from None
+    except ConfigError as exc:
+        console.print(f"[red]cannot simulate {slots} slots[/red]: {escape(exc.message)}")
+        raise typer.Exit(2) from None
 
     t = result.trace
+    resources = result.ours.resources
+    per_slot = (f", {slots} slots per instance (each task {resources.slot_slowdown:.2f}x as long, "
+                f"from {resources.slot_profile})" if slots > 1 else "")
     table = Table(title=f"{t.name}: {len(t.jobs)} scans over {t.duration_s / 3600:.1f} h, seed {seed}, "
-                        f"tick {tick_s:.0f}s")
+                        f"tick {tick_s:.0f}s{per_slot}")
     for col in COLUMNS:
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
     for row in rows(result.summaries):

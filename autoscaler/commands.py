@@ -53,12 +53,13 @@ def fleet(ctx: typer.Context, decisions: int = typer.Option(15, help="Recent dec
                             f"oldest queued {pool.oldest_queued_age_s:.0f}s")
         # Ids are what an operator acts on: never cut short, even on a narrow or non-terminal output.
         table.add_column("instance", no_wrap=True, min_width=max((len(i.id) for i in pool.instances), default=8))
-        for col in ("state", "type", "market", "$/h", "for"):
+        for col in ("state", "type", "market", "$/h", "for", "busy/slots"):
             table.add_column(col)
-        table.add_column("task", overflow="fold")
+        table.add_column("tasks", overflow="fold")
         for i in pool.instances:
             table.add_row(i.id, i.state.value, i.option.instance_type, i.option.market.value,
-                          f"{i.option.price_per_hour:.2f}", f"{snapshot.now - i.state_since:.0f}s", i.task_id or "")
+                          f"{i.option.price_per_hour:.2f}", f"{snapshot.now - i.state_since:.0f}s",
+                          f"{len(i.task_ids)}/{i.slots}", ", ".join(i.task_ids))
         console.print(table)
     table = Table(title="recent decisions")
     for col in ("at", "pool", "decision", "reason", "detail"):

@@ -2,10 +2,11 @@
 clock, threads for launches) and in the simulator (virtual clock, inline launches).
 
 Observe lists instances from the provider (the truth: a restarted daemon rebuilds its view from
-it) and joins them with the worker registry: instance ids are worker ids. ``policy.decide`` is a
-pure function of that snapshot. Acting never blocks the tick on a launch; a launch that fails for
-capacity falls back to the pool's next option. As a last safety net the daemon refuses to
-terminate an instance whose worker holds a task.
+it) and joins them with the worker registry: an instance's slots register as workers under the
+instance id (one slot) or ``<instance id>:<k>`` (``model.slot_worker_ids``; ``model.instance_of``
+joins them back). ``policy.decide`` is a pure function of that snapshot. Acting never blocks the
+tick on a launch; a launch that fails for capacity falls back to the pool's next option. As a
+last safety net the daemon refuses to terminate an instance while a slot's worker holds a task.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ from autoscaler.model import (
     Start,
     Stop,
     Terminate,
+    instance_of,
 )
 from autoscaler.providers.base import CapacityError, ComputeProvider, ProviderInstance
 from service.domain import QueueStats, WorkerInfo
@@ -99,8 +101,8 @@ class _PoolMemory:
     # Weighted by the time between ticks; starts at 0 so a first busy tick does not read as a
     # sustained rate.
     arrival_rate: _Ewma = field(default_factory=lambda: _Ewma(value=0.0))
-    service: _Ewma = field(default_factory=_Ewma)
-    busy_since: dict[str, tuple[str, float]] = field(default_factory=dict)  # instance → (task, since)
+    service: _Ewma = field(default_factory=_Ewma)  # one task's run time on a slot, seconds
+    running_since: dict[str, float] = field(default_factory=dict)  # task held by a slot → first seen, unix s
     launches_in_flight: int = 0
 
 
@@ -125,9 +127,14 @@ class Autoscaler:
     def _observe_pool(self, pool: PoolConfig, now: float) -> PoolSnapshot:
         mem = self._memory[pool.name]
         stats = self.queues.queue_stats(pool.queue)
-        workers = {w.worker_id: w for w in self.queues.workers(pool.queue)}
-        instances = tuple(self._classify(pool, p, workers.get(p.id), now)
-                          for p in self.provider.list_instances(pool.name))
+        listed = self.provider.list_instances(pool.name)
+        ids = {p.id for p in listed}
+        slots: dict[str, list[WorkerInfo]] = defaultdict(list)
+        for w in self.queues.workers(pool.queue):
+            iid = instance_of(w.worker_id, ids)
+            if iid is not None:
+                slots[iid].append(w)
+        instances = tuple(self._classify(pool, p, slots.get(p.id, []), now) for p in listed)
         self._learn(mem, stats, instances, now, pool.arrival_window_s)
         with self._lock:
             in_flight = mem.launches_in_flight
@@ -138,25 +145,33 @@ class Autoscaler:
         )
 
     @staticmethod
-    def _classify(pool: PoolConfig, p: ProviderInstance, worker: WorkerInfo | None, now: float) -> Instance:
+    def _classify(pool: PoolConfig, p: ProviderInstance, workers: list[WorkerInfo], now: float) -> Instance:
+        """One instance from the provider's record and its slots' workers. A silent slot (its agent
+        died) neither serves nor holds a task; the instance is lost only when every slot is silent."""
+        live = [w for w in workers if now - w.last_seen <= pool.lost_after_s]
+
         def make(state: InstanceState, since: float) -> Instance:
             return Instance(id=p.id, pool=pool.name, option=p.option, state=state, launched_at=p.launched_at,
-                            state_since=since, worker_id=worker.worker_id if worker else None,
-                            task_id=worker.task_id if worker else None)
+                            state_since=since, worker_ids=tuple(sorted(w.worker_id for w in workers)),
+                            task_ids=tuple(sorted(w.task_id for w in live if w.task_id is not None)),
+                            slots=pool.slots)
+
+        def idle_since(ws: list[WorkerInfo]) -> float:  # since the last of them became idle
+            return max(w.idle_since or w.last_seen for w in ws)
 
         if p.provider_state == "stopped":
             return make(InstanceState.stopped, p.launched_at)
         if p.provider_state in ("stopping", "shutting-down"):
             return make(InstanceState.stopping, p.launched_at)
-        if worker is None:
+        if not workers:
             return make(InstanceState.booting, p.launched_at)
-        if now - worker.last_seen > pool.lost_after_s:
-            return make(InstanceState.lost, worker.last_seen)
-        if worker.draining:
-            return make(InstanceState.draining, worker.idle_since or worker.last_seen)
-        if worker.task_id is not None:
-            return make(InstanceState.busy, worker.last_seen)
-        return make(InstanceState.idle, worker.idle_since or worker.last_seen)
+        if not live:
+            return make(InstanceState.lost, max(w.last_seen for w in workers))
+        if all(w.draining for w in live):
+            return make(InstanceState.draining, idle_since(live))
+        if any(w.task_id is not None for w in live):
+            return make(InstanceState.busy, max(w.last_seen for w in live))
+        return make(InstanceState.idle, idle_since(live))
 
     def _learn(self, mem: _PoolMemory, stats: QueueStats, instances: tuple[Instance, ...], now: float,
                window_s: float) -> None:
@@ -166,19 +181,13 @@ class Autoscaler:
             # smoothed over a time constant, not a number of ticks, so the rate means the same at any tick
             mem.arrival_rate.add(max(0, total - mem.last_enqueued) / dt, alpha=1 - math.exp(-dt / window_s))
         mem.last_enqueued, mem.last_at = total, now
-        seen = {}
-        for inst in instances:
-            if inst.state is InstanceState.busy and inst.task_id:
-                prev = mem.busy_since.get(inst.id)
-                if prev is None or prev[0] != inst.task_id:
-                    if prev is not None:
-                        mem.service.add(now - prev[1])
-                    seen[inst.id] = (inst.task_id, now)
-                else:
-                    seen[inst.id] = prev
-            elif inst.id in mem.busy_since:
-                mem.service.add(now - mem.busy_since[inst.id][1])
-        mem.busy_since = seen
+        # A task's run time on its slot: from the tick that first saw it held to the first that did not.
+        held = {t for inst in instances if inst.state in (InstanceState.busy, InstanceState.draining)
+                for t in inst.task_ids}
+        for task, since in mem.running_since.items():
+            if task not in held:
+                mem.service.add(now - since)
+        mem.running_since = {t: mem.running_since.get(t, now) for t in held}
 
     # -- act -------------------------------------------------------------------------------
     def tick(self) -> list[Action]:
@@ -196,12 +205,14 @@ class Autoscaler:
         elif isinstance(action, Start):
             self._start(pool, action, now)
         elif isinstance(action, Drain):
-            self.queues.request_drain(action.worker_id)
-            self.journal.record(now, "drain", pool.name, action.reason, instance=action.instance_id)
+            for worker_id in action.worker_ids:  # every slot: the instance goes only when all are drained
+                self.queues.request_drain(worker_id)
+            self.journal.record(now, "drain", pool.name, action.reason, instance=action.instance_id,
+                                workers=list(action.worker_ids))
         elif isinstance(action, (Terminate, Stop)):
-            # Read the workers again (one may have claimed a task since the snapshot). A lost worker's
+            # Read the workers again (a slot may have claimed a task since the snapshot). A lost worker's
             # task is orphaned already: its lease runs out and the task is re-queued.
-            busy = {w.worker_id for w in self.queues.workers(pool.queue)
+            busy = {instance_of(w.worker_id, action.instance_ids) for w in self.queues.workers(pool.queue)
                     if w.task_id is not None and now - w.last_seen <= pool.lost_after_s}
             safe = [i for i in action.instance_ids if i not in busy]
             refused = sorted(set(action.instance_ids) - set(safe))

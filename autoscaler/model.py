@@ -6,8 +6,11 @@ dollars per hour.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import Enum
+
+MAX_SLOTS = 16  # tasks one instance may run at once
 
 
 class Market(str, Enum):
@@ -16,15 +19,39 @@ class Market(str, Enum):
 
 
 class InstanceState(str, Enum):
-    """An instance as the daemon sees it, joining the provider's view with the worker registry."""
+    """An instance as the daemon sees it, joining the provider's view with the worker registry.
 
-    booting = "booting"  # launched or started; its worker has not registered yet
-    idle = "idle"  # worker registered, holds no task
-    busy = "busy"  # worker holds a task
-    draining = "draining"  # asked to drain; terminated once it holds no task
+    With several slots, an instance is idle only when every slot's worker is idle, busy when any
+    slot holds a task, draining when every live slot is draining, lost when every slot is silent.
+    """
+
+    booting = "booting"  # launched or started; no worker of its slots has registered yet
+    idle = "idle"  # worker(s) registered, holding no task
+    busy = "busy"  # a slot's worker holds a task
+    draining = "draining"  # asked to drain; terminated once no slot holds a task
     stopped = "stopped"  # in the warm pool: stopped, pre-initialised, billed for storage only
     stopping = "stopping"  # on its way to stopped or terminated
-    lost = "lost"  # running, but its worker stopped heartbeating
+    lost = "lost"  # running, but its workers stopped heartbeating
+
+
+# -- slots: several tasks at once on one instance ------------------------------------------------
+def slot_worker_ids(instance_id: str, slots: int) -> tuple[str, ...]:
+    """The worker ids an instance's slots register under: the instance id itself for one slot
+    (as before slots existed), else ``<instance id>:<k>`` for k = 0 … slots-1. The worker side
+    (``scantide worker`` with ``SCANTIDE_WORKER_SLOTS``, user data's agents) names them the same."""
+    if slots < 1:
+        raise ValueError(f"slots must be at least 1, got {slots}")
+    return (instance_id,) if slots == 1 else tuple(f"{instance_id}:{k}" for k in range(slots))
+
+
+def instance_of(worker_id: str, instance_ids: Collection[str]) -> str | None:
+    """The instance among ``instance_ids`` whose slot registered as ``worker_id`` (the instance id
+    itself or ``<instance id>:<k>``, whatever the pool's slot count is now, so instances launched
+    before a change of ``slots`` still join); None for a worker of none of them."""
+    if worker_id in instance_ids:
+        return worker_id
+    head, sep, k = worker_id.rpartition(":")
+    return head if sep and k.isdigit() and head in instance_ids else None
 
 
 @dataclass(frozen=True)
@@ -45,6 +72,29 @@ class WarmPoolConfig:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What one instance runs at once (``[pools.resources]``).
+
+    slots: tasks at once, 1 to ``MAX_SLOTS``. slot_slowdown: one task's run time with ``slots``
+    tasks running, over its run time alone, ``slots × sph[1] / sph[slots]`` from the measured scans
+    per hour (``benchmarks/throughput.py``); ``autoscaler.config`` reads it from ``slot_profile``,
+    never assumes it. slot_profile: the file it was read from (None for one slot).
+    """
+
+    slots: int = 1
+    slot_slowdown: float = 1.0
+    slot_profile: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.slots, bool) or not isinstance(self.slots, int) or not 1 <= self.slots <= MAX_SLOTS:
+            raise ValueError(f"resources.slots must be an integer from 1 to {MAX_SLOTS}, got {self.slots!r}")
+        if not (isinstance(self.slot_slowdown, (int, float)) and 0 < self.slot_slowdown < float("inf")):
+            raise ValueError(f"resources.slot_slowdown must be a positive number, got {self.slot_slowdown!r}")
+        if self.slots == 1 and self.slot_slowdown != 1.0:
+            raise ValueError("resources.slot_slowdown must be 1 for one slot")
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     name: str
     queue: str
@@ -54,7 +104,7 @@ class PoolConfig:
     max_cost_per_hour: float | None = None  # the running fleet's price stays under this
     boot_timeout_s: float = 600.0  # a worker that has not registered by then is terminated
     lost_after_s: float = 120.0  # a worker silent this long is terminated
-    expected_service_s: float = 60.0  # prior for one task's run time, until measured
+    expected_service_s: float = 60.0  # prior for one task's run time alone on an instance, until measured
     expected_boot_s: float = 180.0  # how long a cold boot takes, as the policy assumes it
     idle_policy: str = "breakeven"  # "breakeven" or "fixed"
     idle_timeout_s: float = 900.0  # for idle_policy="fixed", and the breakeven ceiling
@@ -65,6 +115,12 @@ class PoolConfig:
     # instance only when the waiting it saves at this price pays for its boot.
     wait_cost_per_hour: float = 1.0
     arrival_window_s: float = 600.0  # time constant of the daemon's arrival-rate smoothing, seconds
+    resources: Resources = field(default_factory=Resources)  # slots per instance and their slowdown
+
+    @property
+    def slots(self) -> int:
+        """Tasks one instance runs at once."""
+        return self.resources.slots
 
     def __post_init__(self) -> None:
         if not self.options:
@@ -85,8 +141,23 @@ class Instance:
     state: InstanceState
     launched_at: float  # when the provider launched (or last started) it
     state_since: float  # when it entered ``state`` (idle since, busy since, …)
-    worker_id: str | None = None
-    task_id: str | None = None
+    worker_ids: tuple[str, ...] = ()  # its slots' registered workers
+    task_ids: tuple[str, ...] = ()  # the tasks its live slots hold
+    slots: int = 1  # tasks it runs at once
+
+    @property
+    def holds_task(self) -> bool:
+        return bool(self.task_ids)
+
+    @property
+    def free_slots(self) -> int:
+        """Slots that could take a task now (of an idle or busy instance)."""
+        return max(0, self.slots - len(self.task_ids))
+
+    def drain_ids(self) -> tuple[str, ...]:
+        """Every worker id to ask to drain: its registered workers and each of its slots' ids (a slot
+        that registers late must not take a task either)."""
+        return tuple(dict.fromkeys((*self.worker_ids, *slot_worker_ids(self.id, self.slots))))
 
 
 @dataclass(frozen=True)
@@ -132,10 +203,10 @@ class Start(Action):
 
 @dataclass(frozen=True)
 class Drain(Action):
-    """Ask a worker to finish its task and take no new one."""
+    """Ask an instance's workers (one per slot) to finish their tasks and take no new one."""
 
     instance_id: str
-    worker_id: str
+    worker_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,15 @@ Per pool, every tick:
    instances bill no compute, so only those beyond ``max_size`` are terminated. Below
    ``min_size``, instances are launched to be initialised, drained and stopped.
 
+**Slots.** An instance of a pool with ``resources.slots = N`` runs N tasks at once, each
+``resources.slot_slowdown`` times as long as alone (measured, see ``autoscaler.config``). Capacity
+is instances × slots: in step 3 every slot is a server of the first-come first-served estimate,
+with the slowed service time (the prior ``expected_service_s`` is a task alone; a measured service
+time is per slot already), an idle or busy instance's free slots are ready now, and a booting
+instance, a launch in flight or a new instance brings N slots. Step 4 weighs instances (each one
+N servers), and step 5 counts N slots per stopped instance. An instance is drained, stopped and
+terminated whole: every slot's worker is asked to drain.
+
 Every action carries the reason the daemon journals.
 """
 
@@ -89,7 +98,7 @@ def decide_pool(ps: PoolSnapshot, now: float, pool: PoolConfig) -> list[Action]:
     warm_target = _warm_target(pool, e)
 
     # 2. finish drains: acknowledged, holding no task
-    drained = [i for i in ps.in_state(InstanceState.draining) if i.task_id is None]
+    drained = [i for i in ps.in_state(InstanceState.draining) if not i.holds_task]
     to_stop = [i.id for i in drained[:max(0, warm_target - parked)]]
     to_end = [i.id for i in drained if i.id not in to_stop]
     if to_stop:
@@ -104,7 +113,7 @@ def decide_pool(ps: PoolSnapshot, now: float, pool: PoolConfig) -> list[Action]:
     idle = sorted(ps.in_state(InstanceState.idle), key=lambda i: i.state_since)
     busy = ps.in_state(InstanceState.busy)
     booting = [i for i in ps.in_state(InstanceState.booting) if i.id not in gone]
-    leaving_busy = [i for i in ps.in_state(InstanceState.draining) if i.task_id is not None]
+    leaving_busy = [i for i in ps.in_state(InstanceState.draining) if i.holds_task]
     fleet = len(idle) + len(busy) + len(booting) + len(leaving_busy) + ps.launches_in_flight
     billed_price = sum(i.option.price_per_hour for i in (*idle, *busy, *booting, *leaving_busy))
     billed_price += ps.launches_in_flight * e.option_price
@@ -114,9 +123,10 @@ def decide_pool(ps: PoolSnapshot, now: float, pool: PoolConfig) -> list[Action]:
     n_start, n_launch = _scale_out(ps, now, pool, e, idle, busy, booting, len(usable_stopped), fleet, billed_price)
     started = tuple(i.id for i in usable_stopped[:n_start])
     if started:
-        actions.append(Start(pool.name, _scale_out_reason(ps, fleet, "warm start", n_start, e.start_s), started))
+        actions.append(Start(pool.name, _scale_out_reason(ps, fleet, "warm start", n_start, e.start_s, e.slots),
+                             started))
     if n_launch:
-        actions.append(Launch(pool.name, _scale_out_reason(ps, fleet, "cold launch", n_launch, e.boot_s),
+        actions.append(Launch(pool.name, _scale_out_reason(ps, fleet, "cold launch", n_launch, e.boot_s, e.slots),
                               pool.options[0], n_launch))
 
     # 4. keep or drain idle instances
@@ -149,7 +159,8 @@ class _Economics:
 
     def __init__(self, pool: PoolConfig, rate: float, service_s: float, boot_s: float) -> None:
         self.rate = rate  # arrivals per second, smoothed by the daemon
-        self.service_s = service_s
+        self.service_s = service_s  # one task's run time on a slot, seconds
+        self.slots = pool.slots  # servers per instance
         self.boot_s = boot_s
         self.start_s = min(pool.expected_start_s, boot_s)
         self.option_price = pool.options[0].price_per_hour
@@ -158,8 +169,9 @@ class _Economics:
 
     @classmethod
     def of(cls, ps: PoolSnapshot, pool: PoolConfig) -> _Economics:
-        return cls(pool, max(0.0, ps.arrival_rate_per_s), ps.service_time_s or pool.expected_service_s,
-                   pool.expected_boot_s)
+        # the prior is a task alone on an instance: slowed by its slots' sharing; a measurement is per slot
+        prior_s = pool.expected_service_s * pool.resources.slot_slowdown
+        return cls(pool, max(0.0, ps.arrival_rate_per_s), ps.service_time_s or prior_s, pool.expected_boot_s)
 
     def ready_at(self, inst: Instance, now: float, warm_pool: bool) -> float:
         """When a booting instance should register. The snapshot does not say whether it was started
@@ -175,20 +187,28 @@ class _Economics:
         return self.price_s * (ready_s + DRAIN_ROUND_TRIP_S) + self.wait_price_s * ready_s
 
     def keep_value(self, warm: bool, n: int) -> float:
-        """$ saved by the n-th warm instance for an arrival that finds the other n-1 busy: a replacement
-        when there is no other; else the wait for the first of the others to free (the least of n-1
-        residual service times, about ``service_s / n``), or a replacement if that is cheaper."""
+        """$ saved by the n-th warm instance for an arrival that finds the other n-1 full: a replacement
+        when there is no other; else the wait for the first of their k = (n-1) × slots busy slots to
+        free (the least of k residual service times, about ``service_s / (k + 1)``), or a replacement
+        if that is cheaper."""
         replacement = self.replacement_value(warm)
-        return replacement if n == 1 else min(replacement, self.wait_price_s * self.service_s / n)
+        if n == 1:
+            return replacement
+        return min(replacement, self.wait_price_s * self.service_s / ((n - 1) * self.slots + 1))
 
     def worth_keeping(self, warm: bool, limit: int) -> int:
-        """How many warm instances (busy ones included) the break-even keeps, at most ``limit``."""
+        """How many warm instances (busy ones included) the break-even keeps, at most ``limit``. The
+        busy slots are Poisson(rate × service_s); the n-th instance serves the arrivals that find the
+        other n-1 instances' (n-1) × slots slots all busy."""
         mu = self.rate * self.service_s
-        n, below, term = 0, 0.0, math.exp(-mu)  # below = P(fewer than n of the others busy)
+        k, below, term = 0, 0.0, math.exp(-mu)  # below = P(fewer than k slots busy)
+        n = 0
         while n < limit and self.rate * max(0.0, 1.0 - below) * self.keep_value(warm, n + 1) >= self.price_s:
-            below += term
             n += 1
-            term *= mu / n
+            while k < n * self.slots:
+                below += term
+                k += 1
+                term *= mu / k
         return n
 
 
@@ -196,7 +216,7 @@ def _warm_target(pool: PoolConfig, e: _Economics) -> int:
     if not pool.warm_pool.enabled:
         return 0
     # at least one: a stopped instance bills only its volume, and without one the next scan waits a cold boot
-    need = max(1, _poisson_quantile(e.rate * (e.service_s + e.boot_s), 0.99))
+    need = max(1, math.ceil(_poisson_quantile(e.rate * (e.service_s + e.boot_s), 0.99) / e.slots))
     return max(pool.warm_pool.min_size, min(pool.warm_pool.max_size, need))
 
 
@@ -208,9 +228,13 @@ def _scale_out(ps: PoolSnapshot, now: float, pool: PoolConfig, e: _Economics, id
     below_min = max(0, pool.min_instances - fleet)
     if room <= 0 or (ps.pending == 0 and below_min == 0):
         return 0, 0
-    slots = ([now] * len(idle) + [now + e.service_s / 2] * len(busy)
-             + [e.ready_at(i, now, pool.warm_pool.enabled) for i in booting]
-             + [now + e.boot_s] * ps.launches_in_flight)
+    # one entry per slot: when it can take its next task
+    slots = [now] * sum(i.slots for i in idle)
+    for i in busy:
+        slots += [now] * i.free_slots + [now + e.service_s / 2] * (i.slots - i.free_slots)
+    for i in booting:
+        slots += [e.ready_at(i, now, pool.warm_pool.enabled)] * i.slots
+    slots += [now + e.boot_s] * (ps.launches_in_flight * e.slots)
     # the queue now, then the arrivals expected before new capacity could be ready: arrivals after
     # that are served as well by capacity added at a later tick, so they justify no instance now
     horizon_s = e.start_s if stopped else e.boot_s
@@ -221,11 +245,12 @@ def _scale_out(ps: PoolSnapshot, now: float, pool: PoolConfig, e: _Economics, id
     while n_start + n_launch < room:
         warm = n_start < stopped
         ready = now + (e.start_s if warm else e.boot_s)
-        after = _fifo_wait([*slots, ready], releases, e.service_s)
+        added = [ready] * e.slots  # a new instance brings all its slots
+        after = _fifo_wait([*slots, *added], releases, e.service_s)
         needed = n_start + n_launch < below_min or not slots
         if not (needed or (ps.pending and (wait - after) * e.wait_price_s >= e.price_s * (ready - now))):
             break
-        slots.append(ready)
+        slots += added
         wait = after
         n_start, n_launch = (n_start + 1, n_launch) if warm else (n_start, n_launch + 1)
     return n_start, n_launch
@@ -256,12 +281,13 @@ def _fifo_wait(slots: list[float], releases: list[float], service_s: float) -> f
     return total
 
 
-def _scale_out_reason(ps: PoolSnapshot, fleet: int, how: str, n: int, ready_s: float) -> str:
+def _scale_out_reason(ps: PoolSnapshot, fleet: int, how: str, n: int, ready_s: float, slots: int) -> str:
+    per = f" ({slots} slots each)" if slots > 1 else ""
     if fleet == 0 and ps.pending:
-        return f"activation: {ps.pending} queued at zero capacity; {how} of {n} (ready in ~{ready_s:.0f}s)"
+        return f"activation: {ps.pending} queued at zero capacity; {how} of {n}{per} (ready in ~{ready_s:.0f}s)"
     if not ps.pending:
-        return f"below min_instances with {fleet} instance(s); {how} of {n}"
-    return (f"{ps.pending} queued (oldest {ps.oldest_queued_age_s:.0f}s) for {fleet} instance(s); {how} of {n} "
+        return f"below min_instances with {fleet} instance(s); {how} of {n}{per}"
+    return (f"{ps.pending} queued (oldest {ps.oldest_queued_age_s:.0f}s) for {fleet} instance(s); {how} of {n}{per} "
             f"(ready in ~{ready_s:.0f}s) saves more waiting than its boot costs")
 
 
@@ -293,7 +319,7 @@ def _scale_in(now: float, pool: PoolConfig, e: _Economics, idle: list[Instance],
         if floored or (kept and idle_for < pool.idle_timeout_s):
             continue
         reason = why if not kept else f"idle past idle_timeout_s={pool.idle_timeout_s:.0f}"
-        actions.append(Drain(pool.name, f"idle {idle_for:.0f}s; {reason}", inst.id, inst.worker_id or inst.id))
+        actions.append(Drain(pool.name, f"idle {idle_for:.0f}s; {reason}", inst.id, inst.drain_ids()))
     return actions
 
 

@@ -75,7 +75,8 @@ def make_provider(config: AutoscalerConfig, settings: Settings) -> ComputeProvid
         from service.supervisor import settings_env
 
         return LocalProvider(settings.state_dir, {p.name: p.queue for p in config.pools},
-                             env={**os.environ, **settings_env(settings)})
+                             env={**os.environ, **settings_env(settings)},
+                             slots={p.name: p.slots for p in config.pools})
     from autoscaler.providers.ec2 import from_config
 
     return from_config(config, settings)

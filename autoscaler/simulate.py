@@ -34,6 +34,7 @@ class Comparison:
         ours, *rest = self.summaries
         return json_record(self.trace.name, self.seed, ours, rest[0] if rest else None)
 
+
     def plot(self, path: Path) -> None:
         from autoscaler.sim.plot import plot_runs
 
@@ -42,15 +43,25 @@ class Comparison:
 
 
 def simulate(trace: str | Trace, policy: str = "default", vs: str | None = None, warm_pool: bool = False,
-             seed: int = 0, settings: SimSettings | None = None, pool: PoolConfig | None = None) -> Comparison:
+             seed: int = 0, settings: SimSettings | None = None, pool: PoolConfig | None = None,
+             slots: int | None = None, slot_profile: str | Path | None = None) -> Comparison:
     """Run ``policy`` on ``trace`` and, when ``vs`` names one, that policy on the same machines.
 
-    ``warm_pool`` turns the warm pool on for the default policy (the baseline has none).
+    ``warm_pool`` turns the warm pool on for the default policy (the baseline has none). ``slots``
+    (when given) gives the pool's instances that many slots, both policies alike, with the slowdown
+    measured in ``slot_profile`` (``autoscaler.config.slot_resources``: a ``ConfigError`` when it is
+    missing for more than one slot).
     """
     settings = settings or SimSettings()
     if isinstance(trace, str):
         trace = load_trace(trace, seed)
     pool = pool or default_pool()
+    if slots is not None:
+        from dataclasses import replace
+
+        from autoscaler.config import slot_resources
+
+        pool = replace(pool, resources=slot_resources(slots, slot_profile))
     ours = run(trace, policy, _with_warm_pool(pool, warm_pool and policy == "default"), seed, settings)
     baseline = run(trace, vs, _with_warm_pool(pool, warm_pool and vs == "default"), seed, settings) if vs else None
     return Comparison(trace=trace, seed=seed, ours=ours, baseline=baseline)

@@ -32,15 +32,26 @@ Source: ``clearml/clearml`` at 0cc42633 (May 2026), ``clearml/automation/auto_sc
   ``AutoScaler.is_worker_still_idle`` confirms it holds no task.
 
 No drain, no lost-worker handling, no cost cap, no warm pool, no spot fallback: ClearML has none.
+
+**Slots** (a pool with ``resources.slots = N`` > 1) are not ClearML's: its worker id pattern,
+``prefix:name:instance_type:cloud_id`` (``_workers_pattern``), has no room for a slot and ignores
+any other id as an "unknown worker", and its user data starts one agent. So that a comparison with
+slots sets machines against machines, the baseline is ClearML's loop counted in slots, on the same
+N-slot instances: the workers of an instance (``<instance>:<k>``) are joined to it; free resources
+are the idle workers plus N per spun instance; it spins up one instance per N queued jobs beyond
+them, ``ceil((entries - free) / N)``; ``max_instances`` counts instances; an instance is spun
+down once every one of its workers has been idle past ``max_idle_time_min``. With one slot all of
+this is the loop above, step for step.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 from autoscaler.daemon import Journal, QueueView
-from autoscaler.model import PoolConfig
+from autoscaler.model import PoolConfig, instance_of
 from autoscaler.providers.base import ComputeProvider
 
 
@@ -68,8 +79,8 @@ class ClearMLAutoscaler:
         self.settings = settings
         self.journal = journal or Journal()
         self.idle_workers: dict[str, float] = {}  # worker → idle since (its last report when first seen idle)
-        self.spun_workers: dict[str, float] = {}  # instance → spin time, until its worker registers
-        self.previous_workers: set[str] = set()
+        self.spun_workers: dict[str, float] = {}  # instance → spin time, until a worker of it registers
+        self.previous_workers: set[str] = set()  # instances whose workers have registered
 
     def run(self) -> Generator[float, None, None]:
         while True:
@@ -79,13 +90,16 @@ class ClearMLAutoscaler:
 
     def poll(self) -> Generator[float, None, None]:
         """One iteration of ``AutoScaler.supervisor``'s loop."""
-        s, pool = self.settings, self.pool
+        s, pool, slots = self.settings, self.pool, self.pool.slots
         all_workers = self.queues.workers(pool.queue)
+        known = set(self.spun_workers) | self.previous_workers
+        instance = {w.worker_id: instance_of(w.worker_id, known) or w.worker_id for w in all_workers}
         for worker in all_workers:
-            if worker.worker_id in self.previous_workers:
+            iid = instance[worker.worker_id]
+            if iid in self.previous_workers:
                 continue
-            if self.spun_workers.pop(worker.worker_id, None) is not None:
-                self.previous_workers.add(worker.worker_id)
+            if self.spun_workers.pop(iid, None) is not None:
+                self.previous_workers.add(iid)
         for iid, spun_at in list(self.spun_workers.items()):
             if self.clock() - spun_at > s.max_spin_up_s:
                 del self.spun_workers[iid]
@@ -100,19 +114,26 @@ class ClearMLAutoscaler:
                 self.idle_workers.pop(worker.worker_id, None)
 
         entries = self.queues.queue_stats(pool.queue).pending
-        free = len(self.idle_workers) + len(self.spun_workers)
+        free = len(self.idle_workers) + len(self.spun_workers) * slots
         required_idle = entries > 0 and free > 0
-        spin_up_count = entries - free if entries > 0 else 0
-        max_allowed = pool.max_instances - len(all_workers) - len(self.spun_workers)
+        spin_up_count = math.ceil((entries - free) / slots) if entries > 0 else 0
+        max_allowed = pool.max_instances - len(set(instance.values())) - len(self.spun_workers)
         for _ in range(min(spin_up_count, max_allowed) if spin_up_count > 0 and max_allowed > 0 else 0):
             yield from self._spin_up(entries)
 
+        workers_of: dict[str, set[str]] = {}
+        for wid, iid in instance.items():
+            workers_of.setdefault(iid, set()).add(wid)
         for wid in list(self.idle_workers):
-            if required_idle:
+            if required_idle or wid not in self.idle_workers:
                 continue
-            if self.clock() - self.idle_workers[wid] > s.max_idle_s and self._still_idle(wid):
-                self._spin_down(wid, f"idle for more than {s.max_idle_s:.0f}s")
-                self.idle_workers.pop(wid, None)
+            iid = instance.get(wid, wid)
+            wids = sorted(workers_of.get(iid, set()) | {wid})  # the instance goes only with all its workers
+            if all(self.clock() - self.idle_workers.get(w, math.inf) > s.max_idle_s for w in wids) \
+                    and all(self._still_idle(w) for w in wids):
+                self._spin_down(iid, f"idle for more than {s.max_idle_s:.0f}s")
+                for w in wids:
+                    self.idle_workers.pop(w, None)
 
     def _spin_up(self, entries: int) -> Generator[float, None, None]:
         option = self.pool.options[0]

@@ -3,7 +3,8 @@
 The provider is the source of truth: ``list_instances`` reads what exists (EC2 by tag
 ``scantide:pool``, local processes from their pid files), so a restarted daemon rebuilds its whole
 view from it and never forgets an instance. Instance ids double as worker ids: a worker started on
-an instance registers under the instance's id.
+an instance registers under the instance's id, or, one per slot, ``<instance id>:<k>``
+(``autoscaler.model.slot_worker_ids``).
 """
 
 from __future__ import annotations

@@ -348,7 +348,7 @@ def from_config(config: AutoscalerConfig, settings: Settings) -> Ec2Provider:
         raw = dict(config.provider_specs.get(pool.name) or {})
         endpoints.add(raw.pop("endpoint_url", None))
         try:
-            specs[pool.name] = Ec2PoolSpec(queue=pool.queue, **raw)
+            specs[pool.name] = Ec2PoolSpec(queue=pool.queue, slots=pool.slots, **raw)
         except TypeError as exc:
             raise ConfigError(f"pool {pool.name!r}: bad [pools.ec2] table: {exc}") from exc
     regions = {s.region for s in specs.values()}

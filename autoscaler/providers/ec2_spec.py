@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoscaler.model import MAX_SLOTS
 from service.errors import ConfigError
 
 USER_DATA_LIMIT_BYTES = 16 * 1024  # EC2's limit on raw (pre-base64) user data
@@ -27,6 +28,8 @@ class Ec2PoolSpec:
     ``CLEARML_API_ACCESS_KEY`` and ``CLEARML_API_SECRET_KEY``, readable by the instance profile.
     volume_size_gb: root volume in GiB (gp3, encrypted), None for the AMI's default.
     root_device_name: the AMI's root device (``/dev/sda1`` on Ubuntu, ``/dev/xvda`` on AL2023).
+    slots: clearml-agent daemons the instance runs (the pool's ``resources.slots``; ``from_config``
+    fills it, like ``queue``), each taking one task at a time.
     """
 
     ami: str
@@ -41,6 +44,7 @@ class Ec2PoolSpec:
     extra_tags: Mapping[str, str] = field(default_factory=dict)
     volume_size_gb: int | None = 100
     root_device_name: str = "/dev/sda1"
+    slots: int = 1
 
     def __post_init__(self) -> None:
         # Accept lists from callers but keep the spec immutable.
@@ -67,6 +71,8 @@ class Ec2PoolSpec:
             problems.append(f"extra_tags may not set {reserved}")
         if self.volume_size_gb is not None and self.volume_size_gb < 8:
             problems.append("volume_size_gb must be at least 8")
+        if isinstance(self.slots, bool) or not isinstance(self.slots, int) or not 1 <= self.slots <= MAX_SLOTS:
+            problems.append(f"slots must be an integer from 1 to {MAX_SLOTS}, got {self.slots!r}")
         if problems:
             raise ConfigError("invalid EC2 pool spec: " + "; ".join(problems))
 
@@ -92,7 +98,7 @@ def render_user_data(spec: Ec2PoolSpec, pool: str) -> str:
     if not _NAME.match(pool):
         raise ConfigError(f"pool name {pool!r} has characters other than letters, digits and _.:@-")
     text = _UserDataTemplate(USER_DATA_TEMPLATE.read_text()).substitute(
-        pool=pool, queue=spec.queue, region=spec.region, ssm_prefix=spec.ssm_prefix)
+        pool=pool, queue=spec.queue, region=spec.region, ssm_prefix=spec.ssm_prefix, slots=str(spec.slots))
     size = len(text.encode())
     if size > USER_DATA_LIMIT_BYTES:
         raise ConfigError(f"user data for pool {pool!r} is {size} bytes; EC2 accepts {USER_DATA_LIMIT_BYTES}")

@@ -2,7 +2,9 @@
 
 An instance is a pid file under ``<state_dir>/fleet/<pool>/``: the provider's truth, like EC2 tags,
 so a restarted autoscaler finds the workers it started (they run in their own sessions and outlive
-it). The worker registers under the instance id, so the daemon can join the two.
+it). The worker is started with ``--worker-id <instance id>`` and ``SCANTIDE_WORKER_SLOTS=<the
+pool's slots>``: it registers under the instance id (one slot) or one worker per slot,
+``<instance id>:<k>`` (``autoscaler.model.slot_worker_ids``), so the daemon can join them.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ log = logging.getLogger(__name__)
 
 class LocalProvider(ComputeProvider):
     def __init__(self, state_dir: Path, queues: dict[str, str], env: dict[str, str] | None = None,
-                 kill_after_s: float = 60.0) -> None:
-        """``queues`` maps a pool to the queue its workers serve; ``env`` is the workers' environment."""
+                 kill_after_s: float = 60.0, slots: dict[str, int] | None = None) -> None:
+        """``queues`` maps a pool to the queue its workers serve; ``env`` is the workers' environment
+        (None: this process's); ``slots`` maps a pool to the tasks each of its workers runs at once
+        (1 for a pool not named)."""
         self.root = state_dir / "fleet"
         self.log_dir = state_dir / "logs"
         self.queues = queues
         self.env = env
+        self.slots = slots or {}
         self.kill_after_s = kill_after_s
         self._children: dict[str, subprocess.Popen] = {}  # reaped by poll(), so no zombies linger
 
@@ -62,6 +67,8 @@ class LocalProvider(ComputeProvider):
         folder = self._dir(pool)
         folder.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        # Always set, so a SCANTIDE_WORKER_SLOTS in the environment cannot disagree with the pool.
+        env = {**(os.environ if self.env is None else self.env), "SCANTIDE_WORKER_SLOTS": str(self.slots.get(pool, 1))}
         ids = []
         for _ in range(count):
             instance_id = f"local-{pool}-{uuid.uuid4().hex[:8]}"
@@ -69,7 +76,7 @@ class LocalProvider(ComputeProvider):
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "service.cli", "worker", "--queue", self.queues[pool],
                      "--worker-id", instance_id],
-                    env=self.env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True,  # survives an autoscaler restart, like an EC2 instance
                 )
             self._children[instance_id] = proc

@@ -2,7 +2,7 @@
 # scantide worker boot script (EC2 user data), rendered by autoscaler.providers.ec2.render_user_data.
 #
 # Template rules: a dollar sign before a lower-case name is a placeholder filled at render time
-# (pool, queue, region, ssm_prefix; validated to plain characters); shell variables are
+# (pool, queue, region, ssm_prefix, slots; validated to plain characters); shell variables are
 # UPPER-CASE and pass through untouched. No secret is ever rendered here: the ClearML
 # credentials are read from SSM Parameter Store at boot with the instance role.
 #
@@ -10,7 +10,9 @@
 # unit that runs the agent on every boot: a warm-pool instance that is stopped and started again
 # gets its agent back. The runner shuts the instance down whenever it exits (agent drained,
 # crashed, or boot failed) so an instance can never idle forever. The agent runs each task's
-# script, `python -m algorithms.entry`, in the worker image when SSM holds WORKER_IMAGE.
+# script, `python -m algorithms.entry`, in the worker image when SSM holds WORKER_IMAGE. A pool
+# with several slots (`[pools.resources] slots`) gets that many agents on the instance, each
+# taking one task at a time; the runner shuts the instance down once all of them have exited.
 set -euo pipefail
 
 install -d -m 0755 /usr/local/sbin /etc/systemd/system
@@ -21,6 +23,7 @@ POOL=$pool
 QUEUE=$queue
 REGION=$region
 SSM_PREFIX=$ssm_prefix
+SLOTS=$slots
 LOG=/var/log/scantide-agent.log
 
 # Everything to the log file and the console (EC2 "Get system log").
@@ -71,8 +74,61 @@ if ! command -v clearml-agent >/dev/null 2>&1; then
   python3 -m pip install --quiet --upgrade clearml-agent || exit 1
 fi
 
-# The worker id is the instance id: the autoscaler joins workers to instances by it.
-export CLEARML_WORKER_ID="$INSTANCE_ID"
+# The worker id is the instance id (one slot) or "<instance id>:<k>" for slot k of several: the
+# autoscaler joins workers to instances by it (autoscaler.model.slot_worker_ids).
+worker_id() { if [ "$SLOTS" -gt 1 ]; then echo "$INSTANCE_ID:$1"; else echo "$INSTANCE_ID"; fi; }
+
+# One agent gets every GPU, as ever. Several share them: slot k gets GPU k mod the GPU count
+# (clearml-agent's --gpus: in docker mode the task container gets `--gpus device=N`, on the host
+# the task gets CUDA_VISIBLE_DEVICES=N), so on a one-GPU instance every slot shares GPU 0.
+GPU_COUNT="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')"
+[ "$GPU_COUNT" -gt 0 ] 2>/dev/null || GPU_COUNT=0
+slot_gpus() { if [ "$SLOTS" -gt 1 ] && [ "$GPU_COUNT" -gt 0 ]; then echo $(($1 % GPU_COUNT)); else echo all; fi; }
+
+# clearml-agent runs several daemons on one machine by itself: each registers its own worker id
+# (a second daemon with the same id refuses to start) and takes the lowest free "instance slot",
+# read from the others' pid files (<temp dir>/.clearmlagent_<pid>_*.tmp), which suffixes its
+# venvs and apt-cache folders (.1, .2, ...; the vcs and pip caches are shared). Two daemons that
+# start at the same moment can both take slot 0 and share a venvs folder, so each one starts once
+# the one before has written its pid file (or has exited, or a minute has passed).
+registered() {
+  for ATTEMPT in $(seq 60); do
+    compgen -G "${TMPDIR:-/tmp}/.clearmlagent_$1_*.tmp" >/dev/null && return 0
+    kill -0 "$1" 2>/dev/null || return 1
+    sleep 1
+  done
+  return 1
+}
+
+# Each daemon runs in the foreground as a child of this runner (not --detached, whose launcher
+# returns at once): the runner waits for every one and powers off after the last has exited.
+# $1: what one agent gets for --gpus ("" for no flag: the host's default); the rest: the daemon's arguments.
+start_agents() {
+  local ONE_GPU="$1" K GPU
+  shift
+  AGENT_PIDS=()
+  for ((K = 0; K < SLOTS; K++)); do
+    GPU="$(slot_gpus "$K")"
+    [ "$GPU" = all ] && GPU="$ONE_GPU"
+    if [ "$K" -gt 0 ] && ! registered "${AGENT_PIDS[$((K - 1))]}"; then
+      say "clearml-agent worker=$(worker_id $((K - 1))) wrote no pid file; starting the next anyway"
+    fi
+    CLEARML_WORKER_ID="$(worker_id "$K")" clearml-agent daemon "$@" ${GPU:+--gpus "$GPU"} &
+    AGENT_PIDS+=("$!")
+    say "started clearml-agent worker=$(worker_id "$K") pid=$! gpus=${GPU:-default}"
+  done
+}
+
+wait_agents() {
+  local PID CODE STATUS=0
+  for PID in "${AGENT_PIDS[@]}"; do
+    wait "$PID"
+    CODE=$?
+    [ "$CODE" -ne 0 ] && STATUS=$CODE
+  done
+  return "$STATUS"
+}
+
 STATUS=0
 if [ -n "$WORKER_IMAGE" ]; then
   case "$WORKER_IMAGE" in  # a private ECR image needs a login (the role reads ECR)
@@ -89,8 +145,8 @@ if [ -n "$WORKER_IMAGE" ]; then
   export CLEARML_AGENT_EXTRA_DOCKER_ARGS="--user 0:0 -e AWS_DEFAULT_REGION=$REGION -e AWS_REGION=$REGION"
   export CLEARML_AGENT__AGENT__DOCKER_INSTALL_OPENCV_LIBS=false
   trap - EXIT
-  say "starting clearml-agent worker=$CLEARML_WORKER_ID image=$WORKER_IMAGE"
-  clearml-agent daemon --queue "$QUEUE" --foreground --docker "$WORKER_IMAGE" --gpus all || STATUS=$?
+  say "starting $SLOTS clearml-agent(s) worker=$(worker_id 0) image=$WORKER_IMAGE"
+  start_agents all --queue "$QUEUE" --foreground --docker "$WORKER_IMAGE"
 else
   # On the host the agent must run tasks with the python that has scantide (the AMI's), not build
   # a fresh venv per task (every task would fail "No module named 'algorithms'"): the interpreter
@@ -99,10 +155,11 @@ else
   [ -x "$SCANTIDE_PYTHON" ] || SCANTIDE_PYTHON="$(command -v python3)"
   export CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL=1 CLEARML_AGENT_SKIP_PIP_VENV_INSTALL="$SCANTIDE_PYTHON"
   trap - EXIT
-  say "starting clearml-agent worker=$CLEARML_WORKER_ID (tasks run on the host with $SCANTIDE_PYTHON)"
-  clearml-agent daemon --queue "$QUEUE" --foreground || STATUS=$?
+  say "starting $SLOTS clearml-agent(s) worker=$(worker_id 0) (tasks run on the host with $SCANTIDE_PYTHON)"
+  start_agents "" --queue "$QUEUE" --foreground
 fi
-power_off "clearml-agent exited with status $STATUS"
+wait_agents || STATUS=$?
+power_off "clearml-agent exited with status $STATUS ($SLOTS agent(s), all exited)"
 RUNNER
 chmod 0755 /usr/local/sbin/scantide-agent
 

@@ -1,10 +1,13 @@
 """A simulated task queue with its workers; it satisfies the daemon's ``QueueView`` protocol.
 
-FIFO. A registered worker that is idle and not draining takes the next task at once (when several
-are idle, one picked at random from a seeded stream, as polling agents race for the queue). A task
-runs for its trace service time. A worker asked to drain acknowledges at once, finishes its task
-and takes no new one. Workers heartbeat continuously (``last_seen`` is now) while their instance
-runs; a worker whose instance goes away gives its task back to the head of the queue.
+FIFO. An instance that becomes ready registers one worker per slot (``slot_worker_ids``). A
+registered worker that is idle and not draining takes the next task at once (when several are
+idle, one picked at random from a seeded stream, as polling agents race for the queue). A task
+runs for its trace service time (one task alone on an instance) times the pool's slot slowdown
+(1 for one slot): a slot shares its instance with the others. A worker asked to drain
+acknowledges at once, finishes its task and takes no new one. Workers heartbeat continuously
+(``last_seen`` is now) while their instance runs; the workers of an instance that goes away give
+their tasks back to the head of the queue.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from autoscaler.model import slot_worker_ids
 from autoscaler.sim.clock import EventLoop
 from service.domain import QueueStats, WorkerInfo
 
@@ -42,9 +46,13 @@ class _Worker:
 
 
 class SimQueue:
-    def __init__(self, loop: EventLoop, queue: str, seed: int, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, loop: EventLoop, queue: str, seed: int, on_change: Callable[[], None] = lambda: None,
+                 slots: int = 1, slowdown: float = 1.0) -> None:
+        """``slots``: workers per instance; ``slowdown``: a task's run time on a slot over its trace time."""
         self.loop = loop
         self.queue = queue
+        self.slots = slots
+        self.slowdown = slowdown
         self.pending: deque[SimTask] = deque()
         self.enqueued_total = 0
         self.interrupted = 0  # tasks given back because their instance went away while running them
@@ -79,16 +87,21 @@ class SimQueue:
         self.enqueued_total += 1
         self._dispatch()
 
-    def register(self, worker_id: str) -> None:
-        self._workers[worker_id] = _Worker(id=worker_id, idle_since=self.loop.now)
+    def register(self, instance_id: str) -> None:
+        """The instance's agents start: one worker per slot."""
+        for worker_id in slot_worker_ids(instance_id, self.slots):
+            self._workers[worker_id] = _Worker(id=worker_id, idle_since=self.loop.now)
         self._dispatch()
 
-    def deregister(self, worker_id: str) -> None:
-        worker = self._workers.pop(worker_id, None)
-        if worker is not None and worker.task is not None:
-            worker.task.started_at = None
-            self.pending.appendleft(worker.task)
+    def deregister(self, instance_id: str) -> None:
+        """The instance goes away with its workers; their tasks go back to the head of the queue."""
+        workers = [self._workers.pop(w, None) for w in slot_worker_ids(instance_id, self.slots)]
+        tasks = sorted((w.task for w in workers if w is not None and w.task is not None), key=lambda t: t.index)
+        for task in reversed(tasks):  # in arrival order at the head of the queue
+            task.started_at = None
+            self.pending.appendleft(task)
             self.interrupted += 1
+        if tasks:
             self._dispatch()
 
     def _dispatch(self) -> None:
@@ -101,7 +114,7 @@ class SimQueue:
             task.started_at, task.worker_id = self.loop.now, worker.id
             worker.task, worker.idle_since = task, None
             worker.generation += 1
-            self.loop.after(task.service_s, self._finish, worker, worker.generation)
+            self.loop.after(task.service_s * self.slowdown, self._finish, worker, worker.generation)
         self._on_change()
 
     def _finish(self, worker: _Worker, generation: int) -> None:

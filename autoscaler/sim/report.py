@@ -13,12 +13,13 @@ from autoscaler.sim.world import RunResult
 class Summary:
     policy: str
     warm_pool: bool
+    slots: int  # tasks each instance ran at once
     tasks: int
     unfinished: int  # never started; their wait counts up to the end of the run
     billed_s: int  # GPU-seconds billed
     cost_usd: float
     storage_usd: float  # volumes of stopped instances, beside the GPU bill
-    busy_s: float  # GPU-seconds spent running tasks
+    busy_s: float  # the work done: finished tasks' trace service times (each alone on an instance), seconds
     cold_launches: int
     warm_starts: int
     capacity_errors: int
@@ -38,7 +39,7 @@ class Summary:
 def summarize(result: RunResult) -> Summary:
     waits = [t.wait_s if t.wait_s is not None else result.end_s - t.arrival_s for t in result.tasks]
     return Summary(
-        policy=result.policy, warm_pool=result.warm_pool, tasks=len(result.tasks),
+        policy=result.policy, warm_pool=result.warm_pool, slots=result.slots, tasks=len(result.tasks),
         unfinished=sum(1 for t in result.tasks if t.started_at is None), billed_s=result.bill.billed_s,
         cost_usd=result.bill.cost, storage_usd=result.bill.storage_cost,
         busy_s=sum(t.service_s for t in result.tasks if t.finished_at is not None),
@@ -76,7 +77,8 @@ def json_record(trace: str, seed: int, ours: Summary, baseline: Summary | None) 
         return round(a / b, 4) if b else None
 
     return {
-        "trace": trace, "seed": seed, "policy": ours.policy, "warm_pool": ours.warm_pool, "tasks": ours.tasks,
+        "trace": trace, "seed": seed, "policy": ours.policy, "warm_pool": ours.warm_pool, "slots": ours.slots,
+        "tasks": ours.tasks,
         "billed_s": ours.billed_s, "baseline_billed_s": baseline.billed_s if baseline else None,
         "cost_ratio_vs_baseline": ratio(ours.billed_s, baseline.billed_s) if baseline else None,
         "p50_wait_s": round(ours.p50_wait_s, 1), "p95_wait_s": round(ours.p95_wait_s, 1),

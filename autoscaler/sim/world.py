@@ -2,7 +2,9 @@
 
 The default policy runs through the real daemon (``Autoscaler.tick()`` every ``tick_s`` with the
 virtual clock and inline launches); the ClearML baseline runs its own poll loop as a process.
-Both meet the same provider (same boot draws for the n-th launch) and the same queue.
+Both meet the same provider (same boot draws for the n-th launch) and the same queue, with the
+pool's slots: each instance serves ``pool.slots`` tasks at once, each at the trace's service time
+times ``pool.resources.slot_slowdown``.
 
 A run ends when every task has finished and the fleet has wound down to nothing, or
 ``wind_down_s`` after the last task finished, whichever comes first; instances still up then are
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 
 from autoscaler.baselines.clearml import ClearMLAutoscaler
 from autoscaler.daemon import Autoscaler, Journal
-from autoscaler.model import InstanceOption, Market, PoolConfig, WarmPoolConfig
+from autoscaler.model import InstanceOption, Market, PoolConfig, Resources, WarmPoolConfig
 from autoscaler.policy import decide
 from autoscaler.sim.clock import EventLoop, Process
 from autoscaler.sim.provider import Bill, BootModel, SimProvider
@@ -51,12 +53,17 @@ def default_pool() -> PoolConfig:
 class RunResult:
     policy: str
     warm_pool: bool
+    resources: Resources  # the instances' slots and their slowdown
     tasks: list[SimTask]
     bill: Bill
     end_s: float
     series: list[tuple[float, int, int]]  # (time s, tasks queued, instances billed), at each change
     interrupted: int
     journal: Journal
+
+    @property
+    def slots(self) -> int:
+        return self.resources.slots
 
 
 def run(trace: Trace, policy: str = "default", pool: PoolConfig | None = None, seed: int = 0,
@@ -72,7 +79,8 @@ def run(trace: Trace, policy: str = "default", pool: PoolConfig | None = None, s
         if not series or series[-1][1:] != point[1:]:
             series.append(point)
 
-    queue = SimQueue(loop, pool.queue, seed, on_change=sample)
+    queue = SimQueue(loop, pool.queue, seed, on_change=sample, slots=pool.slots,
+                     slowdown=pool.resources.slot_slowdown)
     provider = SimProvider(loop, seed, settings.boot, on_ready=lambda iid, _pool: queue.register(iid),
                            on_gone=queue.deregister, on_change=sample)
     tasks = [SimTask(index=i, arrival_s=a, service_s=s) for i, (a, s) in enumerate(trace.jobs)]
@@ -87,8 +95,9 @@ def run(trace: Trace, policy: str = "default", pool: PoolConfig | None = None, s
 
     loop.run(until=lambda: queue.finished == len(tasks), limit=trace.duration_s + settings.overrun_s)
     loop.run(until=lambda: provider.billed_count() == 0, limit=loop.now + settings.wind_down_s)
-    return RunResult(policy=policy, warm_pool=pool.warm_pool.enabled, tasks=tasks, bill=provider.close(loop.now),
-                     end_s=loop.now, series=series, interrupted=queue.interrupted, journal=journal)
+    return RunResult(policy=policy, warm_pool=pool.warm_pool.enabled, resources=pool.resources, tasks=tasks,
+                     bill=provider.close(loop.now), end_s=loop.now, series=series, interrupted=queue.interrupted,
+                     journal=journal)
 
 
 def _ticks(scaler: Autoscaler, tick_s: float) -> Process:

@@ -410,9 +410,12 @@ def test_user_data_fetches_credentials_at_boot_and_shuts_down_after_the_agent(
     for name in CLEARML_PARAMS:  # every assignment reads SSM, none carries a value
         assignments = re.findall(rf"^{name}=(.*)$", text, flags=re.M)
         assert assignments == [f'"$(ssm_param "$SSM_PREFIX/{name}")" || exit 1']
-    assert 'export CLEARML_WORKER_ID="$INSTANCE_ID"' in text
+    # the worker id is the instance id, or <instance id>:<k> for slot k of several (SLOTS from the spec)
+    assert "\nSLOTS=1\n" in text
+    assert 'worker_id() { if [ "$SLOTS" -gt 1 ]; then echo "$INSTANCE_ID:$1"; else echo "$INSTANCE_ID"; fi; }' in text
+    assert 'CLEARML_WORKER_ID="$(worker_id "$K")" clearml-agent daemon "$@"' in text
     assert "command -v clearml-agent" in text and "pip install --quiet --upgrade clearml-agent" in text
-    agent = text.index('clearml-agent daemon --queue "$QUEUE" --foreground')
+    agent = text.index('start_agents "" --queue "$QUEUE" --foreground')
     assert text.index('power_off "clearml-agent exited', agent) > agent
     assert "shutdown -h now" in text[text.index("power_off() {"):agent]
     assert "systemctl enable --now --no-block scantide-agent.service" in text  # the agent comes back on start

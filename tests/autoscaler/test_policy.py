@@ -15,11 +15,13 @@ from autoscaler.model import (
     Launch,
     PoolConfig,
     PoolSnapshot,
+    Resources,
     Snapshot,
     Start,
     Stop,
     Terminate,
     WarmPoolConfig,
+    slot_worker_ids,
 )
 from autoscaler.policy import decide
 
@@ -31,12 +33,14 @@ PER_HOUR = 1 / 3600
 
 
 def inst(iid: str, state: InstanceState, since: float = 0.0, task: str | None = None,
-         launched: float | None = None) -> Instance:
-    """An instance in ``state`` for ``since`` seconds before NOW."""
+         launched: float | None = None, slots: int = 1, tasks: tuple[str, ...] = ()) -> Instance:
+    """An instance in ``state`` for ``since`` seconds before NOW, with ``slots`` slots holding ``task``
+    (or ``tasks``)."""
     has_worker = state not in (InstanceState.booting, InstanceState.stopped, InstanceState.stopping)
     return Instance(id=iid, pool="gpu", option=OPTION, state=state,
                     launched_at=NOW - (launched if launched is not None else since + 300),
-                    state_since=NOW - since, worker_id=iid if has_worker else None, task_id=task)
+                    state_since=NOW - since, worker_ids=slot_worker_ids(iid, slots) if has_worker else (),
+                    task_ids=(task,) if task else tasks, slots=slots)
 
 
 def busy(iid: str) -> Instance:
@@ -45,7 +49,7 @@ def busy(iid: str) -> Instance:
 
 def snap(*instances: Instance, pending: int = 0, rate_per_h: float = 0.0, in_flight: int = 0,
          oldest: float = 0.0) -> Snapshot:
-    ps = PoolSnapshot(pool="gpu", pending=pending, running=sum(1 for i in instances if i.task_id),
+    ps = PoolSnapshot(pool="gpu", pending=pending, running=sum(len(i.task_ids) for i in instances),
                       oldest_queued_age_s=oldest, arrival_rate_per_s=rate_per_h * PER_HOUR,
                       instances=tuple(instances), launches_in_flight=in_flight)
     return Snapshot(now=NOW, pools={"gpu": ps})
@@ -65,7 +69,7 @@ def _check_invariants(s: Snapshot, actions: list[Action]) -> None:
         if isinstance(a, (Terminate, Stop)):
             for iid in a.instance_ids:
                 i = by_id[iid]
-                assert i.task_id is None or i.state is InstanceState.lost, (a, i)
+                assert not i.holds_task or i.state is InstanceState.lost, (a, i)
                 assert i.state not in (InstanceState.idle, InstanceState.busy), (a, i)
 
 
@@ -236,3 +240,91 @@ def test_pools_are_decided_separately_and_unknown_pools_ignored() -> None:
     other = replace(POOL, name="cpu")
     assert decide(Snapshot(now=NOW, pools={**s.pools, "zzz": s.pools["gpu"]}), NOW, {"gpu": POOL, "cpu": other})
     assert decide(s, NOW, {"cpu": other}) == []
+
+
+# -- slots: instances × slots of capacity, each slot slowed as measured --------------------------
+PROFILE_SPH = {1: 1200.0, 2: 2000.0, 4: 2300.0}  # scans per hour by slot count, as a throughput profile says
+
+
+def slotted(pool: PoolConfig, slots: int, slowdown: float | None = None) -> PoolConfig:
+    """``pool`` with ``slots`` slots, slowed as ``PROFILE_SPH`` says unless ``slowdown`` is given."""
+    if slots == 1:
+        return pool
+    if slowdown is None:
+        slowdown = slots * PROFILE_SPH[1] / PROFILE_SPH[slots]
+    return replace(pool, resources=Resources(slots=slots, slot_slowdown=slowdown))
+
+
+LONG = replace(POOL, expected_service_s=900.0)  # tasks long enough that a second of capacity is worth a boot
+
+
+def test_more_slots_need_fewer_instances_for_the_same_backlog() -> None:
+    counts = [launched(run(snap(pending=20, oldest=10), slotted(POOL, n))) for n in (1, 2, 4)]
+    assert counts[0] > counts[1] >= counts[2] >= 1, counts
+    assert counts[1] <= counts[0] / 2 + 1  # two slots at 1.2x each: about half the instances
+
+
+def test_the_slowdown_is_respected() -> None:
+    """Two slots that share the machine so badly that each task takes twice as long add no throughput:
+    as many instances as with one slot; a larger slowdown never gets fewer."""
+    one = launched(run(snap(pending=20, oldest=10), POOL))
+    by_slowdown = [launched(run(snap(pending=20, oldest=10), slotted(POOL, 2, s))) for s in (1.0, 1.2, 1.6, 2.0)]
+    assert by_slowdown == sorted(by_slowdown) and by_slowdown[0] < by_slowdown[-1]
+    assert by_slowdown[-1] == one
+
+
+def test_a_free_slot_of_a_busy_instance_takes_a_queued_task() -> None:
+    def launches(slots: int) -> int:
+        busy_one = inst("a", InstanceState.busy, slots=slots, tasks=("t1",))
+        return launched(run(snap(busy_one, pending=1, oldest=10), slotted(LONG, slots)))
+
+    assert launches(1) == 1  # the only slot is busy for ~450 s more: worth a boot
+    assert launches(2) == 0  # the second slot takes it now
+
+
+def test_booting_instances_and_launches_in_flight_bring_all_their_slots() -> None:
+    booting = inst("b", InstanceState.booting, launched=30)
+    assert launched(run(snap(booting, pending=2), LONG)) == 1
+    assert launched(run(snap(replace(booting, slots=2), pending=2), slotted(LONG, 2))) == 0
+    assert launched(run(snap(pending=2, in_flight=1), LONG)) == 1
+    assert launched(run(snap(pending=2, in_flight=1), slotted(LONG, 2))) == 0
+
+
+@pytest.mark.parametrize("slots, slowdown, drained", [
+    (1, None, False),  # at 150/h the second instance saves enough waiting
+    (2, None, True),  # two slots at 1.2x: the first instance's second slot takes most of those arrivals
+    (2, 2.0, False),  # two slots at 2x serve no more than one: the second instance is worth keeping again
+])
+def test_the_break_even_weighs_instances_of_slots(slots: int, slowdown: float | None, drained: bool) -> None:
+    busy_one = inst("a", InstanceState.busy, slots=slots, tasks=tuple(f"t{k}" for k in range(slots)))
+    idle_one = inst("i", InstanceState.idle, since=30, slots=slots)
+    actions = run(snap(busy_one, idle_one, rate_per_h=150.0), slotted(POOL, slots, slowdown))
+    assert bool(of(actions, Drain)) is drained
+
+
+def test_scale_in_drains_every_slot_of_the_instance() -> None:
+    (drain,) = of(run(snap(inst("i", InstanceState.idle, since=30, slots=2)), slotted(POOL, 2)), Drain)
+    assert (drain.instance_id, drain.worker_ids) == ("i", ("i:0", "i:1"))
+    # a slot that has not registered yet is asked too, so that it takes no task when it does
+    late = replace(inst("j", InstanceState.idle, since=30, slots=3), worker_ids=("j:0",))
+    (drain,) = of(run(snap(late), slotted(POOL, 3, 1.5)), Drain)
+    assert drain.worker_ids == ("j:0", "j:1", "j:2")
+
+
+def test_a_draining_instance_is_terminated_only_when_no_slot_holds_a_task() -> None:
+    pool = slotted(POOL, 2)
+    one_left = inst("d", InstanceState.draining, slots=2, tasks=("t1",))
+    assert [a for a in run(snap(one_left), pool) if not isinstance(a, Launch)] == []
+    (end,) = run(snap(inst("d", InstanceState.draining, slots=2)), pool)
+    assert isinstance(end, Terminate) and end.instance_ids == ("d",)
+
+
+def test_the_warm_pool_holds_instances_not_slots() -> None:
+    """The warm pool keeps enough stopped instances for the slots a burst needs: half as many with two."""
+    pool = replace(WARM, warm_pool=WarmPoolConfig(enabled=True, min_size=0, max_size=8))
+    stopped = []
+    for slots in (1, 2):
+        drained = [inst(f"d{k}", InstanceState.draining, slots=slots) for k in range(6)]
+        actions = run(snap(*drained, rate_per_h=30.0), slotted(pool, slots))
+        stopped.append(sum(len(a.instance_ids) for a in of(actions, Stop)))
+    assert stopped[1] == -(-stopped[0] // 2) and stopped[1] < stopped[0]

@@ -9,6 +9,7 @@ pools that are not about boot or loss get timeouts far beyond any advance.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from autoscaler.config import parse_config
+from autoscaler.config import load_config, parse_config
 from autoscaler.daemon import Autoscaler, Journal
 from autoscaler.model import (
     Action,
@@ -39,9 +40,10 @@ from autoscaler.model import (
     Stop,
     Terminate,
     WarmPoolConfig,
+    slot_worker_ids,
 )
 from autoscaler.policy import decide
-from autoscaler.providers.ec2 import TAG_MANAGED, TAG_POOL, Ec2Provider
+from autoscaler.providers.ec2 import TAG_MANAGED, TAG_POOL, Ec2Provider, from_config
 from autoscaler.providers.ec2_client import Ec2Client
 from autoscaler.providers.ec2_spec import Ec2PoolSpec
 from autoscaler.runner import TICKS_FILE
@@ -616,8 +618,58 @@ def test_fleet_command_shows_instances_and_decisions(fleet: Fleet, moto: MotoSer
     assert "launch" in decisions and f"1 × {SPOT.instance_type} spot" in decisions
 
 
+def test_slots_from_the_config_to_the_instances_and_back(fleet: Fleet, moto: MotoServer, tmp_path: Path) -> None:
+    """``[pools.resources] slots = 2``: half the instances for the backlog, user data that starts two
+    agents, slot workers joined to their instances, and every slot drained before the instance goes."""
+    profile = tmp_path / "throughput.json"
+    profile.write_text(json.dumps({"scans_per_hour": {"1": 1200.0, "2": 2000.0}}))
+    state_dir, config_path = write_daemon_config(
+        tmp_path, moto, fleet.world, pool_extra=f'[pools.resources]\nslots = 2\nslot_profile = "{profile}"\n')
+    settings = load_settings(state_dir=state_dir, autoscaler_config=config_path)
+    config = load_config(settings)
+    (pool,) = config.pools
+    assert pool.slots == 2 and pool.resources.slot_slowdown == pytest.approx(1.2)
+    provider = from_config(config, settings)  # the launch spec takes the pool's slots, like its queue
+    daemon = Autoscaler([pool], provider, fleet.backend, decide, journal=Journal(fleet.journal_path),
+                        clock=fleet.clock)
+    tasks = fleet.submit(4)
+
+    assert launched(daemon.tick()) == 2, "four long tasks, two slots each: two instances (four with one slot)"
+    ids = [i.id for i in provider.list_instances(POOL)]
+    for iid in ids:
+        user_data = fleet.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"]["Value"]
+        assert "\nSLOTS=2\n" in base64.b64decode(user_data).decode()
+
+    slot_ids = {iid: slot_worker_ids(iid, 2) for iid in ids}
+    for iid in ids:
+        fleet.boot(*slot_ids[iid])
+    held = {w: fleet.take(w) for iid in ids for w in slot_ids[iid]}
+    assert sorted(t.task_id for t in held.values() if t) == sorted(tasks)
+    snapshot = daemon.observe(fleet.clock())
+    assert {(i.id, i.state.value, len(i.task_ids)) for i in snapshot.pools[POOL].instances} == {
+        (iid, "busy", 2) for iid in ids}
+    assert launched(daemon.tick()) == 0
+
+    first = ids[0]
+    fleet.finish(slot_ids[first][0], held[slot_ids[first][0]])  # one slot of the first instance frees
+    (still,) = [i for i in daemon.observe(fleet.clock()).pools[POOL].instances if i.id == first]
+    assert still.state.value == "busy" and still.free_slots == 1, "busy while any slot holds a task"
+    for worker, task in held.items():
+        if worker != slot_ids[first][0]:
+            fleet.finish(worker, task)
+
+    drains = of_type(daemon.tick(), Drain)  # nothing queued, nothing arriving: idle instances drain
+    assert sorted((d.instance_id, d.worker_ids) for d in drains) == sorted(slot_ids.items())
+    assert all(fleet.worker(w).draining for ws in slot_ids.values() for w in ws)
+    assert all(fleet.acknowledge(w) for ws in slot_ids.values() for w in ws)
+    ended = of_type(daemon.tick(), Terminate)
+    assert sorted(i for t in ended for i in t.instance_ids) == sorted(ids)
+    assert [i.id for i in provider.list_instances(POOL)] == []
+
+
 # -- the daemon as a process --------------------------------------------------------------------
-def write_daemon_config(tmp_path: Path, moto: MotoServer, world: Ec2World) -> tuple[Path, Path]:
+def write_daemon_config(tmp_path: Path, moto: MotoServer, world: Ec2World, pool_extra: str = "") -> tuple[Path, Path]:
+    """The state dir and a daemon config for this world; ``pool_extra``: more TOML for the pool (tables)."""
     state_dir = tmp_path / "state"
     state_dir.mkdir(parents=True, exist_ok=True)
     config = tmp_path / "autoscaler.toml"
@@ -643,6 +695,7 @@ instance_type = "{ON_DEMAND.instance_type}"
 market = "on_demand"
 price_per_hour = {ON_DEMAND.price_per_hour}
 
+{pool_extra}
 {world.ec2_toml(moto, SSM_PREFIX)}""")
     return state_dir, config
 

@@ -13,10 +13,12 @@ import typer
 from typer.testing import CliRunner
 
 from autoscaler.cli import register
+from autoscaler.model import PoolConfig, Resources
 from autoscaler.sim.provider import BootModel
 from autoscaler.sim.traces import Trace, TraceError, load_trace, poisson_arrivals
 from autoscaler.sim.world import RunResult, SimSettings, default_pool, run
 from autoscaler.simulate import simulate
+from service.errors import ConfigError
 
 FIELDS = {"cost_ratio_vs_baseline", "p95_wait_s", "baseline_p95_wait_s", "p50_wait_s", "cost_over_busy",
           "warm_pool", "trace", "seed", "billed_s", "baseline_billed_s"}
@@ -220,3 +222,85 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+# -- slots: N tasks at once per instance, each at the measured slowdown ---------------------------
+def write_profile(path: Path, per_hour: dict[str, float] | None = None) -> Path:
+    """A throughput profile as ``benchmarks/throughput.py`` writes it (the test's own numbers)."""
+    path.write_text(json.dumps({"scans_per_hour": per_hour or {"1": 1200.0, "2": 2000.0, "4": 2300.0},
+                                "best_slots": 4, "speedup": 1.92, "frames": 120}))
+    return path
+
+
+def slotted_pool(slots: int, slowdown: float) -> PoolConfig:
+    return replace(default_pool(), resources=Resources(slots=slots, slot_slowdown=slowdown))
+
+
+def test_slots_run_tasks_side_by_side_at_the_slowed_time() -> None:
+    result = run(small_trace(), "default", slotted_pool(2, 1.2), seed=1)
+    done = [t for t in result.tasks if t.finished_at is not None]
+    assert len(done) == len(result.tasks) and result.slots == 2
+    for t in done:  # each task takes its trace time (alone on an instance) times the slowdown
+        assert t.finished_at - t.started_at == pytest.approx(t.service_s * 1.2)
+    assert {t.worker_id.rsplit(":", 1)[1] for t in done} == {"0", "1"}  # slot worker ids: <instance>:<k>
+    side_by_side = [(a, b) for a, b in itertools.combinations(done, 2)
+                    if a.worker_id.rsplit(":", 1)[0] == b.worker_id.rsplit(":", 1)[0]
+                    and a.started_at < b.finished_at and b.started_at < a.finished_at]
+    assert side_by_side, "two tasks on one instance at once"
+
+
+def test_one_slot_is_the_simulation_without_slots() -> None:
+    assert simulate(small_trace(), vs="clearml", seed=2, slots=1).record() == \
+        simulate(small_trace(), vs="clearml", seed=2).record()
+
+
+def test_slots_with_a_throughput_gain_bill_less_for_the_same_scans(tmp_path: Path) -> None:
+    profile = write_profile(tmp_path / "throughput.json")
+    one = simulate("burst", vs="clearml", seed=0).record()
+    two = simulate("burst", vs="clearml", seed=0, slots=2, slot_profile=profile).record()
+    assert two["slots"] == 2 and two["unfinished"] == 0
+    assert two["billed_s"] < one["billed_s"] and two["baseline_billed_s"] < one["baseline_billed_s"]
+    assert two["p95_wait_s"] < two["baseline_p95_wait_s"]  # still ahead of the baseline on the same machines
+
+
+def test_slots_without_a_measurement_refuse_to_simulate(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="python benchmarks/throughput.py"):
+        simulate(small_trace(), slots=2, slot_profile=tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="no scans_per_hour for 4 slot"):
+        simulate(small_trace(), slots=4, slot_profile=write_profile(tmp_path / "p.json", {"1": 10.0, "2": 15.0}))
+
+
+def test_baseline_with_slots_launches_one_instance_per_slots_queued_jobs() -> None:
+    trace = Trace("held", tuple((10.0 + k, 3000.0) for k in range(7)), duration_s=17.0)
+    slow = SimSettings(boot=BootModel(cold_boot_s=(500.0, 500.0)))
+    result = run(trace, "clearml", slotted_pool(2, 1.5), seed=2, settings=slow)
+    assert len(journal_times(result, "launch")) == 4  # ceil(7 / 2)
+    assert result.interrupted == 0 and all(t.finished_at is not None for t in result.tasks)
+
+
+def test_baseline_with_slots_spins_an_instance_down_only_when_every_slot_is_idle() -> None:
+    """Slot 0 finishes in a minute and idles past ClearML's 15 minutes while slot 1 still runs its
+    hour-long task: the instance stays until both are idle."""
+    trace = Trace("pair", ((10.0, 60.0), (10.5, 3600.0)), duration_s=11.0)
+    result = run(trace, "clearml", slotted_pool(2, 1.0), seed=2)
+    (short, long_) = result.tasks
+    assert long_.worker_id.rsplit(":", 1)[0] == short.worker_id.rsplit(":", 1)[0]  # one instance, two slots
+    (terminated,) = journal_times(result, "terminate")
+    assert result.interrupted == 0 and terminated > long_.finished_at + 900
+
+
+def test_cli_simulates_slots_from_a_profile(tmp_path: Path) -> None:
+    trace = write_csv(tmp_path / "t.csv", "arrival_s,service_s\n"
+                      + "".join(f"{k * 300.0},{60 + k % 5 * 10}\n" for k in range(30)))
+    profile = write_profile(tmp_path / "throughput.json")
+    out = CliRunner().invoke(cli(), ["simulate", "--trace", str(trace), "--vs", "clearml", "--slots", "2",
+                                     "--slot-profile", str(profile)])
+    assert out.exit_code == 0, out.output
+    record = json.loads(out.output.strip().splitlines()[-1])
+    assert record["slots"] == 2 and record["unfinished"] == 0
+    assert "2 slots per instance (each task 1.20x as long" in " ".join(out.output.split())
+
+    missing = CliRunner().invoke(cli(), ["simulate", "--trace", str(trace), "--slots", "2",
+                                         "--slot-profile", str(tmp_path / "none.json")])
+    assert missing.exit_code == 2 and "python benchmarks/throughput.py" in " ".join(missing.output.split())
+    assert CliRunner().invoke(cli(), ["simulate", "--trace", str(trace), "--slots", "17"]).exit_code == 2

@@ -1,6 +1,11 @@
 """The worker boot runner (``autoscaler/providers/user_data.sh``) executed by bash, with the
-instance's programs (``curl`` to IMDS, ``aws``, ``docker``, ``clearml-agent``, ``shutdown`` …)
-as recording stubs on ``PATH``: what the agent is started with, and that the box shuts down after."""
+instance's programs (``curl`` to IMDS, ``aws``, ``docker``, ``nvidia-smi``, ``clearml-agent``,
+``shutdown`` …) as recording stubs on ``PATH``: what the agents are started with, and that the box
+shuts down after the last one exits.
+
+The ``clearml-agent`` stub behaves as the agent does on start-up where it matters here: it writes
+its pid file, ``<temp dir>/.clearmlagent_<pid>_*.tmp``, which other daemons on the machine read to
+pick their instance slot (``clearml_agent/helper/singleton.py``)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from autoscaler.providers.ec2_spec import Ec2PoolSpec, render_user_data
+from service.errors import ConfigError
 
 QUEUE = "gpu-scans"
 PREFIX = "/scantide/prod"
@@ -30,7 +36,13 @@ esac""",
   echo "docker_args=${CLEARML_AGENT_EXTRA_DOCKER_ARGS:-}"
   echo "skip_env=${CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL:-} python=${CLEARML_AGENT_SKIP_PIP_VENV_INSTALL:-}"
   echo "opencv_libs=${CLEARML_AGENT__AGENT__DOCKER_INSTALL_OPENCV_LIBS:-}"
-  } >> "$CALLS"; exit 3""",
+  echo "earlier_agents=$(ls -A "$TMPDIR" | grep -c '^[.]clearmlagent_')"
+  } >> "$CALLS"
+touch "$TMPDIR/.clearmlagent_$$_x1y2.tmp"
+[ "$CLEARML_WORKER_ID" = "${SLOW_WORKER:-}" ] && /bin/sleep 0.5
+echo "exit worker=$CLEARML_WORKER_ID" >> "$CALLS"; exit 3""",
+    "nvidia-smi": """for ((K = 0; K < ${GPUS:-0}; K++)); do echo "GPU $K: NVIDIA A10G (UUID: GPU-$K)"; done
+[ "${GPUS:-0}" -gt 0 ]""",
     "docker": 'cat > /dev/null; echo "docker $*" >> "$CALLS"',  # reads the piped ECR password
     "shutdown": 'echo "shutdown $*" >> "$CALLS"',
     "systemctl": "echo running",
@@ -39,9 +51,13 @@ esac""",
 }
 
 
-def run_runner(tmp_path: Path, image: str | None, extra_path: Path | None = None) -> list[str]:
+def run_runner(tmp_path: Path, image: str | None, extra_path: Path | None = None, slots: int = 1,
+               gpus: int = 1, slow_worker: str = "") -> list[str]:
+    """Run the boot runner; ``gpus``: how many GPUs ``nvidia-smi -L`` lists; ``slow_worker``: the
+    worker id whose agent outlives the others a little."""
     spec = Ec2PoolSpec(ami="ami-1", subnets=["subnet-1"], security_group_ids=["sg-1"], queue=QUEUE,
-                       region="eu-west-1", ssm_prefix=PREFIX, instance_profile_name="scantide-worker")
+                       region="eu-west-1", ssm_prefix=PREFIX, instance_profile_name="scantide-worker",
+                       slots=slots)
     text = render_user_data(spec, "gpu")
     runner = text.split("<<'RUNNER'\n", 1)[1].split("\nRUNNER\n", 1)[0]
     runner = runner.replace("LOG=/var/log/scantide-agent.log", f"LOG={tmp_path / 'agent.log'}")
@@ -52,7 +68,9 @@ def run_runner(tmp_path: Path, image: str | None, extra_path: Path | None = None
         (bin_dir / name).chmod(0o755)
     (tmp_path / "runner").write_text(runner)
     calls = tmp_path / "calls"
+    (tmp_path / "tmp").mkdir()
     env = {"PATH": f"{bin_dir}:{extra_path or bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "HOME": str(tmp_path),
+           "TMPDIR": str(tmp_path / "tmp"), "GPUS": str(gpus), "SLOW_WORKER": slow_worker,
            **({"WORKER_IMAGE_PARAM": image} if image else {})}
     subprocess.run(["bash", str(tmp_path / "runner")], env=env, check=True, timeout=60, capture_output=True,
                    stdin=subprocess.DEVNULL)
@@ -96,3 +114,50 @@ def test_without_an_image_the_agent_runs_tasks_on_the_host(tmp_path: Path) -> No
     assert calls[agent + 4] == "opencv_libs="  # no container, no container set-up to configure
     assert not any(c.startswith("docker ") for c in calls)
     assert calls[-1] == "shutdown -h now"
+
+
+IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/scantide-worker:1"
+
+
+@pytest.mark.parametrize("image", [IMAGE, None], ids=["docker", "host"])
+@pytest.mark.parametrize("gpus, expect", [(2, ["0", "1", "0"]), (1, ["0", "0", "0"]), (0, None)],
+                         ids=["2-gpus", "1-gpu", "no-nvidia-smi"])
+def test_slots_start_one_agent_each_under_its_own_worker_id(tmp_path: Path, image: str | None, gpus: int,
+                                                            expect: list[str] | None) -> None:
+    calls = run_runner(tmp_path, image, slots=3, gpus=gpus, slow_worker=f"{INSTANCE}:1")
+
+    agents = [c for c in calls if c.startswith("agent ")]
+    assert [c.rsplit("worker=", 1)[1] for c in calls if c.startswith("host=")] == [
+        f"{INSTANCE}:0", f"{INSTANCE}:1", f"{INSTANCE}:2"]  # autoscaler.model.slot_worker_ids
+    base = f"agent daemon --queue {QUEUE} --foreground" + (f" --docker {image}" if image else "")
+    if expect is not None:  # slot k gets GPU k mod the GPU count: on one GPU, all share GPU 0
+        assert agents == [f"{base} --gpus {g}" for g in expect]
+    else:  # nothing says how many GPUs: every agent gets what one agent gets
+        assert agents == [f"{base} --gpus all" if image else base] * 3
+    # each agent starts once the one before has written its pid file, so that clearml-agent gives
+    # each its own instance slot (and venvs folder)
+    assert [c for c in calls if c.startswith("earlier_agents=")] == [f"earlier_agents={k}" for k in range(3)]
+    # the instance powers off once, after the last agent (slot 1, the slow one) has exited
+    assert calls.count("shutdown -h now") == 1 and calls[-1] == "shutdown -h now"
+    assert calls[-2] == f"exit worker={INSTANCE}:1"
+    assert sorted(c for c in calls if c.startswith("exit ")) == [f"exit worker={INSTANCE}:{k}" for k in range(3)]
+    if image:
+        assert sum(c.startswith("docker pull") for c in calls) == 1  # one image for every slot
+
+
+def test_one_slot_keeps_the_instance_id_and_every_gpu(tmp_path: Path) -> None:
+    calls = run_runner(tmp_path, IMAGE, slots=1, gpus=4)
+    (agent,) = [c for c in calls if c.startswith("agent ")]
+    assert agent.endswith("--gpus all")
+    assert [c for c in calls if c.startswith("host=")][0].endswith(f"worker={INSTANCE}")
+
+
+def test_user_data_renders_the_pool_slots_and_refuses_a_bad_count() -> None:
+    def spec(slots: object) -> Ec2PoolSpec:
+        return Ec2PoolSpec(ami="ami-1", subnets=["subnet-1"], security_group_ids=["sg-1"], queue=QUEUE,
+                           region="eu-west-1", ssm_prefix=PREFIX, instance_profile_name="w", slots=slots)
+
+    assert "\nSLOTS=4\n" in render_user_data(spec(4), "gpu")
+    for bad in (0, 17, "2"):
+        with pytest.raises(ConfigError, match="slots must be an integer from 1 to 16"):
+            spec(bad)
