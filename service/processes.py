@@ -26,7 +26,8 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 def die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` arming the death signal, or None where there is none. It fires when the
-    thread that forked exits: fork from the main thread."""
+    thread that forked exits: fork from a thread that lives as long as the child may (the main thread,
+    or a worker slot's)."""
     if not sys.platform.startswith("linux"):
         return None
     try:

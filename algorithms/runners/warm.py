@@ -4,8 +4,9 @@ worker slot that runs ``python`` and ``python-function`` algorithms task after t
 An executor serves one algorithm version (``key``: name, version, runner, target; the registry
 never changes a registered version's bundle) from its own copy of the bundle. A task of another
 version replaces it, and so does a task after the executor has served ``max_tasks`` or grown past
-``max_rss_bytes``. Isolation stays what a one-task process gives: the minimal environment, a
-session of its own that dies with the worker, and on a timeout, a stop or a lost lease the whole
+``max_rss_bytes``. Isolation stays what a one-task process gives: the minimal environment (with
+only the mark of the ``scantide up`` above, so a new one finds what a killed one left), a session
+of its own that dies with the worker, and on a timeout, a stop or a lost lease the whole
 session is killed (``kill``, from any thread) and the next task gets a fresh executor. A process
 that dies under a task ends it as a one-task process would (``failure``: ``algorithm_crashed``).
 """
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from algorithms.errors import EntryError
 from algorithms.runners.process import PASSED_ENV, TAIL_BYTES, Progress, Workspace
-from service.processes import die_with_parent, session_members
+from service.processes import SUPERVISOR_ENV, die_with_parent, session_members
 
 if TYPE_CHECKING:
     from service.catalog import AlgorithmDescriptor
@@ -150,7 +151,7 @@ class WarmExecutor:
         shutil.copytree(here, root / "bundle", symlinks=True)
         (root / "home").mkdir()
         ours, theirs = socket.socketpair()
-        env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+        env = {k: os.environ[k] for k in (*PASSED_ENV, SUPERVISOR_ENV) if k in os.environ}
         env.update(HOME=str(root / "home"), TMPDIR=str(root / "home"), PYTHONUNBUFFERED="1",
                    LANG=env.get("LANG", "C.UTF-8"), PYTHONPATH=self.package_root)
         with open(root / "executor.log", "ab") as out:

@@ -33,7 +33,8 @@ from tests.monitor.receiver import Receiver
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "chaos-webhook-secret-0123456789abcdef"
-VICTIMS = ("api", "monitor", "autoscaler", "worker", "algorithms.entry", "conductor", "monitor", "api")
+ALGORITHM = "algorithms.runners.executor"  # a worker slot's warm executor, running video_summary
+VICTIMS = ("api", "monitor", "autoscaler", "worker", ALGORITHM, "conductor", "monitor", "api")
 
 pytestmark = pytest.mark.chaos
 
@@ -55,8 +56,7 @@ def marked(pid: int) -> dict[int, str]:
 
 def victim(supervisor: int, role: str) -> int | None:
     for pid, cmdline in marked(supervisor).items():
-        if (role == "algorithms.entry" and "algorithms.entry" in cmdline) or \
-                (role != "algorithms.entry" and f"service.cli {role}" in cmdline):
+        if (role == ALGORITHM and ALGORITHM in cmdline) or (role != ALGORITHM and f"service.cli {role}" in cmdline):
             return pid
     return None
 
@@ -101,7 +101,7 @@ def test_kill_nine_everything_under_load(stack) -> None:  # noqa: ANN001
             pid = wait_for(lambda r=role: victim(up.pid, r), timeout_s=60, interval_s=0.05, what=role) \
                 if role in ("api", "monitor", "conductor", "autoscaler") else victim(up.pid, role)
             if pid is not None:
-                if role == "algorithms.entry":
+                if role == ALGORITHM:
                     killed_tasks.add(_task_of(pid))
                 os.kill(pid, signal.SIGKILL)
             if role == "monitor":
@@ -144,15 +144,12 @@ def test_kill_nine_everything_under_load(stack) -> None:  # noqa: ANN001
     assert not failed, f"scans failed under chaos, other than those whose algorithm was killed: {failed}"
 
 
-def _task_of(entry_pid: int) -> str | None:
-    """The task an ``algorithms.entry`` process runs (from its spec file)."""
-    import json
-
-    argv = Path(f"/proc/{entry_pid}/cmdline").read_bytes().split(b"\0")
+def _task_of(executor_pid: int) -> str | None:
+    """The task an executor runs: its output goes to ``logs/<task id>-<attempt>/task.log`` (None: idle)."""
     try:
-        spec = argv[argv.index(b"--spec") + 1].decode()
-        return json.loads(Path(spec).read_text())["task_id"]
-    except (ValueError, IndexError, OSError, KeyError):
+        log = Path(os.readlink(f"/proc/{executor_pid}/fd/1"))
+    except OSError:
         return None
+    return log.parent.name.rpartition("-")[0] if log.name == "task.log" else None
 
 
