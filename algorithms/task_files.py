@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,7 @@ def _keep(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` whole (beside it, then renamed); a cache that cannot be written is skipped."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")  # slots share a process
         tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError as exc:

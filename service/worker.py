@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -37,6 +38,7 @@ from algorithms.entry import run_task
 from algorithms.errors import EntryError
 from algorithms.runners import PACKAGE_ROOT
 from algorithms.runners.warm import TaskExecutor, WarmExecutor
+from algorithms.task_files import Inputs
 from service.algorithms import ENTRY_POINT, pin_unversioned, unregistered
 from service.backends.base import TaskBackend
 from service.domain import TaskError, TaskInfo
@@ -135,6 +137,7 @@ class Worker:
         """One slot's loop. Its executors are started from this thread, which lives as long as the
         slot: their death signal is tied to the thread that started them."""
         try:
+            self._prewarm(slot)
             while not self.draining and self._take_ticket():
                 if not supervisor_alive(os.environ.get(SUPERVISOR_ENV)):
                     log.warning("worker_orphaned worker=%s: the scantide up it ran under is gone; stopping",
@@ -164,6 +167,23 @@ class Worker:
                 self.backend.unregister_worker(slot.worker_id)
             except ScantideError as exc:
                 log.warning("unregister_failed worker=%s error=%s", slot.worker_id, exc.message)
+
+    def _prewarm(self, slot: Slot) -> None:
+        """Start the slot's executor for the newest version of the default algorithm before any task
+        comes (torch imports while the worker is idle anyway). Best effort: a task that finds no
+        executor for its version starts one."""
+        if not self.settings.worker_warm:
+            return
+        try:
+            version = self.backend.latest_algorithm(self.settings.default_algorithm)
+            if version is None or version.spec.runner not in WARM_RUNNERS:
+                return
+            with tempfile.TemporaryDirectory(prefix="scantide-prewarm-") as tmp:
+                here = Inputs(Path(tmp), self.settings).bundle(version.uri, version.sha256,
+                                                               self.settings.state_dir / "bundles")
+                slot.executor.prepare(version.spec, here)
+        except Exception as exc:  # noqa: BLE001 - the first task does it instead
+            log.warning("prewarm_skipped worker=%s error=%s", slot.worker_id, exc)
 
     def _take_ticket(self) -> bool:
         with self._lock:

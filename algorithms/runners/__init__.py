@@ -20,6 +20,7 @@ import algorithms
 from algorithms.errors import EntryError
 from algorithms.runners.process import Progress, Staged, Workspace, failure, read_result, run_process
 from algorithms.runners.warm import TaskExecutor as Executor
+from algorithms.runners.warm import bundle_of
 
 if TYPE_CHECKING:
     from service.catalog import AlgorithmDescriptor
@@ -45,12 +46,10 @@ def run(descriptor: AlgorithmDescriptor, here: Path, staged: Staged, params: dic
     timeout_s = descriptor.resources.timeout_s
     with Workspace() as work:
         report = work.root / "report.json"
-        bundle = {"runner": descriptor.runner,
-                  "target": descriptor.python if descriptor.runner == "python" else descriptor.function}
-        request = {**bundle, "here": str(here), "outputs": str(out_dir), "report": str(report),
+        request = {**bundle_of(descriptor), "here": str(here), "outputs": str(out_dir), "report": str(report),
                    "scan": str(work.stage(staged)), "params": params}
         if executor is not None:
-            outcome, code, tail = executor.run(descriptor, bundle, here, request, work, timeout_s, progress)
+            outcome, code, tail = executor.run(descriptor, here, request, work, timeout_s, progress)
         else:
             (work.root / "request.json").write_text(json.dumps(request))
             argv = [sys.executable, "-m", "algorithms.runners.child", str(work.root / "request.json")]

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CLOSE_GRACE_S = 2.0  # an executor told to exit between tasks gets this long before it is killed
+EXIT_WAIT_S = 2.0  # how long an executor whose socket closed under a task gets to report its exit
 CHECK_S = 0.2  # how often a waiting task checks whether it was stopped, seconds
 
 
@@ -63,14 +63,21 @@ class WarmExecutor:
         self._lock = threading.Lock()
 
     # -- one task ----------------------------------------------------------------------------
-    def call(self, key: tuple[str, ...], bundle: dict[str, Any], here: Path, request: dict[str, Any],
-             timeout_s: float, progress: Progress, cancelled: threading.Event) -> Call:
-        """Run ``request`` (scan, params, outputs, home, cwd, log) on the executor for ``key``,
-        starting one first when there is none for it. ``bundle``: runner and target. Once
-        ``cancelled`` is set the executor is killed (within ``CHECK_S``)."""
+    def prepare(self, descriptor: AlgorithmDescriptor, here: Path) -> None:
+        """Have an executor for ``descriptor``'s version (its bundle unpacked at ``here``) running:
+        the one there is, or a new one, which imports the algorithm while the worker waits."""
+        key = key_of(descriptor)
         if key != self.key or not self.alive():
             self.close()
-            self._start(key, bundle, here)
+            self._start(key, bundle_of(descriptor), here)
+
+    def call(self, descriptor: AlgorithmDescriptor, here: Path, request: dict[str, Any], timeout_s: float,
+             progress: Progress, cancelled: threading.Event) -> Call:
+        """Run ``request`` (scan, params, outputs, home, cwd, log) on the executor for ``descriptor``'s
+        version, starting one first when there is none for it. Once ``cancelled`` is set the
+        executor is killed (within ``CHECK_S``)."""
+        self.prepare(descriptor, here)
+        bundle = bundle_of(descriptor)
         assert self._channel is not None and self._root is not None
         deadline = time.monotonic() + timeout_s
         buffer = b""
@@ -80,7 +87,7 @@ class WarmExecutor:
                 line, newline, rest = buffer.partition(b"\n")
                 if not newline:
                     if cancelled.is_set() or time.monotonic() >= deadline:
-                        self.close(kill=True)
+                        self.close()
                         return Call(None, None)
                     self._channel.settimeout(max(0.001, min(CHECK_S, deadline - time.monotonic())))
                     try:
@@ -115,8 +122,9 @@ class WarmExecutor:
         if proc is not None and proc.poll() is None:
             self._kill_session(proc)
 
-    def close(self, kill: bool = False) -> None:
-        """Stop the executor: asked to exit (its socket closed), killed if it does not, or at once."""
+    def close(self) -> None:
+        """Stop the executor and everything in its session at once: between tasks it holds nothing
+        worth a graceful exit, and it may be deep in an import that would not notice one."""
         with self._lock:
             proc, channel, root = self._proc, self._channel, self._root
             self._proc = self._channel = self._root = None
@@ -124,13 +132,8 @@ class WarmExecutor:
         if channel is not None:
             channel.close()
         if proc is not None:
-            if kill:
-                self._kill_session(proc)
-            try:
-                proc.wait(timeout=CLOSE_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self._kill_session(proc)
-                proc.wait()
+            self._kill_session(proc)
+            proc.wait()
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -173,10 +176,10 @@ class WarmExecutor:
         code = None
         if proc is not None:
             try:
-                code = proc.wait(timeout=CLOSE_GRACE_S)
+                code = proc.wait(timeout=EXIT_WAIT_S)
             except subprocess.TimeoutExpired:
                 code = -9
-        self.close(kill=True)
+        self.close()
         return code
 
     def _recycle_if_due(self, bundle: dict[str, Any]) -> None:
@@ -217,20 +220,31 @@ class TaskExecutor:
         self.cancelled.set()
         self.warm.kill()
 
-    def run(self, descriptor: AlgorithmDescriptor, bundle: dict[str, Any], here: Path, request: dict[str, Any],
-            work: Workspace, timeout_s: float, progress: Progress) -> tuple[dict[str, Any], int | None, str]:
+    def run(self, descriptor: AlgorithmDescriptor, here: Path, request: dict[str, Any], work: Workspace,
+            timeout_s: float, progress: Progress) -> tuple[dict[str, Any], int | None, str]:
         """``request`` run as ``runners.run`` runs a one-task process: ``(outcome or {}, exit status,
         output tail)``."""
-        key = (descriptor.name, descriptor.version, str(bundle["runner"]), str(bundle["target"]))
         start = self.log_path.stat().st_size if self.log_path.exists() else 0
         task = {"scan": request["scan"], "params": request["params"], "outputs": request["outputs"],
                 "home": str(work.home), "cwd": str(work.root), "log": str(self.log_path)}
         if self.cancelled.is_set():
             raise EntryError("aborted", "the task was stopped before its algorithm started")
-        call = self.warm.call(key, bundle, here, task, timeout_s, progress, self.cancelled)
+        call = self.warm.call(descriptor, here, task, timeout_s, progress, self.cancelled)
         if self.cancelled.is_set():
             raise EntryError("aborted", "the task was stopped while its algorithm ran")
         return call.outcome or {}, call.code, _tail_from(self.log_path, start)
+
+
+def bundle_of(descriptor: AlgorithmDescriptor) -> dict[str, Any]:
+    """What a Python runner's process is told to run: the runner and its target."""
+    return {"runner": descriptor.runner,
+            "target": descriptor.python if descriptor.runner == "python" else descriptor.function}
+
+
+def key_of(descriptor: AlgorithmDescriptor) -> tuple[str, ...]:
+    """The version an executor serves."""
+    bundle = bundle_of(descriptor)
+    return descriptor.name, descriptor.version, str(bundle["runner"]), str(bundle["target"])
 
 
 def _tail_from(path: Path, start: int) -> str:
