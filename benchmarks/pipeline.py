@@ -23,7 +23,7 @@ behind the first steps of the others and the "overhead" is the backlog's drain t
 0`` does that, to see it).
 
 The anchor, measured in the same run: the same system and pipeline with the conductor polling every
-12 s (``SCANTIDE_CONDUCTOR_POLL_S=12``), like ClearML's ``PipelineController``, which checks its
+12 s (``SCANTIDE_CONDUCTOR_POLL_S=12``, and no wake-ups: ``SCANTIDE_WAKE_UPS=false``), like ClearML's ``PipelineController``, which checks its
 steps every ``pool_frequency=0.2`` minutes by default; a second ``scantide up`` on its own fresh
 state dir and port, over ``--anchor-scans`` runs submitted at once (each run costs about four
 polls, 48 s; ten trivial tasks at a time clear two workers in two or three seconds, well inside one
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     in_flight = args.workers if args.in_flight is None else args.in_flight
     ours = measure("ours", args.workers, args.scans, in_flight, {}, args.timeout_s)
     anchor = measure("anchor", args.workers, args.anchor_scans, 0,
-                     {"SCANTIDE_CONDUCTOR_POLL_S": str(ANCHOR_POLL_S)}, args.timeout_s)
+                     {"SCANTIDE_CONDUCTOR_POLL_S": str(ANCHOR_POLL_S), "SCANTIDE_WAKE_UPS": "false"}, args.timeout_s)
 
     width = 56
     print(f"{'what':<{width}} {'runs':>5} {'wall s':>7} {'runs/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}"

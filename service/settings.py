@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     task_timeout_s: float = Field(1800.0, gt=0, description="Hard limit on one run of the algorithm, seconds.")
     worker_poll_s: float = Field(0.5, gt=0, description="Idle worker's pause between claims, seconds.")
     worker_slots: int = Field(1, ge=1, le=64, description="Tasks one worker runs at once, each in its own executor.")
+    wake_ups: bool = Field(True, description="Embedded: a queued task wakes idle workers, a change the monitor and "
+                                            "the conductor, at once (false: they only poll).")
     worker_warm: bool = Field(True, description="Python algorithms run in a warm executor per slot (false: a "
                                                 "process per task, as a ClearML agent runs them).")
     executor_max_tasks: int = Field(200, ge=1, description="A warm executor is replaced after this many tasks.")

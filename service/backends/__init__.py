@@ -13,7 +13,8 @@ def open_backend(settings: Settings) -> TaskBackend:
         from service.backends.embedded import EmbeddedBackend
 
         backend = EmbeddedBackend(settings.db_path, max_attempts=settings.max_attempts,
-                                  worker_expiry_s=max(settings.lease_s, 3 * settings.heartbeat_s))
+                                  worker_expiry_s=max(settings.lease_s, 3 * settings.heartbeat_s),
+                                  wake_ups=settings.wake_ups)
         ensure_builtin(backend, settings)
         return backend
     from service.errors import ConfigError

@@ -59,9 +59,10 @@ class EmbeddedBackend(TaskBackend):
     """``TaskBackend`` over a SQLite file. Safe to share between threads and processes."""
 
     def __init__(self, path: str | Path, *, max_attempts: int = 2, busy_timeout_s: float = 30.0,
-                 worker_expiry_s: float = 60.0) -> None:
+                 worker_expiry_s: float = 60.0, wake_ups: bool = True) -> None:
         """worker_expiry_s: a worker silent this long is gone (killed, its machine lost): its
-        registration is dropped, as its task's lease runs out."""
+        registration is dropped, as its task's lease runs out. wake_ups: ring the doorbell on each
+        queued task and change (False: every waiter polls)."""
         self.db = Database(path, busy_timeout_s)
         self.path = self.db.path
         self.max_attempts = max_attempts
@@ -69,7 +70,7 @@ class EmbeddedBackend(TaskBackend):
         self.models = EmbeddedModels(self.db)
         self.algorithms = EmbeddedAlgorithms(self.db)
         # Processes on this machine waiting for work or changes are rung after each commit.
-        self.bell = Doorbell(self.path.with_name(self.path.name + ".bells"))
+        self.bell = Doorbell(self.path.with_name(self.path.name + ".bells") if wake_ups else None)
 
     def close(self) -> None:
         self.db.close()
