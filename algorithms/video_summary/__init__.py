@@ -1,11 +1,13 @@
 """video_summary: frame quality by a small CNN, keyframes, a contact sheet and scan-to-scan change.
 
 ``run(scan_path, params, out_dir, progress)`` decodes the scan once (in a background thread that
-feeds batches to the network), scores every frame with the frame network (model.py: quality in
-[0, 1] and a unit embedding), measures cheap OpenCV metrics beside it (sharpness = variance of
-the Laplacian at ``analysis_width``, exposure, motion), picks keyframes spread over the scan (best
-good frame per equal-length window, skipping near-duplicates by embedding similarity) and, when
-``previous_summary`` is given, compares the scan with an earlier one (compare.py). It writes:
+feeds batches to the network; on a GPU worker with the GPU's decoder when it can, hwdecode.py),
+scores every frame with the frame network (model.py: quality in [0, 1] and a unit embedding),
+measures cheap metrics beside it (sharpness = variance of the Laplacian at ``analysis_width``,
+exposure, motion; with OpenCV on the CPU, with torch on the GPU, gpu.py), picks keyframes spread
+over the scan (best good frame per equal-length window, skipping near-duplicates by embedding
+similarity) and, when ``previous_summary`` is given, compares the scan with an earlier one
+(compare.py). It writes:
 
 - ``summary.json`` (version 3): ``algorithm``, ``algorithm_version``, ``model`` {``version``
   (param ``model_version`` or null), ``sha256``, ``architecture``, ``device``}, ``frame_count``,
@@ -16,8 +18,10 @@ good frame per equal-length window, skipping near-duplicates by embedding simila
   ``start_s``, ``end_s``, ``quality_mean``, ``poor_fraction``, ``sharpness_mean``,
   ``exposure_mean``, ``motion_mean``, ``embedding``}], ``keyframes`` [{``index`` (frame),
   ``timestamp_s``, ``file``, ``quality``, ``sharpness``, ``exposure``, ``motion``,
-  ``embedding``}], ``contact_sheet``, ``params`` (effective, without local paths) and, with
-  ``previous_summary``, ``comparison`` (see compare.py).
+  ``embedding``}], ``contact_sheet``, ``params`` (effective, without local paths),
+  ``processing`` {``decoder`` ("hardware" or "software": which decoder gave the frames),
+  ``analysis`` ("opencv" or "torch": what measured them)} and, with ``previous_summary``,
+  ``comparison`` (see compare.py).
 - ``keyframes/kf_XX_fNNNNNN.jpg``, ``contact_sheet.jpg``, ``frames.csv``.
 
 Changes from version 2 (same fields): frames are decoded with PyAV and analysed from their
@@ -47,6 +51,7 @@ from .analysis import analyse
 from .compare import compare, load_previous
 from .errors import AlgorithmError, InvalidModel, InvalidParams, InvalidVideo
 from .keyframes import blur_outliers, choose_keyframes
+from .measure import BACKENDS
 from .model import ARCHITECTURE, DEFAULT_WEIGHTS, file_sha256, validate_model
 from .outputs import write_outputs
 from .params import Params, parse_params
@@ -93,20 +98,26 @@ def run(
     params: Mapping[str, Any],
     out_dir: str | os.PathLike[str],
     progress: Callable[[float], None] | None = None,
+    *,
+    analysis_backend: str = "auto",
 ) -> Result:
     """Analyse the video at ``scan_path`` and write the outputs to ``out_dir`` (created).
 
     params: optional ``keyframes``, ``segments``, ``analysis_width``, ``dedupe_similarity``,
-    ``min_quality``, ``thumb_width``, ``max_frames``, ``batch_size``, ``device``,
+    ``min_quality``, ``thumb_width``, ``max_frames``, ``batch_size``, ``device``, ``decoder``,
     ``model_version``, ``model_path``, ``previous_summary`` (see ``Params``); other keys are
     ignored. progress: called with the fraction done (0..1, non-decreasing, ending at 1.0), at
     most ~20 times. On one device the outputs are a pure function of the scan, the params and
-    the weights.
+    the weights. analysis_backend: "auto" (torch on CUDA, OpenCV on the CPU), "opencv" or
+    "torch" (the GPU path on whatever device, for tests and benchmarks); the platform never
+    sets it.
 
     Raises InvalidParams for bad params (an unusable previous summary included), InvalidModel
     for unusable weights, InvalidVideo for a missing, unreadable, empty, truncated or too long
     scan, and OSError when out_dir cannot be written.
     """
+    if analysis_backend not in BACKENDS:
+        raise ValueError(f"analysis_backend must be one of {', '.join(BACKENDS)}, got {analysis_backend!r}")
     effective = parse_params(params)
     weights = effective.model_path or DEFAULT_WEIGHTS
     scorer = scorer_for(weights, effective.device)
@@ -117,7 +128,7 @@ def run(
              "device": scorer.device.type}
     reporter = ProgressReporter(progress)
     try:
-        analysis = analyse(scan_path, effective, scorer, reporter)
+        analysis = analyse(scan_path, effective, scorer, reporter, analysis_backend)
         keyframes = choose_keyframes(
             analysis.candidates,
             len(analysis.frames),
@@ -139,8 +150,9 @@ def run(
         raise InvalidVideo(f"video could not be processed: {_short_message(exc)}") from exc
     reporter.finish()
     logger.info(
-        "video_summary done frames=%d keyframes=%d score=%s device=%s",
+        "video_summary done frames=%d keyframes=%d score=%s device=%s decoder=%s analysis=%s",
         summary["frame_count"], len(keyframes), summary["quality"]["score"], scorer.device,
+        analysis.decoder, analysis.backend,
     )
     return Result(summary=summary, files=files)
 

@@ -3,8 +3,10 @@ into InvalidVideo.
 
 Frames stay in the decoder's YUV and are handed over as their full-resolution planes
 (picture.Picture), views into the decoder's buffers: the decode thread only decodes, and the
-consumer shrinks them (picture.analysis_views); only the few keyframe candidates are ever
-converted to BGR. The container's rotation is honoured, as players do.
+consumer shrinks them (picture.analysis_views, or gpu.py on the GPU); only the few keyframe
+candidates are ever converted to BGR. The container's rotation is honoured, as players do.
+The GPU's decoder (NVDEC) is used when asked for and available (hwdecode.py); its frames
+arrive as NV12, software-decoded ones as I420.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import av
 import numpy as np
 
 from .errors import InvalidVideo
+from .hwdecode import decoded_by_hardware, open_container, report_software
 from .picture import Picture, Planes, analysis_views
 
 logger = logging.getLogger(__name__)
@@ -42,8 +45,9 @@ BATCH_BYTES = 128 * 1024 * 1024
 # starts after a few frames instead of a whole batch and ends a few frames after decoding, time
 # in which one core would otherwise wait for the other (results do not depend on batch sizes).
 FIRST_BATCH = 4
-# Pixel formats handed over as planes; FFmpeg converts any other to BGR.
-_I420 = frozenset({"yuv420p"})
+# Pixel formats handed over as planes (I420 from software decoders, NV12 from the GPU's);
+# FFmpeg converts any other to BGR.
+_I420, _NV12 = "yuv420p", "nv12"
 
 # Queue markers from the decode thread: end of stream, or a decoder failure at a frame index.
 _END = object()
@@ -92,11 +96,24 @@ class VideoReader:
 
     Usage: ``with VideoReader(path, max_frames) as reader: for batch in reader.batches(n):
     ...`` then ``reader.check_complete(decoded)`` once the loop ends.
+
+    decoder: "auto", "software" or "hardware" (hwdecode.py); cuda_device: the index of the GPU
+    the frames go to, None when the analysis runs on the CPU. ``reader.decoder`` says which
+    decoder gave the frames: "hardware" or "software" (known once the first frame is decoded).
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_frames: int) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_frames: int,
+        decoder: str = "software",
+        cuda_device: int | None = None,
+    ) -> None:
         self._path = os.fspath(path)
         self._max_frames = max_frames
+        self._decoder = decoder
+        self._cuda_device = cuda_device
+        self.decoder = "software"
         self._container: av.container.InputContainer | None = None
         self._stream: av.video.stream.VideoStream | None = None
         self._thread: threading.Thread | None = None
@@ -113,7 +130,7 @@ class VideoReader:
         if os.path.getsize(path) == 0:
             raise InvalidVideo(f"could not open video: file is empty: {path}")
         try:
-            container = av.open(path, mode="r")
+            container, hardware, _ = open_container(path, self._decoder, self._cuda_device)
         except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
             raise InvalidVideo(f"could not open video: {path} (not a video, or its container is damaged: "
                                f"{_short(exc)})") from exc
@@ -125,6 +142,7 @@ class VideoReader:
         stream.thread_type = "AUTO"
         stream.thread_count = decoder_threads()
         self._stream = stream
+        self.decoder = "hardware" if hardware else "software"
         self.info = _read_info(stream)
         if self.info.reported_frames > self._max_frames:
             self.close()
@@ -196,6 +214,7 @@ class VideoReader:
                 picture = _picture(frame)
                 if index == 0:
                     size = max(1, min(size, BATCH_BYTES // max(1, picture.nbytes)))
+                    self._check_hardware(frame)
                 batch.append(DecodedFrame(index, picture))
                 index += 1
                 if len(batch) >= self._batch_limit(size, sent, index) or index > self._max_frames:
@@ -211,6 +230,15 @@ class VideoReader:
         if batch and not self._put(batch):
             return
         self._put(_END)
+
+    def _check_hardware(self, first: av.VideoFrame) -> None:
+        assert self._stream is not None
+        if self.decoder == "hardware" and not decoded_by_hardware(self._stream.codec_context, first):
+            self.decoder = "software"
+            context = self._stream.codec_context
+            report_software(f"the CUDA decoder did not start on a {context.name} stream ({first.format.name}, "
+                            f"{first.width}x{first.height}): no NVDEC library (a container without the driver's "
+                            "video capability) or a profile, bit depth or size it does not take", self._decoder)
 
     def _batch_limit(self, size: int, sent: int, decoded: int) -> int:
         """Frames in the batch being filled after ``sent`` batches and ``decoded`` frames."""
@@ -258,19 +286,24 @@ def read_views(path: str | os.PathLike[str], analysis_width: int, max_frames: in
 
 
 def _picture(frame: av.VideoFrame) -> Picture:
-    """The decoder's frame as a Picture: zero-copy plane views for even-sided yuv420p, else one
-    BGR conversion by FFmpeg (4:2:2 and 4:4:4, full-range JPEG YUV, 10-bit, odd sizes)."""
+    """The decoder's frame as a Picture: zero-copy plane views for even-sided yuv420p and nv12,
+    else one BGR conversion by FFmpeg (4:2:2 and 4:4:4, full-range JPEG YUV, 10-bit, odd sizes)."""
     rotation = round(frame.rotation) % 360 if frame.rotation else 0
-    if frame.format.name in _I420 and frame.width % 2 == 0 and frame.height % 2 == 0:
-        planes = tuple(_plane_view(plane) for plane in frame.planes)
-        return Picture(planes, rotation)
+    even = frame.width % 2 == 0 and frame.height % 2 == 0
+    if even and frame.format.name == _I420:
+        return Picture(tuple(_plane_view(plane) for plane in frame.planes), rotation)
+    if even and frame.format.name == _NV12:
+        luma, pairs = frame.planes
+        return Picture((_plane_view(luma), _plane_view(pairs, 2)), rotation)
     return Picture((frame.to_ndarray(format="bgr24"),), rotation)
 
 
-def _plane_view(plane: av.video.plane.VideoPlane) -> np.ndarray:
+def _plane_view(plane: av.video.plane.VideoPlane, channels: int = 1) -> np.ndarray:
     # Rows are line_size bytes apart (padding for SIMD); the view skips the padding, no copy.
+    # NV12's second plane holds U/V pairs: ``channels`` bytes per pixel of plane.width.
     rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
-    return rows[: plane.height, : plane.width]
+    view = rows[: plane.height, : plane.width * channels]
+    return view if channels == 1 else view.reshape(plane.height, plane.width, channels)
 
 
 def _read_info(stream: av.video.stream.VideoStream) -> VideoInfo:

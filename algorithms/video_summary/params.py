@@ -30,6 +30,9 @@ class Params:
     max_frames: longest scan accepted, in frames.
     batch_size: frames per forward pass of the network.
     device: "auto" (CUDA when available, else CPU), "cpu" or "cuda".
+    decoder: "auto" (the GPU's video decoder when the network runs on CUDA and the codec has
+        one, else FFmpeg's software decoder), "software" or "hardware" (the GPU's decoder when
+        it can be had, else software, the reason logged); see hwdecode.py.
     model_version: the registry's version of the weights, echoed into the summary; None outside
         a registry.
     model_path: local weights file; None means the committed DEFAULT_WEIGHTS.
@@ -46,6 +49,7 @@ class Params:
     max_frames: int = 100_000
     batch_size: int = 32
     device: str = "auto"
+    decoder: str = "auto"
     model_version: str | None = None
     model_path: str | None = None
     previous_summary: str | None = None
@@ -70,6 +74,7 @@ _SPEC: dict[str, tuple[type, float, float]] = {
     "batch_size": (int, 1, 1024),
 }
 _DEVICES = ("auto", "cpu", "cuda")
+DECODERS = ("auto", "software", "hardware")
 # String params: name -> longest accepted length.
 _STRINGS = {"model_version": 200, "model_path": 4096, "previous_summary": 4096}
 
@@ -91,11 +96,12 @@ def parse_params(raw: Mapping[str, Any] | None) -> Params:
     for name, longest in _STRINGS.items():
         if raw.get(name) is not None:
             values[name] = _coerce_str(name, raw[name], longest)
-    device = raw.get("device")
-    if device is not None:
-        if device not in _DEVICES:
-            raise InvalidParams(f"device must be one of {', '.join(_DEVICES)}, got {device!r}")
-        values["device"] = device
+    for name, allowed in (("device", _DEVICES), ("decoder", DECODERS)):
+        value = raw.get(name)
+        if value is not None:
+            if value not in allowed:
+                raise InvalidParams(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+            values[name] = value
     return Params(**values)
 
 

@@ -16,6 +16,8 @@ _BLACK, _RANGE = 16, 219
 _TO_FULL = 255.0 / _RANGE
 # Luma at or beyond these counts as clipped (crushed shadows, blown highlights): grey 4 and 251.
 _CLIP_LOW, _CLIP_HIGH = 19, 232
+# Luma values that count as not clipped: strictly inside those limits (inclusive bounds).
+UNCLIPPED = (_CLIP_LOW + 1, _CLIP_HIGH - 1)
 # Mean brightness (0..1) inside this band is well exposed; the score falls linearly to 0 at the
 # outer edges.
 _BRIGHT_OK = (0.25, 0.75)
@@ -53,17 +55,40 @@ def frame_metrics(luma: np.ndarray, previous: np.ndarray | None) -> tuple[float,
     Measured on the luma directly and scaled: stretching it to full range first cost as much as
     all of these measures together.
     """
-    pixels = float(luma.size)
-    # int16 Laplacian (exact for uint8 input) and variance as E[L^2] - E[L]^2 from two
-    # reductions: several times cheaper than a float Laplacian plus meanStdDev.
+    # int16 Laplacian (exact for uint8 input) and its sum and sum of squares (exact in double):
+    # several times cheaper than a float Laplacian plus meanStdDev.
     laplacian = cv2.Laplacian(luma, cv2.CV_16S)
-    mean_lap = cv2.sumElems(laplacian)[0] / pixels
-    sharpness = max(0.0, cv2.norm(laplacian, cv2.NORM_L2) ** 2 / pixels - mean_lap**2) * _TO_FULL**2
-    brightness = min(1.0, max(0.0, (cv2.mean(luma)[0] - _BLACK) / _RANGE))
-    clipped = 1.0 - cv2.countNonZero(cv2.inRange(luma, _CLIP_LOW + 1, _CLIP_HIGH - 1)) / pixels
-    motion = 0.0
+    difference = None
     if previous is not None and previous.shape == luma.shape:
-        motion = min(1.0, cv2.norm(luma, previous, cv2.NORM_L1) / (_RANGE * pixels))
+        difference = cv2.norm(luma, previous, cv2.NORM_L1)
+    return metrics_from_sums(
+        luma.size,
+        cv2.sumElems(laplacian)[0],
+        cv2.norm(laplacian, cv2.NORM_L2SQR),
+        cv2.sumElems(luma)[0],
+        cv2.countNonZero(cv2.inRange(luma, *UNCLIPPED)),
+        difference,
+    )
+
+
+def metrics_from_sums(
+    pixels: float,
+    laplacian_sum: float,
+    laplacian_squares: float,
+    luma_sum: float,
+    unclipped: float,
+    difference: float | None,
+) -> tuple[float, float, float]:
+    """``frame_metrics`` from the plane's sums, however they were taken (OpenCV here, torch in
+    torch_frames.metric_sums): the sum of the Laplacian and of its squares, the sum of the luma,
+    the count of luma values strictly inside the clipping limits and the sum of absolute
+    differences to the previous plane (None for none). The sums are integers, so both ways give
+    the same figures to the last bit."""
+    mean_lap = laplacian_sum / pixels
+    sharpness = max(0.0, laplacian_squares / pixels - mean_lap**2) * _TO_FULL**2
+    brightness = min(1.0, max(0.0, (luma_sum / pixels - _BLACK) / _RANGE))
+    clipped = 1.0 - unclipped / pixels
+    motion = 0.0 if difference is None else min(1.0, difference / (_RANGE * pixels))
     return sharpness, exposure_score(brightness, clipped), motion
 
 

@@ -69,6 +69,7 @@ def build_summary(
         "keyframes": [_keyframe_entry(i, c.index, frames, fps) for i, c in enumerate(keyframes)],
         "contact_sheet": CONTACT_SHEET,
         "params": params.to_dict(),
+        "processing": {"decoder": analysis.decoder, "analysis": analysis.backend},
     }
 
 

@@ -9,9 +9,9 @@ small worker, and one thread keeps results independent of the machine's core cou
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidParams
-from .model import fuse_for_inference, load_network
+from .model import file_sha256, fuse_for_inference, load_network
 
 logger = logging.getLogger(__name__)
 
@@ -62,30 +62,40 @@ class FrameScorer:
 
     def score(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
+            quality, embedding = self.score_tensor(torch.from_numpy(batch).to(self.device, non_blocking=True))
+            return quality.cpu().numpy().astype(np.float64), embedding.cpu().numpy()
+
+    def score_tensor(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``score`` for inputs already on the device (N x H x W x C uint8): (quality N, embeddings
+        N x D), float32 tensors left on the device, so a caller on a CUDA stream need not wait."""
+        with torch.inference_mode():
             # NHWC uint8 permuted to NCHW is already channels-last in memory: no copy.
-            x = torch.from_numpy(batch).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-            x = x.to(torch.float16 if self._half else torch.float32).div_(255.0)
+            x = batch.permute(0, 3, 1, 2).to(torch.float16 if self._half else torch.float32).div_(255.0)
             logits, embedding = self._network(x)
-            quality = torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
-            return quality, embedding.float().cpu().numpy()
+            return torch.sigmoid(logits.float()), embedding.float()
 
 
 def scorer_for(weights: str | os.PathLike[str], device: str) -> FrameScorer:
-    """A FrameScorer for ``weights`` on ``device``, reused while the file is unchanged.
+    """A FrameScorer for ``weights`` on ``device``, reused for the same content.
 
-    A worker runs scan after scan with the same weights; loading them (~70 ms with torch's
-    safe unpickler and the network's construction) once per process instead of once per scan
-    matters for short scans. The key includes the file's size and mtime, so a replaced file is
-    loaded afresh.
+    A warm executor runs scan after scan with the same weights, each task with its own copy of
+    them when they come from S3: loading them (~70 ms with torch's safe unpickler and the
+    network's construction) once per process instead of once per scan matters for short scans.
+    The key is the file's SHA-256, so a task pinning another model version loads that one and a
+    replaced file is loaded afresh; the last two versions are kept.
     """
     path = os.path.abspath(os.fspath(weights))
     try:
-        stat = os.stat(path)
+        digest = file_sha256(path)
     except OSError:
         return FrameScorer(path, device)  # raises InvalidModel with the reason
-    return _cached_scorer(path, stat.st_size, stat.st_mtime_ns, device)
+    key = (digest, device)
+    scorer = _SCORERS.pop(key, None) or FrameScorer(path, device)
+    _SCORERS[key] = scorer  # the most recently used last
+    while len(_SCORERS) > KEPT_SCORERS:
+        _SCORERS.popitem(last=False)
+    return scorer
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_scorer(path: str, size: int, mtime_ns: int, device: str) -> FrameScorer:
-    return FrameScorer(path, device)
+KEPT_SCORERS = 2
+_SCORERS: OrderedDict[tuple[str, str], FrameScorer] = OrderedDict()

@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from algorithms import video_summary
 from algorithms.video_summary import (
@@ -178,14 +179,20 @@ def test_summary_is_plain_json(outcome: tuple[Result, Path, list[float]]) -> Non
     summary = result.summary
     assert set(summary) == {
         "algorithm", "algorithm_version", "model", "frame_count", "fps", "fps_assumed", "duration_s", "width",
-        "height", "quality", "segments", "keyframes", "contact_sheet", "params",
+        "height", "quality", "segments", "keyframes", "contact_sheet", "params", "processing",
     }
     assert set(summary["quality"]) == {"sharpness_median", "exposure_mean", "motion_mean", "poor_frame_fraction", "score"}
     assert 0.0 < summary["quality"]["poor_frame_fraction"] < 1.0
     assert "scan_id" not in summary["params"]  # platform keys are ignored, not echoed
     assert "model_path" not in summary["params"] and "previous_summary" not in summary["params"]
     assert summary["model"]["version"] == "m-3"  # model_version is echoed
-    assert summary["model"]["device"] == "cpu"
+    # The device the scorer picked for "auto": CUDA wherever torch sees a GPU, else the CPU;
+    # the frames are measured with torch on CUDA, with OpenCV on the CPU.
+    cuda = torch.cuda.is_available()
+    assert summary["model"]["device"] == ("cuda" if cuda else "cpu")
+    assert summary["processing"]["analysis"] == ("torch" if cuda else "opencv")
+    assert summary["processing"]["decoder"] in ("hardware", "software")
+    assert summary["params"]["decoder"] == summary["params"]["device"] == "auto"
     assert summary["model"]["sha256"] == hashlib.sha256(video_summary.DEFAULT_WEIGHTS.read_bytes()).hexdigest()
     for entry in summary["keyframes"] + summary["segments"]:
         assert len(entry["embedding"]) == EMBEDDING_DIM
@@ -344,6 +351,7 @@ def test_truncated_stream_reports_decoded_count(scan: dict[str, Any], tmp_path: 
         {"dedupe_similarity": float("nan")},
         {"batch_size": 0},
         {"device": "tpu"},
+        {"decoder": "nvdec"},
         {"model_version": ""},
         {"model_path": 3.5},
         {"previous_summary": ["a"]},

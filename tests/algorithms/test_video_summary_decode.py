@@ -1,18 +1,22 @@
 """The decode thread and the YUV views: batches in order, pixels as OpenCV decodes them,
-rotation honoured, failures raised in the consumer, no thread left behind."""
+rotation honoured, failures raised in the consumer, no thread left behind; the GPU's decoder
+asked for and, where it cannot be had, software decoding with the reason logged once."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
 import numpy as np
 import pytest
+import torch
 
-from algorithms.video_summary import decode, run
+from algorithms.video_summary import InvalidParams, decode, hwdecode, run
 from algorithms.video_summary.decode import VideoReader, read_views
 from algorithms.video_summary.picture import analysis_views, planes_bgr
 from algorithms.video_summary.quality import exposure_score, frame_metrics
@@ -184,3 +188,96 @@ def test_metrics_on_video_range_luma_read_as_full_range_grey() -> None:
     clipped = float(np.mean((grey <= 4) | (grey >= 251)))
     assert exposure == pytest.approx(exposure_score(grey.mean() / 255, clipped), abs=0.01)
     assert motion == pytest.approx(np.abs(grey.astype(float) - shifted).mean() / 255, rel=0.03)
+
+
+def _software_summary(path: str, out: Path) -> dict:
+    summary = run(path, {"device": "cpu", "decoder": "software"}, out).summary
+    assert summary["processing"]["decoder"] == "software"
+    return summary
+
+
+def _refuse_device(monkeypatch: pytest.MonkeyPatch) -> str:
+    real = av.open
+
+    def opening(*args: object, hwaccel: object = None, **kwargs: object) -> object:
+        if hwaccel is not None:
+            raise OSError(1, "Operation not permitted")  # what FFmpeg says without a driver
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hwdecode.av, "open", opening)
+    monkeypatch.setattr(hwdecode, "hwdevices_available", lambda: ["cuda"])
+    return "the CUDA decoder could not be set up"
+
+
+def _no_cuda_decoder_for_the_codec(monkeypatch: pytest.MonkeyPatch) -> str:
+    real = av.open  # the container opens, but its stream gets no CUDA decoder attached
+    monkeypatch.setattr(hwdecode.av, "open", lambda *args, hwaccel=None, **kwargs: real(*args, **kwargs))
+    monkeypatch.setattr(hwdecode, "hwdevices_available", lambda: ["cuda"])
+    return "FFmpeg has no CUDA decoder for codec mpeg4"
+
+
+def _ffmpeg_without_cuda(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(hwdecode, "hwdevices_available", lambda: ["vaapi"])
+    return "built without CUDA"
+
+
+def _decoder_does_not_start(monkeypatch: pytest.MonkeyPatch) -> str:
+    # The stream has the CUDA decoder attached, yet FFmpeg falls back to software on the first
+    # frame (no NVDEC library in the container, a profile NVDEC does not take).
+    monkeypatch.setattr(decode, "open_container", lambda path, decoder, device: hwdecode.Opened(av.open(path), True))
+    return "the CUDA decoder did not start on a mpeg4 stream (yuv420p, 640x480)"
+
+
+@pytest.mark.parametrize(
+    "refuse", [_refuse_device, _no_cuda_decoder_for_the_codec, _ffmpeg_without_cuda, _decoder_does_not_start],
+    ids=lambda f: f.__name__[1:],
+)
+def test_hardware_decoder_unavailable_falls_back_to_software(
+    video: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, refuse: Any
+) -> None:
+    expected = _software_summary(video, tmp_path / "software")
+    monkeypatch.setattr(hwdecode, "_reported", set())
+    reason = refuse(monkeypatch)
+    with caplog.at_level(logging.DEBUG, logger=hwdecode.__name__):
+        first = run(video, {"device": "cpu", "decoder": "hardware"}, tmp_path / "asked").summary
+        again = run(video, {"device": "cpu", "decoder": "hardware"}, tmp_path / "again").summary
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and reason in warnings[0], warnings  # once per process and reason
+    for summary, out in ((first, "asked"), (again, "again")):
+        assert summary["processing"]["decoder"] == "software"
+        assert summary.pop("params")["decoder"] == "hardware"
+        assert summary == {k: v for k, v in expected.items() if k != "params"}
+        assert (tmp_path / out / "frames.csv").read_bytes() == (tmp_path / "software" / "frames.csv").read_bytes()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback on a machine without CUDA")
+def test_hardware_decoder_on_a_machine_without_a_gpu(
+    video: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The real thing, nothing patched: PyAV's FFmpeg asks the driver for a CUDA device and gets none.
+    expected = _software_summary(video, tmp_path / "software")
+    monkeypatch.setattr(hwdecode, "_reported", set())
+    with caplog.at_level(logging.INFO, logger=hwdecode.__name__):
+        summary = run(video, {"device": "cpu", "decoder": "hardware"}, tmp_path / "asked").summary
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "decoding in software" in warnings[0], warnings
+    assert summary["processing"]["decoder"] == "software"
+    assert summary.pop("params")["decoder"] == "hardware"
+    assert summary == {k: v for k, v in expected.items() if k != "params"}
+
+
+def test_auto_decoder_asks_for_the_gpu_only_for_a_cuda_network(
+    video: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert not hwdecode.wants_hardware("auto", None) and hwdecode.wants_hardware("auto", 0)
+    assert hwdecode.wants_hardware("hardware", None) and not hwdecode.wants_hardware("software", 0)
+    monkeypatch.setattr(hwdecode, "_reported", set())
+    with caplog.at_level(logging.DEBUG, logger=hwdecode.__name__):
+        summary = run(video, {"device": "cpu"}, tmp_path).summary
+    assert summary["processing"]["decoder"] == "software" and summary["params"]["decoder"] == "auto"
+    assert not caplog.records  # not asked for, so nothing to explain
+
+
+def test_unknown_decoder_is_a_param_error(video: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidParams, match="decoder must be one of auto, software, hardware"):
+        run(video, {"decoder": "nvdec"}, tmp_path)

@@ -187,3 +187,26 @@ def test_batch_inputs_are_frame_by_frame_inputs(tmp_path: Path, size: tuple[int,
     assert all(np.array_equal(batch[i], model_input(v)) for i, v in enumerate(views))
     mixed = model_inputs([views[0], i420_planes(cv2.resize(planes_bgr(views[1]), (160, 120)))])
     assert np.array_equal(mixed[0], batch[0])  # a stream that changed size mid-batch
+
+
+def test_a_warm_process_keeps_weights_by_content_and_the_last_two_versions(tmp_path: Path) -> None:
+    """Each task gets its own copy of the weights: the same content is loaded once; another version
+    loads afresh, and the least recently used of three goes."""
+    from algorithms.video_summary.scorer import scorer_for
+
+    first, copy = tmp_path / "a" / "w.pt", tmp_path / "b" / "w.pt"
+    for path in (first, copy):
+        path.parent.mkdir()
+        shutil.copyfile(DEFAULT_WEIGHTS, path)
+    other = tmp_path / "other.pt"
+    state = FrameQualityNet().state_dict()
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, other)
+    third = tmp_path / "third.pt"
+    torch.save({k: v + 2 if v.is_floating_point() else v for k, v in state.items()}, third)
+
+    scorer = scorer_for(first, "cpu")
+    assert scorer_for(copy, "cpu") is scorer
+    assert scorer_for(other, "cpu") is not scorer
+    assert scorer_for(first, "cpu") is scorer  # still kept: two versions
+    scorer_for(third, "cpu")  # the least recently used, `other`, goes
+    assert scorer_for(first, "cpu") is scorer
