@@ -118,12 +118,15 @@ def worker(
     queue: Optional[str] = typer.Option(None, help="Queue to serve (default SCANTIDE_DEFAULT_QUEUE)."),
     max_tasks: Optional[int] = typer.Option(None, help="Exit after this many tasks."),
     worker_id: Optional[str] = typer.Option(None, help="Register under this id (the autoscaler's instance id)."),
+    slots: Optional[int] = typer.Option(None, min=1, max=64,
+                                        help="Tasks run at once (default SCANTIDE_WORKER_SLOTS); slot k registers as "
+                                             "<id>:<k> when there are several."),
 ) -> None:
     """Claim and run tasks from a queue until SIGTERM (which drains)."""
     from service.worker import Worker
 
     settings = _settings(ctx)
-    w = Worker(open_backend(settings), settings, queue or settings.default_queue, worker_id=worker_id)
+    w = Worker(open_backend(settings), settings, queue or settings.default_queue, worker_id=worker_id, slots=slots)
     w.install_signal_handlers()
     raise typer.Exit(w.run(max_tasks=max_tasks))
 

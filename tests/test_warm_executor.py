@@ -162,8 +162,7 @@ def test_a_second_stop_kills_the_running_executor(backend: TaskBackend, settings
 @pytest.mark.usefixtures("registered")
 def test_slots_run_tasks_at_once_each_with_its_own_registration_and_executor(
         backend: TaskBackend, settings: Settings, workers: Workers) -> None:
-    workers.env.update(SCANTIDE_WORKER_SLOTS="2")
-    (worker,) = workers.start(1, "--worker-id", "box")
+    (worker,) = workers.start(1, "--worker-id", "box", "--slots", "2")
     wait_for(lambda: len(backend.workers()) == 2, timeout_s=60, what="both slots to register")
     assert sorted(w.worker_id for w in backend.workers()) == ["box:0", "box:1"]
     ids = [submit(backend, settings, f"pair-{i}", mode="sleep", seconds=2) for i in range(2)]
