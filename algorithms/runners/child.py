@@ -25,6 +25,7 @@ from algorithms.errors import EntryError
 
 
 def progress(fraction: float) -> None:
+    """The run contract's progress line on stdout, which the runner parses (not a log line)."""
     print(f"scantide:progress {fraction:.3f}", flush=True)
 
 
