@@ -112,7 +112,7 @@ def analyse(
         # window spans about two pool windows; when it is wrong, merging keeps them near-equal.
         pool = CandidatePool(2 * params.keyframes, reported)
         with scorer.session():
-            for batch, result in measure.measure(reader.batches(params.batch_size)):
+            for batch, result in measure.measure(reader.batches(params.batch_size, measure.prepare)):
                 if not decoded:
                     width, height = batch[0].picture.size
                 for decoded_frame, score, vector in zip(batch, result.quality, result.embedding, strict=True):

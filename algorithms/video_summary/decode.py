@@ -2,9 +2,10 @@
 into InvalidVideo.
 
 Frames stay in the decoder's YUV and are handed over as their full-resolution planes
-(picture.Picture), views into the decoder's buffers: the decode thread only decodes, and the
-consumer shrinks them (picture.analysis_views, or gpu.py on the GPU); only the few keyframe
-candidates are ever converted to BGR. The container's rotation is honoured, as players do.
+(picture.Picture), views into the decoder's buffers, with whatever the consumer asked the decode
+thread to prepare from each (the small analysis views on the CPU, so that the shrinks run on the
+decoder's core beside decoding; nothing on the GPU, where gpu.py shrinks on the device); only the
+few keyframe candidates are ever converted to BGR. The container's rotation is honoured, as players do.
 The GPU's decoder (NVDEC) is used when asked for and available (hwdecode.py); its frames
 arrive as NV12, software-decoded ones as I420.
 """
@@ -16,10 +17,10 @@ import math
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import av
 import numpy as np
@@ -62,10 +63,12 @@ class _Failure:
 @dataclass(frozen=True)
 class DecodedFrame:
     """index: frame index from 0. picture: the full-resolution frame, possibly a view into the
-    decoder's buffers (``picture.copy()`` what must outlive the batch)."""
+    decoder's buffers (``picture.copy()`` what must outlive the batch). prepared: what the
+    ``prepare`` given to ``VideoReader.batches`` made of the picture, None without one."""
 
     index: int
     picture: Picture
+    prepared: Any = None
 
 
 @dataclass(frozen=True)
@@ -167,12 +170,12 @@ class VideoReader:
             self._container = None
             self._stream = None
 
-    def batches(self, size: int) -> Iterator[list[DecodedFrame]]:
+    def batches(self, size: int, prepare: Callable[[Picture], Any] | None = None) -> Iterator[list[DecodedFrame]]:
         """Yield lists of up to ``size`` consecutive DecodedFrame, in order; indices count from 0.
 
-        A background thread decodes each frame, makes its analysis views and hands full batches
-        over through a queue of PREFETCH batches, so decoding overlaps the caller's work on the
-        previous batch (FFmpeg, OpenCV and torch release the GIL). The batch is smaller than
+        A background thread decodes each frame, calls ``prepare`` on its picture (kept as the
+        frame's ``prepared``) and hands full batches over through a queue of PREFETCH batches,
+        so decoding overlaps the caller's work on the previous batch (FFmpeg, OpenCV and torch release the GIL). The batch is smaller than
         ``size`` when ``size`` frames would exceed BATCH_BYTES, and ramps from and to
         FIRST_BATCH at the ends. A decoder failure is raised
         here, as InvalidVideo for FFmpeg errors. Leaving the loop early (an error, a break)
@@ -182,7 +185,8 @@ class VideoReader:
             raise RuntimeError("VideoReader used outside its with-block")
         self._queue = queue.Queue(maxsize=PREFETCH)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(max(1, size),), name="video-decode", daemon=True)
+        self._thread = threading.Thread(target=self._produce, args=(max(1, size), prepare), name="video-decode",
+                                        daemon=True)
         self._thread.start()
         try:
             while True:
@@ -202,7 +206,7 @@ class VideoReader:
         finally:
             self._stop_prefetch()
 
-    def _produce(self, size: int) -> None:
+    def _produce(self, size: int, prepare: Callable[[Picture], Any] | None) -> None:
         """Decode thread: put a list of DecodedFrame per batch, then _END or a _Failure."""
         assert self._container is not None and self._stream is not None
         index = sent = 0
@@ -215,7 +219,7 @@ class VideoReader:
                 if index == 0:
                     size = max(1, min(size, BATCH_BYTES // max(1, picture.nbytes)))
                     self._check_hardware(frame)
-                batch.append(DecodedFrame(index, picture))
+                batch.append(DecodedFrame(index, picture, prepare(picture) if prepare else None))
                 index += 1
                 if len(batch) >= self._batch_limit(size, sent, index) or index > self._max_frames:
                     if not self._put(batch):
@@ -279,8 +283,8 @@ def read_views(path: str | os.PathLike[str], analysis_width: int, max_frames: in
     evaluation on real video files, tests). Raises InvalidVideo like the reader."""
     views: list[Planes] = []
     with VideoReader(path, max_frames) as reader:
-        for batch in reader.batches(32):
-            views.extend(analysis_views(decoded.picture, analysis_width) for decoded in batch)
+        for batch in reader.batches(32, lambda picture: analysis_views(picture, analysis_width)):
+            views.extend(decoded.prepared for decoded in batch)
         reader.check_complete(len(views))
     return views
 

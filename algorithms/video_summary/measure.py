@@ -12,12 +12,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .decode import DecodedFrame
 from .model import model_inputs
-from .picture import analysis_views
+from .picture import Picture, Planes, analysis_views
 from .quality import frame_metrics
 from .scorer import FrameScorer
 
@@ -41,6 +42,11 @@ class FrameMeasure(abc.ABC):
 
     name: str
 
+    def prepare(self, picture: Picture) -> Any:
+        """What the decode thread makes of each picture for ``measure`` (DecodedFrame.prepared);
+        None: nothing, the batch's pictures are enough."""
+        return None
+
     @abc.abstractmethod
     def measure(self, batches: Iterable[list[DecodedFrame]]) -> Iterator[tuple[list[DecodedFrame], BatchResult]]:
         """Yield each batch with its results, in order. The batch's pictures stay valid until
@@ -48,8 +54,9 @@ class FrameMeasure(abc.ABC):
 
 
 class OpenCVMeasure(FrameMeasure):
-    """On the CPU: picture.analysis_views, quality.frame_metrics and model.model_inputs per
-    batch, then one forward pass."""
+    """On the CPU: picture.analysis_views on the decode thread (the shrinks run on the decoder's
+    core, beside decoding, which leaves it room), then quality.frame_metrics and
+    model.model_inputs per batch and one forward pass here."""
 
     name = "opencv"
 
@@ -57,10 +64,13 @@ class OpenCVMeasure(FrameMeasure):
         self._scorer = scorer
         self._width = analysis_width
 
+    def prepare(self, picture: Picture) -> Planes:
+        return analysis_views(picture, self._width)
+
     def measure(self, batches: Iterable[list[DecodedFrame]]) -> Iterator[tuple[list[DecodedFrame], BatchResult]]:
         previous: np.ndarray | None = None
         for batch in batches:
-            views = [analysis_views(decoded.picture, self._width) for decoded in batch]
+            views = [decoded.prepared for decoded in batch]
             inputs = model_inputs(views)
             metrics = []
             for luma, _, _ in views:

@@ -87,7 +87,7 @@ def _measure(measure: Any, path: str, batch_size: int = 5) -> tuple[list[list[in
     """Every batch through ``measure``; the frame indices per batch and the results joined."""
     indices, results = [], []
     with VideoReader(path, 1000) as reader:
-        for batch, result in measure.measure(reader.batches(batch_size)):
+        for batch, result in measure.measure(reader.batches(batch_size, measure.prepare)):
             indices.append([d.index for d in batch])
             results.append(result)
     joined = BatchResult(*(np.concatenate([getattr(r, f) for r in results]) for f in ("quality", "embedding", "metrics")))
