@@ -99,6 +99,8 @@ def _pool(raw: dict[str, Any]) -> PoolConfig:
         for o in raw.pop("options", [])
     )
     warm = WarmPoolConfig(**raw.pop("warm_pool", {}))
+    if warm.enabled and not any(o.stoppable for o in options):
+        raise ValueError("warm_pool needs an on_demand option to fill it: EC2 cannot stop one-time spot instances")
     resources = _resources(raw.pop("resources", {}))
     return PoolConfig(options=options, warm_pool=warm, resources=resources, **raw)
 

@@ -104,6 +104,7 @@ class _PoolMemory:
     service: _Ewma = field(default_factory=_Ewma)  # one task's run time on a slot, seconds
     running_since: dict[str, float] = field(default_factory=dict)  # task held by a slot → first seen, unix s
     launches_in_flight: int = 0
+    launches_in_flight_price: float = 0.0  # $/h they will bill, at the option each is trying now
 
 
 class Autoscaler:
@@ -137,11 +138,12 @@ class Autoscaler:
         instances = tuple(self._classify(pool, p, slots.get(p.id, []), now) for p in listed)
         self._learn(mem, stats, instances, now, pool.arrival_window_s)
         with self._lock:
-            in_flight = mem.launches_in_flight
+            in_flight, in_flight_price = mem.launches_in_flight, mem.launches_in_flight_price
         return PoolSnapshot(
             pool=pool.name, pending=stats.pending, running=stats.running,
             oldest_queued_age_s=stats.oldest_queued_age_s, arrival_rate_per_s=mem.arrival_rate.value or 0.0,
-            instances=instances, launches_in_flight=in_flight, service_time_s=mem.service.value,
+            instances=instances, launches_in_flight=in_flight, launches_in_flight_price=in_flight_price,
+            service_time_s=mem.service.value,
         )
 
     @staticmethod
@@ -203,7 +205,7 @@ class Autoscaler:
         if isinstance(action, Launch):
             self._launch(pool, action, now)
         elif isinstance(action, Start):
-            self._start(pool, action, now)
+            self._start(pool, action, snapshot, now)
         elif isinstance(action, Drain):
             for worker_id in action.worker_ids:  # every slot: the instance goes only when all are drained
                 self.queues.request_drain(worker_id)
@@ -224,24 +226,45 @@ class Autoscaler:
                 self.journal.record(now, kind, pool.name, action.reason, instances=safe)
 
     def _launch(self, pool: PoolConfig, action: Launch, now: float) -> None:
-        mem = self._memory[pool.name]
-        with self._lock:
-            mem.launches_in_flight += action.count
+        self._reserve(pool, action.count, action.count * action.option.price_per_hour)
         self.journal.record(now, "launch", pool.name, action.reason, count=action.count, option=asdict(action.option))
         if self.executor is None:
             self._launch_with_fallback(pool, action)
         else:
             self.executor.submit(self._launch_with_fallback, pool, action)
 
-    def _launch_with_fallback(self, pool: PoolConfig, action: Launch) -> list[str]:
-        """Try the chosen option, then each later one, until one has capacity."""
+    def _reserve(self, pool: PoolConfig, count: int, price: float) -> None:
+        """Add ``count`` instances billing ``price`` $/h in all to the launches in flight (negative: remove)."""
         mem = self._memory[pool.name]
+        with self._lock:
+            mem.launches_in_flight += count
+            mem.launches_in_flight_price = max(0.0, mem.launches_in_flight_price + price)
+
+    def _launch_with_fallback(self, pool: PoolConfig, action: Launch) -> list[str]:
+        """Try the chosen option, then each later one (the pool's order of preference), until one has
+        capacity. Under ``max_cost_per_hour`` an option launches only as many as the launch's budget
+        buys at its price, and one whose price buys none is skipped."""
         options = list(pool.options)
         start = options.index(action.option) if action.option in options else 0
+        count, price = action.count, action.count * action.option.price_per_hour  # reserved in flight
+        over_budget = False
         try:
             for option in options[start:]:
+                n = action.count
+                if action.budget_per_hour is not None:
+                    n = min(n, math.floor(action.budget_per_hour / max(option.price_per_hour, 1e-9) + 1e-9))
+                if n <= 0:
+                    self.journal.record(self.clock(), "launch_failed", pool.name,
+                                        f"{option.instance_type} {option.market.value} at "
+                                        f"${option.price_per_hour:.3f}/h does not fit the "
+                                        f"${action.budget_per_hour:.3f}/h left under max_cost_per_hour",
+                                        option=asdict(option), fallback=True)
+                    over_budget = True
+                    continue
+                self._reserve(pool, n - count, n * option.price_per_hour - price)
+                count, price = n, n * option.price_per_hour
                 try:
-                    ids = self.provider.launch(pool.name, option, action.count)
+                    ids = self.provider.launch(pool.name, option, n)
                 except CapacityError as exc:
                     self.journal.record(self.clock(), "launch_failed", pool.name, str(exc),
                                         option=asdict(option), fallback=True)
@@ -254,20 +277,23 @@ class Autoscaler:
                 log.info("launched pool=%s ids=%s type=%s market=%s", pool.name, ids, option.instance_type,
                          option.market.value)
                 return ids
-            self.journal.record(self.clock(), "launch_failed", pool.name, "no option had capacity", fallback=False)
+            self.journal.record(self.clock(), "launch_failed", pool.name, "no option had capacity" + (
+                " within max_cost_per_hour" if over_budget else ""), fallback=False)
             return []
         finally:
-            with self._lock:
-                mem.launches_in_flight -= action.count
+            self._reserve(pool, -count, -price)
 
-    def _start(self, pool: PoolConfig, action: Start, now: float) -> None:
+    def _start(self, pool: PoolConfig, action: Start, snapshot: Snapshot, now: float) -> None:
         try:
             started = self.provider.start(list(action.instance_ids))
         except CapacityError as exc:
             started = []
             self.journal.record(now, "start_failed", pool.name, str(exc), instances=list(action.instance_ids))
         self.journal.record(now, "start", pool.name, action.reason, instances=started)
-        missing = len(action.instance_ids) - len(started)
-        if missing > 0:
-            self._launch(pool, Launch(pool.name, "warm start failed: cold launch instead", pool.options[0], missing),
-                         now)
+        missing = [i for i in snapshot.pools[pool.name].instances
+                   if i.id in action.instance_ids and i.id not in started]
+        if missing:
+            # within what the policy set aside under the cap for the starts that failed
+            budget = None if pool.max_cost_per_hour is None else sum(i.option.price_per_hour for i in missing)
+            self._launch(pool, Launch(pool.name, "warm start failed: cold launch instead", pool.options[0],
+                                      len(missing), budget), now)

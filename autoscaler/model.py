@@ -63,6 +63,12 @@ class InstanceOption:
     price_per_hour: float = 1.0
     subnet: str | None = None
 
+    @property
+    def stoppable(self) -> bool:
+        """Whether its instances can be stopped into the warm pool: on-demand ones only. Spot instances
+        are one-time requests (``providers/ec2.py``), which EC2 refuses to stop."""
+        return self.market is Market.on_demand
+
 
 @dataclass(frozen=True)
 class WarmPoolConfig:
@@ -169,6 +175,9 @@ class PoolSnapshot:
     arrival_rate_per_s: float  # recent arrivals, smoothed
     instances: tuple[Instance, ...]
     launches_in_flight: int = 0  # launch calls made but not yet visible in the provider's list
+    # $/h those launches will bill, at the option each is trying now (a fallback's, not the first
+    # option's); None: at the pool's first option
+    launches_in_flight_price: float | None = None
     service_time_s: float | None = None  # measured mean run time of recent tasks
 
     def in_state(self, *states: InstanceState) -> list[Instance]:
@@ -192,6 +201,9 @@ class Action:
 class Launch(Action):
     option: InstanceOption
     count: int
+    # $/h this launch may add under the pool's max_cost_per_hour (None: no cap): a fallback to a
+    # pricier option launches only as many as fit
+    budget_per_hour: float | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ Per pool, every tick:
    launches, while the waiting it saves, priced at ``wait_cost_per_hour``, pays for its boot; the
    first task at zero capacity always gets one (activation on the first tick). A backlog of short
    tasks therefore gets fewer instances than tasks, never one per task. ``max_instances`` and
-   ``max_cost_per_hour`` cap the fleet.
+   ``max_cost_per_hour`` cap the fleet, each instance (and launch in flight) at the price of the
+   option it launched with; a ``Launch`` carries the $/h left under the cap, which a fallback to a
+   pricier option keeps to (``daemon``).
 4. **Keep or drain idle instances (break-even).** The n-th warm instance (busy ones counted
    first) is kept while the arrivals that would find the other n-1 busy, at the smoothed arrival
    rate, are worth its price. For the first, each such arrival served warm saves a replacement: its
@@ -30,7 +32,9 @@ Per pool, every tick:
    a rate-``λ`` stream keeps busy over a service time plus a cold boot (99th percentile of a
    Poisson count, at least one), between the pool's ``min_size`` and ``max_size``. Stopped
    instances bill no compute, so only those beyond ``max_size`` are terminated. Below
-   ``min_size``, instances are launched to be initialised, drained and stopped.
+   ``min_size``, instances are launched to be initialised, drained and stopped. Only instances of a
+   stoppable option (on-demand) are stopped, and the pool is filled with the first such option:
+   EC2 refuses to stop a one-time spot instance, so a drained spot instance is terminated.
 
 **Slots.** An instance of a pool with ``resources.slots = N`` runs N tasks at once, each
 ``resources.slot_slowdown`` times as long as alone (measured, see ``autoscaler.config``). Capacity
@@ -99,7 +103,8 @@ def decide_pool(ps: PoolSnapshot, now: float, pool: PoolConfig) -> list[Action]:
 
     # 2. finish drains: acknowledged, holding no task
     drained = [i for i in ps.in_state(InstanceState.draining) if not i.holds_task]
-    to_stop = [i.id for i in drained[:max(0, warm_target - parked)]]
+    # only what EC2 can stop joins the warm pool: a drained one-time spot instance is terminated
+    to_stop = [i.id for i in drained if i.option.stoppable][:max(0, warm_target - parked)]
     to_end = [i.id for i in drained if i.id not in to_stop]
     if to_stop:
         actions.append(Stop(pool.name, f"drained; into the warm pool ({parked} of {warm_target} stopped)",
@@ -116,18 +121,21 @@ def decide_pool(ps: PoolSnapshot, now: float, pool: PoolConfig) -> list[Action]:
     leaving_busy = [i for i in ps.in_state(InstanceState.draining) if i.holds_task]
     fleet = len(idle) + len(busy) + len(booting) + len(leaving_busy) + ps.launches_in_flight
     billed_price = sum(i.option.price_per_hour for i in (*idle, *busy, *booting, *leaving_busy))
-    billed_price += ps.launches_in_flight * e.option_price
+    billed_price += (ps.launches_in_flight * e.option_price if ps.launches_in_flight_price is None
+                     else ps.launches_in_flight_price)
 
     # 3. scale out
     usable_stopped = stopped if pool.warm_pool.enabled else []
     n_start, n_launch = _scale_out(ps, now, pool, e, idle, busy, booting, len(usable_stopped), fleet, billed_price)
+    n_start, n_launch = _within_cap(pool, billed_price, usable_stopped[:n_start], n_launch)
     started = tuple(i.id for i in usable_stopped[:n_start])
+    billed_start = billed_price + sum(i.option.price_per_hour for i in usable_stopped[:n_start])
     if started:
         actions.append(Start(pool.name, _scale_out_reason(ps, fleet, "warm start", n_start, e.start_s, e.slots),
                              started))
     if n_launch:
         actions.append(Launch(pool.name, _scale_out_reason(ps, fleet, "cold launch", n_launch, e.boot_s, e.slots),
-                              pool.options[0], n_launch))
+                              pool.options[0], n_launch, _budget(pool, billed_start)))
 
     # 4. keep or drain idle instances
     if ps.pending == 0 and idle:
@@ -139,13 +147,18 @@ def decide_pool(ps: PoolSnapshot, now: float, pool: PoolConfig) -> list[Action]:
         actions.append(Terminate(pool.name, "stopped, and the warm pool is off", tuple(i.id for i in stopped)))
     elif pool.warm_pool.enabled:
         # below min_size: launch instances to initialise; once idle they are drained and stopped
+        # on the first option EC2 can stop: a one-time spot instance launched here would be terminated
+        # at its stop, and launched again, for ever
         existing = fleet + parked + len(to_stop) + n_launch
-        fill = min(pool.warm_pool.min_size - existing,
-                   _room(pool, fleet + n_start + n_launch, billed_price + (n_start + n_launch) * e.option_price, e))
-        if fill > 0:
+        billed = billed_start + n_launch * pool.options[0].price_per_hour
+        warm_option = next((o for o in pool.options if o.stoppable), None)
+        fill = 0 if warm_option is None else min(
+            pool.warm_pool.min_size - existing,
+            _room(pool, fleet + n_start + n_launch, billed, warm_option.price_per_hour))
+        if fill > 0 and warm_option is not None:
             actions.append(Launch(pool.name, f"warm pool below min_size={pool.warm_pool.min_size} with {existing} "
-                                             f"instance(s): launching {fill} to initialise and stop",
-                                  pool.options[0], fill))
+                                             f"instance(s): launching {fill} {warm_option.market.value} to "
+                                             f"initialise and stop", warm_option, fill, _budget(pool, billed)))
         excess = parked + len(to_stop) - len(started) - pool.warm_pool.max_size
         spare = sorted((i for i in stopped if i.id not in started), key=lambda i: i.state_since)
         if excess > 0 and spare:
@@ -224,7 +237,7 @@ def _scale_out(ps: PoolSnapshot, now: float, pool: PoolConfig, e: _Economics, id
                busy: list[Instance], booting: list[Instance], stopped: int, fleet: int,
                billed_price: float) -> tuple[int, int]:
     """(warm starts, cold launches) to add now."""
-    room = _room(pool, fleet, billed_price, e)
+    room = _room(pool, fleet, billed_price, e.option_price)
     below_min = max(0, pool.min_instances - fleet)
     if room <= 0 or (ps.pending == 0 and below_min == 0):
         return 0, 0
@@ -256,12 +269,33 @@ def _scale_out(ps: PoolSnapshot, now: float, pool: PoolConfig, e: _Economics, id
     return n_start, n_launch
 
 
-def _room(pool: PoolConfig, fleet: int, billed_price: float, e: _Economics) -> int:
-    """Instances that can still be added under ``max_instances`` and ``max_cost_per_hour``."""
+def _room(pool: PoolConfig, fleet: int, billed_price: float, price: float) -> int:
+    """Instances at ``price`` ($/h each) that can still be added under ``max_instances`` and
+    ``max_cost_per_hour``; ``billed_price``: $/h of the fleet now, each instance at its own price."""
     room = pool.max_instances - fleet
     if pool.max_cost_per_hour is not None:
-        room = min(room, math.floor((pool.max_cost_per_hour - billed_price) / e.option_price + 1e-9))
+        room = min(room, math.floor((pool.max_cost_per_hour - billed_price) / max(price, 1e-9) + 1e-9))
     return max(0, room)
+
+
+def _within_cap(pool: PoolConfig, billed_price: float, starts: list[Instance], n_launch: int) -> tuple[int, int]:
+    """(warm starts, cold launches) trimmed to ``max_cost_per_hour``: starts first, each at the price
+    of the option it was launched with, then launches at the first option's."""
+    if pool.max_cost_per_hour is None:
+        return len(starts), n_launch
+    left = pool.max_cost_per_hour - billed_price + 1e-9
+    n_start = 0
+    for inst in starts:
+        if inst.option.price_per_hour > left:
+            break
+        left -= inst.option.price_per_hour
+        n_start += 1
+    return n_start, min(n_launch, max(0, math.floor(left / max(pool.options[0].price_per_hour, 1e-9))))
+
+
+def _budget(pool: PoolConfig, billed_price: float) -> float | None:
+    """$/h a launch may add under ``max_cost_per_hour`` to a fleet billing ``billed_price``; None: no cap."""
+    return None if pool.max_cost_per_hour is None else max(0.0, pool.max_cost_per_hour - billed_price)
 
 
 def _fifo_wait(slots: list[float], releases: list[float], service_s: float) -> float:
@@ -309,7 +343,11 @@ def _scale_in(now: float, pool: PoolConfig, e: _Economics, idle: list[Instance],
     floor = max(0, pool.min_instances - others)
     keep = max(keep, floor)
     if pool.max_cost_per_hour is not None and billed_price > pool.max_cost_per_hour:
-        over = math.ceil((billed_price - pool.max_cost_per_hour) / e.option_price - 1e-9)
+        # drained longest idle first, each taking its own price off the bill, until under the cap
+        over, excess = 0, billed_price - pool.max_cost_per_hour
+        while over < len(idle) and excess > 1e-9:
+            excess -= idle[over].option.price_per_hour
+            over += 1
         keep = min(keep, max(floor, len(idle) - over))
         why += f"; fleet over max_cost_per_hour={pool.max_cost_per_hour:.2f}"
     actions: list[Action] = []

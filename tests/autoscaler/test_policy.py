@@ -13,6 +13,7 @@ from autoscaler.model import (
     InstanceOption,
     InstanceState,
     Launch,
+    Market,
     PoolConfig,
     PoolSnapshot,
     Resources,
@@ -26,7 +27,7 @@ from autoscaler.model import (
 from autoscaler.policy import decide
 
 NOW = 100_000.0
-OPTION = InstanceOption("g5.xlarge", price_per_hour=1.0)
+OPTION = InstanceOption("g5.xlarge", Market.on_demand, price_per_hour=1.0)  # stoppable: the warm pool takes it
 POOL = PoolConfig(name="gpu", queue="scans", options=(OPTION,), expected_service_s=60.0, expected_boot_s=180.0)
 WARM = replace(POOL, warm_pool=WarmPoolConfig(enabled=True, min_size=0, max_size=4))
 PER_HOUR = 1 / 3600
