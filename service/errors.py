@@ -104,6 +104,13 @@ class ConfigError(ScantideError):
     status = 500
 
 
+class MetadataUnavailable(ScantideError):
+    """The EC2 instance metadata service did not answer, or answered something unreadable."""
+
+    code = "metadata_unavailable"
+    status = 503
+
+
 def invalid_input(errors: list[dict]) -> InvalidRequest:
     """The error for input that failed pydantic validation (``ValidationError.errors()``):
     ``MalformedJson`` when it was not JSON at all, else ``InvalidRequest`` naming up to five fields

@@ -14,10 +14,16 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from scantide.signing import SECRET_PREFIX, signing_key
+
 ENV_PREFIX = "SCANTIDE_"
 CONFIG_ENV = "SCANTIDE_CONFIG"  # path of an optional TOML file
+# prometheus-client's own name: its multiprocess mode keeps each process's series in files there
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_CONFIG_FILE = "scantide.toml"
 SCOPES = ("enqueue", "read", "promote", "register")
+WHSEC_COMMAND = ("python -c 'import base64, secrets; print(\"whsec_\" + "
+                 "base64.b64encode(secrets.token_bytes(32)).decode())'")
 QUEUE_NAME_MIN = 3  # a ClearML server strips a queue name and refuses a shorter one (400/800)
 
 
@@ -80,6 +86,10 @@ class Settings(BaseSettings):
     worker_slots: int = Field(1, ge=1, le=64, description="Tasks one worker runs at once, each in its own executor.")
     wake_ups: bool = Field(True, description="Embedded: a queued task wakes idle workers, a change the monitor and "
                                             "the conductor, at once (false: they only poll).")
+    spot_notice_url: str | None = Field(None, description="EC2 instance metadata service (http://169.254.169.254) "
+                                        "a worker polls for the spot interruption notice; unset: never polled (the "
+                                        "EC2 boot script sets it on spot instances).")
+    spot_notice_poll_s: float = Field(5.0, gt=0, description="How often a worker reads the spot notice, seconds.")
     worker_warm: bool = Field(True, description="Python algorithms run in a warm executor per slot (false: a "
                                                 "process per task, as a ClearML agent runs them).")
     executor_max_tasks: int = Field(200, ge=1, description="A warm executor is replaced after this many tasks.")
@@ -100,7 +110,9 @@ class Settings(BaseSettings):
                                        "recently used go first); 0: no cache, every input fetched per task.")
 
     webhook_url: str | None = Field(None, description="Where the monitor posts events; unset: kept, not sent.")
-    webhook_secret: str | None = Field(None, description="HMAC secret for Scantide-Signature (16+ characters).")
+    webhook_secret: str | None = Field(None, description="Signs webhooks (Standard Webhooks): whsec_<base64 of 24-64 "
+                                       "random bytes>, or a plain secret of 16+ characters, whose whsec_ form is "
+                                       "whsec_ + base64 of its UTF-8 bytes.")
     webhook_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout of a webhook POST, seconds.")
     webhook_max_age_s: float = Field(24 * 3600.0, gt=0, description="Retry an event this long, then dead-letter it.")
     webhook_backoff_base_s: float = Field(1.0, gt=0, description="First retry delay, seconds (doubles, jittered).")
@@ -110,6 +122,18 @@ class Settings(BaseSettings):
     stall_no_heartbeat_s: float = Field(60.0, gt=0, description="A running task silent this long is scan.stalled.")
     max_queue_wait_s: float = Field(1800.0, gt=0, description="A task queued this long is scan.stalled.")
     backlog_slo_s: float = Field(600.0, gt=0, description="Oldest queued task older than this: queue.backlog.")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Production: each daemon (monitor, "
+                                     "conductor, autoscaler, worker) serves its Prometheus metrics at "
+                                     "http://<metrics_host>:<port>/metrics; unset: none. `scantide up` ignores it: "
+                                     "the API's GET /metrics serves every process's series.")
+    metrics_host: str = Field("127.0.0.1", description="The address a daemon's metrics port listens on "
+                              "(production: the interface Prometheus reaches, or 0.0.0.0).")
+    metrics_token_required: bool = Field(False, description="GET /metrics on the API needs a bearer token with the "
+                                         "read scope (Prometheus: authorization.credentials_file); default: open, "
+                                         "like /healthz.")
+    status_poll_s: float = Field(2.0, gt=0, description="How often the status page's event stream reads the "
+                                 "state when nothing rings (production always; embedded mode is rung on each "
+                                 "change), seconds.")
 
     # Pipelines: the conductor, and the compute targets steps run on.
     conductor_poll_s: float = Field(0.2, gt=0, description="How often the conductor reads run and task changes, "
@@ -176,8 +200,16 @@ class Settings(BaseSettings):
                 if unknown:
                     raise ValueError(f"{name}: unknown scopes {sorted(unknown)}; known: {list(SCOPES)}")
         if self.webhook_url and len(self.webhook_secret or "") < 16:
-            raise ValueError("webhook_secret must be set (16+ characters) when webhook_url is set; "
-                             "generate one with: python -c 'import secrets; print(secrets.token_hex(32))'")
+            raise ValueError("webhook_secret must be set (16+ characters) when webhook_url is set; generate one "
+                             f"with: {WHSEC_COMMAND}")
+        if self.webhook_secret and self.webhook_secret.startswith(SECRET_PREFIX):
+            try:
+                key = signing_key(self.webhook_secret)
+            except ValueError as exc:
+                raise ValueError(f"webhook_secret: {exc}") from None
+            if not 24 <= len(key) <= 64:
+                raise ValueError(f"webhook_secret: a {SECRET_PREFIX} secret holds 24 to 64 bytes (Standard Webhooks); "
+                                 f"this one holds {len(key)}; generate one with: {WHSEC_COMMAND}")
         return self
 
     @property
@@ -193,6 +225,11 @@ class Settings(BaseSettings):
     @property
     def pipelines_db(self) -> Path:
         return self.state_dir / "pipelines.db"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where `scantide up`'s processes keep their Prometheus series (``METRICS_DIR_ENV``)."""
+        return self.state_dir / "metrics"
 
     @property
     def db_path(self) -> Path:

@@ -13,6 +13,11 @@ Every run has a hard timeout, while the slot renews the task's lease. An idle sl
 store's ``queue`` doorbell (``service.doorbell``), or its poll interval. SIGTERM (or SIGINT)
 drains: running tasks finish and no new one is taken. A second signal aborts them; their leases
 then run out and the backend re-queues them.
+
+On a spot instance (``SCANTIDE_SPOT_NOTICE_URL`` set: ``service.spot``) the worker polls the
+instance's interruption notice. On a notice it drains and stops its running tasks at once, and
+hands each back to its queue (``TaskBackend.hand_back``, reason ``spot_interruption``) without
+counting the run as an attempt: the instance goes in two minutes, through no fault of the task.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from service.doorbell import QUEUE, Listener
 from service.errors import BackendUnavailable, LeaseLost, ScantideError
 from service.processes import SUPERVISOR_ENV, die_with_parent, stop_session, supervisor_alive
 from service.settings import ENV_PREFIX, Settings
+from service.spot import INTERRUPTION_CODE, Notice, watch
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,7 @@ class Outcome:
     result: dict[str, Any] | None = None
     error: TaskError | None = None
     lost: bool = False  # the lease moved on: record nothing
+    handed_back: TaskError | None = None  # stopped for a reason not the task's: queue it again, uncounted
 
 
 @dataclass
@@ -82,6 +89,7 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.slots = slots or settings.worker_slots
         self.draining = False
+        self.interruption: Notice | None = None  # the spot interruption notice, once read
         self._aborted = False
         self.log_dir = settings.state_dir / "logs"
         self._slots: list[Slot] = []
@@ -111,6 +119,12 @@ class Worker:
         for slot in self._slots:
             slot.listener.wake()
 
+    def _on_interruption(self, notice: Notice) -> None:
+        """From the spot watch's thread: drain, and make every running task's watch stop it."""
+        log.warning("worker_interrupted worker=%s action=%s at=%s", self.worker_id, notice.action, notice.time)
+        self.interruption = notice
+        self.drain()
+
     # -- main loop -------------------------------------------------------------------------
     def run(self, max_tasks: int | None = None) -> int:
         """Claim and run tasks until drained (or ``max_tasks`` done). Returns the exit status."""
@@ -125,11 +139,14 @@ class Worker:
                  self.settings.worker_warm)
         threads = [threading.Thread(target=self._serve, args=(slot,), name=f"slot-{k}", daemon=True)
                    for k, slot in enumerate(self._slots)]
+        spot = watch(self.settings.spot_notice_url, self.settings.spot_notice_poll_s, self._on_interruption)
         for thread in threads:
             thread.start()
         for thread in threads:
             while thread.is_alive():  # short joins: signals reach this (main) thread in between
                 thread.join(timeout=0.5)
+        if spot is not None:
+            spot.stop()
         log.info("worker_stopped worker=%s tasks=%d", self.worker_id, self.done)
         return 0
 
@@ -207,24 +224,33 @@ class Worker:
         if outcome.lost:
             log.warning("task_lease_lost worker=%s task=%s", slot.worker_id, task.task_id)
             return
-        # The outcome is worth retrying for: until the lease would run out, a store outage only delays it.
+        if outcome.handed_back is not None:
+            reason = outcome.handed_back
+            if self._record(task, slot, lambda: self.backend.hand_back(task.task_id, slot.worker_id, reason)):
+                log.warning("task_handed_back worker=%s task=%s reason=%s", slot.worker_id, task.task_id, reason.code)
+            return
+        finished = self._record(task, slot, lambda: self.backend.finish(task.task_id, slot.worker_id,
+                                                                        result=outcome.result, error=outcome.error))
+        if finished is not None:
+            log.info("task_finished worker=%s task=%s state=%s%s", slot.worker_id, task.task_id,
+                     finished.state.value, f" code={outcome.error.code}" if outcome.error else "")
+
+    def _record(self, task: TaskInfo, slot: Slot, call: Callable[[], TaskInfo]) -> TaskInfo | None:
+        """``call()`` (finish or hand back), retried while the store is unreachable: the outcome is worth
+        it, and until the lease would run out an outage only delays it. None when it was not recorded."""
         deadline = time.monotonic() + self.settings.lease_s
         while True:
             try:
-                finished = self.backend.finish(task.task_id, slot.worker_id, result=outcome.result,
-                                               error=outcome.error)
-                break
+                return call()
             except LeaseLost:
                 log.warning("task_lease_lost worker=%s task=%s", slot.worker_id, task.task_id)
-                return
+                return None
             except BackendUnavailable as exc:
                 if time.monotonic() > deadline:
-                    log.error("finish_failed worker=%s task=%s error=%s", slot.worker_id, task.task_id, exc.message)
-                    return
-                log.warning("finish_retry worker=%s task=%s error=%s", slot.worker_id, task.task_id, exc.message)
+                    log.error("record_failed worker=%s task=%s error=%s", slot.worker_id, task.task_id, exc.message)
+                    return None
+                log.warning("record_retry worker=%s task=%s error=%s", slot.worker_id, task.task_id, exc.message)
                 time.sleep(1.0)
-        log.info("task_finished worker=%s task=%s state=%s%s", slot.worker_id, task.task_id, finished.state.value,
-                 f" code={outcome.error.code}" if outcome.error else "")
 
     # -- one task --------------------------------------------------------------------------
     def _run(self, task: TaskInfo, slot: Slot) -> Outcome:
@@ -257,6 +283,11 @@ class Worker:
         if verdict == "timeout":
             return Outcome(error=TaskError.make("timeout", f"the algorithm ran past its {timeout_s:.0f} s limit",
                                                 _tail(log_path)))
+        if verdict == "interrupted":
+            assert self.interruption is not None
+            return Outcome(handed_back=TaskError.make(
+                INTERRUPTION_CODE, f"{self.interruption.describe()}: the run was stopped and the task queued again, "
+                                   "not counted as an attempt", _tail(log_path)))
         if verdict == "aborted":
             return Outcome(error=TaskError.make("aborted", "the worker was stopped while the task ran",
                                                 _tail(log_path)))
@@ -311,9 +342,9 @@ class Worker:
 
     def _watch(self, task: TaskInfo, slot: Slot, timeout_s: float, run: Callable[[], Outcome],
                stop: Callable[[], None], progress: Callable[[], float | None]) -> tuple[Outcome, str | None]:
-        """``run()`` in this thread while a watch renews the lease and enforces the timeout and the
-        stop; ``(outcome, verdict)``, the verdict 'timeout', 'lost' or 'aborted' when the watch
-        stopped the run, else None."""
+        """``run()`` in this thread while a watch renews the lease and enforces the timeout, the spot
+        interruption and the stop; ``(outcome, verdict)``, the verdict 'timeout', 'interrupted', 'lost'
+        or 'aborted' when the watch stopped the run, else None."""
         verdict: list[str] = []
         finished = threading.Event()
 
@@ -324,6 +355,8 @@ class Worker:
                 now = time.monotonic()
                 if now - started > timeout_s:
                     verdict.append("timeout")
+                elif self.interruption is not None:
+                    verdict.append("interrupted")
                 elif self._aborted:
                     verdict.append("aborted")
                 elif now >= next_beat:

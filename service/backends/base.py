@@ -152,6 +152,13 @@ class TaskBackend(ABC):
         """Record the outcome: ``result`` → completed, ``error`` → failed. Raises ``LeaseLost``."""
 
     @abstractmethod
+    def hand_back(self, task_id: str, worker_id: str, reason: TaskError) -> TaskInfo:
+        """Queue a task ``worker_id`` holds again without counting its run against the attempt limit:
+        the worker leaves for a reason that is not the task's (``reason.code`` ``spot_interruption``:
+        EC2 takes its instance back). The run goes to the task's ``history`` as ``stopped`` with
+        ``reason`` as its error. Raises ``LeaseLost``."""
+
+    @abstractmethod
     def reap_expired(self) -> list[TaskInfo]:
         """Re-queue or fail tasks whose lease ran out; returns the tasks it changed."""
 

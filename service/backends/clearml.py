@@ -427,5 +427,8 @@ class ClearMLBackend(TaskBackend):
                error: TaskError | None = None) -> TaskInfo:
         return self.agent.finish(task_id, worker_id, result=result, error=error)
 
+    def hand_back(self, task_id: str, worker_id: str, reason: TaskError) -> TaskInfo:
+        return self.agent.hand_back(task_id, worker_id, reason)
+
     def reap_expired(self) -> list[TaskInfo]:
         return self.agent.reap_expired()

@@ -21,6 +21,10 @@ popping the queue, and record outcomes the way scantide reads them.
   watchdog stopped the task as non-responsive. Running again is ``tasks.reset`` and ``tasks.enqueue``,
   with ``attempt`` kept; since the reset deletes the run's console log, the log's tail goes into
   the task's ``scantide-history`` first. Best effort: it runs where ``reap_expired`` is called.
+- hand_back (a worker leaving for a reason not the task's, a spot interruption): the same reset and
+  enqueue, the run kept in ``scantide-history`` as ``stopped`` with the reason, and ``attempt_base``
+  one higher, so the attempt limit does not count the run (``requeue_uncounted``; the entry point
+  under a stock agent hands its task back the same way).
 - drain: ClearML has no drain. A request is recorded in the metadata of the worker's queues
   (``scantide-drain-<hash>``, type ``scantide.drain``); a stand-in worker sees it on its next claim
   or heartbeat, takes no new task and exits. A real ``clearml-agent`` ignores it: the autoscaler
@@ -204,6 +208,23 @@ class ClearMLAgent:
             raise LeaseLost(f"task {task_id} was deleted as it finished")
         return task_info(done)
 
+    def hand_back(self, task_id: str, worker_id: str, reason: TaskError) -> TaskInfo:
+        doc = self._held(task_id, worker_id)
+        try:
+            requeue_uncounted(self.store, doc, reason)
+        except ClearMLRefused as exc:  # the task moved on (stopped, reset, deleted) under us
+            if refused(exc, INVALID_TASK_ID, INVALID_TASK_STATUS, FAILED_CHANGING_STATUS):
+                raise LeaseLost(f"worker {worker_id} no longer holds task {task_id}") from exc
+            raise
+        qids = self._queue_ids(worker_id)
+        for qid in qids:  # the worker is leaving: it takes no new task
+            self.store.record_drain(qid, worker_id)
+        self._report(worker_id, None, qids, task_info(doc).queue)
+        done = self.store.task_doc(task_id)
+        if done is None:
+            raise LeaseLost(f"task {task_id} was deleted as it was handed back")
+        return task_info(done)
+
     def reap_expired(self) -> list[TaskInfo]:
         """Run again, or fail ``worker_lost``, every task whose worker is lost; the tasks changed."""
         self._last_reap = time.monotonic()
@@ -262,9 +283,10 @@ class ClearMLAgent:
         if attempt - base < limit:
             err = TaskError.make("worker_lost", f"the worker running attempt {attempt} was lost ({why}); the task "
                                                 f"was queued again", tail)
-            self._keep_run(info.task_id, attempt, err)  # first: the reset deletes the run's log
+            keep_run(self.store, info.task_id, attempt, "failed", err)  # first: the reset deletes the run's log
             self.store.send(tasks.ResetRequest(task=info.task_id, force=True, status_reason="worker lost"))
-            self.store.send(tasks.EditRequest(task=info.task_id, runtime={"attempt": str(attempt)}))
+            self.store.send(tasks.EditRequest(task=info.task_id, runtime={"attempt": str(attempt),
+                                                                          "attempt_base": str(base)}))
             self.store.send(tasks.EnqueueRequest(task=info.task_id, queue_name=info.queue,
                                                  status_reason=f"re-queued: {why}"))
             return
@@ -275,12 +297,32 @@ class ClearMLAgent:
         self.store.send(tasks.EditRequest(task=info.task_id, force=True, runtime=runtime))
         self.store.send(tasks.FailedRequest(task=info.task_id, status_reason=err.code, status_message=err.message))
 
-    def _keep_run(self, task_id: str, attempt: int, error: TaskError) -> None:
-        """Add the lost run to the task's ``scantide-history`` (its configuration, which a reset keeps)."""
-        found = self.store.find_tasks(id=[task_id], limit=1, only_fields=["id", "configuration"])
-        configuration = found[0].get("configuration") if found else None
-        run = {"attempt": attempt, "state": "failed", "error": asdict(error), "finished_at": iso(time.time())}
-        self.store.send(tasks.EditRequest(task=task_id, force=True, configuration=with_run(configuration, run)))
+
+def keep_run(store: ClearMLStore, task_id: str, attempt: int, state: str, error: TaskError) -> None:
+    """Add a run that ended (``state``: failed for a lost worker, stopped for a hand-back) to the
+    task's ``scantide-history`` (its configuration, which a reset keeps)."""
+    found = store.find_tasks(id=[task_id], limit=1, only_fields=["id", "configuration"])
+    configuration = found[0].get("configuration") if found else None
+    run = {"attempt": attempt, "state": state, "error": asdict(error), "finished_at": iso(time.time())}
+    store.send(tasks.EditRequest(task=task_id, force=True, configuration=with_run(configuration, run)))
+
+
+def requeue_uncounted(store: ClearMLStore, doc: dict, reason: TaskError) -> None:
+    """Queue the running task ``doc`` again without counting its run against the attempt limit: the
+    run goes to ``scantide-history`` as ``stopped`` with ``reason`` (first: the reset deletes its
+    log), then ``tasks.reset``, ``attempt`` kept with ``attempt_base`` one higher, and
+    ``tasks.enqueue`` on its queue. A stock clearml-agent running it sees the status change, ends
+    the task's process and leaves the status as it is."""
+    info = task_info(doc)
+    attempt = max(info.attempt, 1)
+    base = int(float((doc.get("runtime") or {}).get("attempt_base") or 0))
+    log.warning("task_handed_back task=%s worker=%s attempt=%d reason=%s", info.task_id, info.worker_id, attempt,
+                reason.code)
+    keep_run(store, info.task_id, attempt, "stopped", reason)
+    store.send(tasks.ResetRequest(task=info.task_id, force=True, status_reason=reason.code))
+    store.send(tasks.EditRequest(task=info.task_id, runtime={"attempt": str(attempt), "attempt_base": str(base + 1)}))
+    store.send(tasks.EnqueueRequest(task=info.task_id, queue_name=info.queue,
+                                    status_reason=f"re-queued: {reason.code}"))
 
 
 def _reported_this_run(doc: dict) -> bool:

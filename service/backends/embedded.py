@@ -40,6 +40,7 @@ from service.domain import (
     Template,
     WorkerInfo,
     ended_run,
+    iso,
 )
 from service.doorbell import CHANGES, QUEUE, Doorbell, Listener
 from service.errors import (
@@ -353,6 +354,28 @@ class EmbeddedBackend(TaskBackend):
             )
         self.bell.ring(CHANGES)
         return task
+
+    def hand_back(self, task_id: str, worker_id: str, reason: TaskError) -> TaskInfo:
+        """Back to the front of its queue (``queued_at`` stays); ``attempt_base`` grows with the run, so
+        the attempt limit does not count it; the worker holds no task and is draining."""
+        now = time.time()
+        with self.db.tx() as db:
+            row = db.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ? AND worker_id = ? AND state = 'running'",
+                             (task_id, worker_id)).fetchone()
+            if row is None:
+                raise LeaseLost(f"worker {worker_id} no longer holds task {task_id}")
+            task = task_from_row(row)
+            run = {"attempt": task.attempt, "state": JobState.stopped.value, "error": asdict(reason),
+                   "finished_at": iso(now)}
+            row = db.execute(
+                f"UPDATE tasks SET state = 'queued', attempt_base = attempt_base + 1, worker_id = NULL,"
+                f" lease_until = NULL, started_at = NULL, progress = NULL, heartbeat_at = NULL, history = ?"
+                f" WHERE id = ? RETURNING {TASK_COLUMNS}", (dump([*task.history, run]), task_id)).fetchone()
+            _record(db, task_id, JobState.queued, task.attempt, now)
+            db.execute("UPDATE workers SET task_id = NULL, idle_since = ?, last_seen = ?, draining = 1 WHERE id = ?",
+                       (now, now, worker_id))
+        self.bell.ring(QUEUE, CHANGES)
+        return task_from_row(row)
 
     def reap_expired(self) -> list[TaskInfo]:
         """Re-queue or fail tasks whose lease ran out, and drop the registrations of silent workers."""

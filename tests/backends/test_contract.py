@@ -13,6 +13,7 @@ from monitor import events
 from service.domain import JobState, TaskError, TaskInfo, Template
 from service.errors import LeaseLost, TaskNotFound, TaskNotRetryable, UnknownAlgorithm
 from tests.backends.conftest import ALGO, QUEUE, Store
+from tests.conftest import wait_for
 
 
 def submit(store: Store, scan_id: str, **params: Any) -> TaskInfo:
@@ -188,6 +189,40 @@ def test_a_failed_task_runs_again_with_its_run_in_its_history(store: Store) -> N
     built = [events.from_change(c) for c in [*before.changes, *after.changes] if c.task_id == task.task_id]
     ids = [(e.type, e.id) for e in built if e is not None]
     assert [t for t, _ in ids] == ["scan.failed", "scan.completed"] and len({i for _, i in ids}) == 2
+
+
+def lose(store: Store, worker_id: str) -> TaskInfo:
+    """``worker_id`` claims the next task on a lease that runs out at once, and is lost: the task as
+    the reaper leaves it."""
+    task = store.backend.claim(QUEUE, worker_id, lease_s=0.01)
+    assert task is not None
+    return wait_for(lambda: next((t for t in store.backend.reap_expired() if t.task_id == task.task_id), None),
+                    timeout_s=10, what=f"the lease of {task.task_id} to run out")
+
+
+def test_a_handed_back_task_runs_again_without_counting_an_attempt(store: Store) -> None:
+    """A spot interruption hands the task back: queued again, its run in the history as stopped with the
+    reason, and the attempt limit (2 here) counts only the runs after it."""
+    b = store.backend
+    task = submit(store, "scan-1")
+    b.register_worker("w1", QUEUE)
+    assert b.claim(QUEUE, "w1", lease_s=30) is not None
+    reason = TaskError.make("spot_interruption", "EC2 reclaims this spot instance (terminate at 2026-01-01T00:02:00Z)")
+
+    back = b.hand_back(task.task_id, "w1", reason)
+
+    assert back.state is JobState.queued and back.worker_id is None and back.error is None
+    assert [(h["attempt"], h["state"], h["error"]["code"]) for h in b.get_task(task.task_id).history] == [
+        (1, "stopped", "spot_interruption")]
+    with pytest.raises(LeaseLost):
+        b.hand_back(task.task_id, "w1", reason)
+    assert b.claim(QUEUE, "w1", lease_s=30) is None, "the worker that handed it back is leaving: no new task"
+
+    second = lose(store, "w2")
+    assert (second.state, second.attempt) == (JobState.queued, 2), "one counted run of 2: queued again"
+    third = lose(store, "w3")
+    assert third.state is JobState.failed and third.error is not None and third.error.code == "worker_lost"
+    assert third.attempt == 3, "the handed-back run was not counted"
 
 
 CLAIMERS = 4
