@@ -114,7 +114,7 @@ class Receiver:
         except (SignatureError, ValueError, KeyError):
             self.bad += 1
             return 400
-        if headers.get(EVENT_ID_HEADER.lower()) != eid:
+        if headers.get(EVENT_ID_HEADER) != eid:
             self.bad += 1
             return 400
         if eid in self.arrivals:

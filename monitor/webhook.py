@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import httpx
 
+from monitor.metrics import WEBHOOK_DELIVERIES, WEBHOOK_LAG
 from monitor.outbox import HELD_MARK, Entry, Outbox
-from service.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, sign
+from service.signing import sign
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +100,9 @@ def redirect_target(url: httpx.URL, response: httpx.Response) -> tuple[httpx.URL
 
 
 def post(client: httpx.Client, policy: DeliveryPolicy, entry: Entry) -> Attempt:
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "scantide-webhook/1",
-        EVENT_ID_HEADER: entry.id,
-        SIGNATURE_HEADER: sign(policy.secret, entry.body),
-    }
+    # Standard Webhooks: webhook-id is the event's id (the same on every retry), the timestamp this attempt's.
+    headers = {"Content-Type": "application/json", "User-Agent": "scantide-webhook/1",
+               **sign(policy.secret, entry.id, entry.body)}
     url = httpx.URL(policy.url)
     for _ in range(MAX_REDIRECTS + 1):
         try:
@@ -205,14 +203,18 @@ class Deliverer:
         now = time.time()
         if attempt.outcome == "delivered":
             self.outbox.mark_delivered(entry.id)
+            WEBHOOK_DELIVERIES.labels("delivered").inc()
+            WEBHOOK_LAG.observe(max(0.0, now - entry.created_at))
             log.info("webhook_delivered event=%s type=%s key=%s attempts=%d", entry.id, entry.type, entry.key,
                      entry.attempts + 1)
             self._receiver_back()
         elif attempt.outcome == "dead":
             self.outbox.mark_dead(entry.id, attempt.detail)
+            WEBHOOK_DELIVERIES.labels("dead").inc()
             log.warning("webhook_dead_letter event=%s type=%s reason=%s", entry.id, entry.type, attempt.detail)
         elif now - entry.enqueued_at > self.policy.max_age_s:
             self.outbox.mark_dead(entry.id, f"gave up after {entry.attempts + 1} attempts: {attempt.detail}")
+            WEBHOOK_DELIVERIES.labels("dead").inc()
             log.warning("webhook_expired event=%s type=%s reason=%s", entry.id, entry.type, attempt.detail)
         else:
             if entry.attempts == 0 and attempt.retry_after_s is None:
@@ -224,6 +226,7 @@ class Deliverer:
                 wait = backoff_s(entry.attempts, self.policy.backoff_base_s, self.policy.backoff_cap_s, self._rng)
             wait = min(wait, self.policy.max_age_s)
             self.outbox.mark_retry(entry.id, now + wait, attempt.detail)
+            WEBHOOK_DELIVERIES.labels("retry").inc()
             log.info("webhook_retry event=%s attempt=%d in_s=%.1f reason=%s", entry.id, entry.attempts + 1, wait,
                      attempt.detail)
 

@@ -1,4 +1,5 @@
-"""scantide's public client: submit scans, follow tasks, map functions over inputs, verify webhooks.
+"""scantide's public client: submit scans, follow tasks, map functions over inputs, verify webhooks
+(Standard Webhooks headers: ``verify_signature``).
 
 Needs only httpx (and cloudpickle, imported when a ``Knot`` is made); it never imports the
 server's packages, so a platform or a notebook can install it alone. ``Client``, ``Task`` and
@@ -22,7 +23,7 @@ from scantide.errors import (
     TaskFailed,
     Unavailable,
 )
-from scantide.signing import sign, verify_signature
+from scantide.signing import sign, standard_secret, verify_signature
 
 if TYPE_CHECKING:
     from scantide.client import Client, Task, TaskState
@@ -34,7 +35,8 @@ _LAZY = {"Client": "scantide.client", "Task": "scantide.client", "TaskState": "s
          "Knot": "scantide.knot"}
 
 __all__ = ["AuthError", "Client", "Conflict", "InvalidRequest", "Knot", "NotFound", "ScantideError", "SignatureError",
-           "Task", "TaskFailed", "TaskState", "Unavailable", "__version__", "sign", "verify_signature"]
+           "Task", "TaskFailed", "TaskState", "Unavailable", "__version__", "sign", "standard_secret",
+           "verify_signature"]
 
 
 def __getattr__(name: str) -> Any:

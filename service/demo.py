@@ -12,6 +12,7 @@ only if every task and run completed.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -67,7 +68,7 @@ def write_demo_scans(folder: Path, count: int, run_id: str) -> list[tuple[str, P
 
 def run_demo(settings: Settings, console: Console, *, scans: int = 3, workers: int = 2,
              timeout_s: float = 600.0) -> bool:
-    with Receiver(secrets.token_hex(32)) as receiver:
+    with Receiver("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()) as receiver:
         return _run(settings, console, receiver, scans, workers, timeout_s)
 
 

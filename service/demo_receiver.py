@@ -1,4 +1,5 @@
-"""The platform's side, for the demo: a webhook endpoint on loopback that checks every signature."""
+"""The platform's side, for the demo: a webhook endpoint on loopback that checks every Standard Webhooks
+signature (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``) with scantide's helper."""
 
 from __future__ import annotations
 

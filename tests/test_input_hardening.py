@@ -20,7 +20,7 @@ import pytest
 from algorithms.errors import EntryError
 from algorithms.task_files import Inputs
 from scantide.errors import SignatureError
-from scantide.signing import SIGNATURE_HEADER, sign, verify_signature
+from scantide.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, verify_signature
 from service.api.server import MAX_HEADER_BYTES
 from service.enqueue import parse_scan_request
 from service.errors import ForbiddenScanUri
@@ -196,17 +196,21 @@ def _no_dns(host: str) -> list[str]:
 # -- 5: malformed signature headers --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["t=" + "9" * 400 + ",v1=ab", b"t=" + b"9" * 400 + b",v1=ab", "t=1,v1=\u00e9",
-                                   b"t=1,v1=\xff\xfe", 12345, ["t=1", "v1=ab"], "t=\u0661\u0662,v1=ab"])
-def test_every_malformed_signature_header_is_a_signature_error(value: object) -> None:
+@pytest.mark.parametrize("header, value", [
+    (TIMESTAMP_HEADER, "9" * 400), (TIMESTAMP_HEADER, b"9" * 400), (TIMESTAMP_HEADER, "\u0661\u0662"),
+    (TIMESTAMP_HEADER, 12345), (SIGNATURE_HEADER, "v1,\u00e9"), (SIGNATURE_HEADER, b"v1,\xff\xfe"),
+    (SIGNATURE_HEADER, ["v1", "ab"]), (SIGNATURE_HEADER, "v1,a,b"), (SIGNATURE_HEADER, "v1," + "A" * 100_000)])
+def test_every_malformed_signature_header_is_a_signature_error(header: str, value: object) -> None:
+    headers = {**sign("s3cret-0123456789", "evt_1", b"{}", timestamp=1), header: value}
     with pytest.raises(SignatureError) as info:
-        verify_signature("s3cret-0123456789", {SIGNATURE_HEADER: value}, b"{}", now=1.0)  # type: ignore[dict-item]
+        verify_signature("s3cret-0123456789", headers, b"{}", now=1.0)  # type: ignore[arg-type]
     assert info.value.code == "invalid_signature"
 
 
 def test_raw_header_bytes_verify() -> None:
-    body = b'{"id": "evt-1"}'
-    verify_signature("s3cret-0123456789", {b"scantide-signature": sign("s3cret-0123456789", body).encode()}, body)  # type: ignore[dict-item]
+    body = b'{"id": "evt_1"}'
+    raw = {k.encode(): v.encode() for k, v in sign("s3cret-0123456789", "evt_1", body).items()}
+    verify_signature("s3cret-0123456789", raw, body)  # type: ignore[arg-type]
 
 
 # -- 6: a scan swapped for a symlink after enqueue -----------------------------------------------

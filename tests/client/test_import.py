@@ -44,7 +44,7 @@ def test_signatures_and_errors_need_the_standard_library_alone():
 from scantide.signing import sign, verify_signature
 from scantide.errors import SignatureError
 body = b"{}"
-verify_signature("secret-0123456789", {"Scantide-Signature": sign("secret-0123456789", body)}, body)
+verify_signature("secret-0123456789", sign("secret-0123456789", "evt_1", body), body)
 import service.signing
 assert service.signing.SignatureError is SignatureError
 """)

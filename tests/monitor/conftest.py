@@ -24,7 +24,7 @@ from service.supervisor import cli_argv, settings_env
 from tests.monitor.receiver import Receiver
 
 REPO = Path(__file__).resolve().parents[2]
-SECRET = "test-webhook-secret-0123456789abcdef"
+SECRET = "whsec_dGVzdC13ZWJob29rLXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm"  # Standard Webhooks form: 36 bytes
 QUEUE = "default"  # the queue of the default video_summary template
 WORKER = "test-worker"
 

@@ -1,6 +1,7 @@
 """A real webhook receiver for the monitor's tests: Starlette served by uvicorn on a loopback port.
 
-It verifies every request with ``service.verify_signature``, records each one in arrival order and
+It verifies every request twice, with ``service.verify_signature`` and with the ``standardwebhooks``
+package (the maintained Standard Webhooks verifier a platform would use), records each one in arrival order and
 answers as the test tells it at runtime: 200, a given status, 429 with ``Retry-After``, after a
 delay (so a delivery stays in flight), once the test releases it (``hold()``: how many deliveries
 are in flight at once is then counted, not timed), a redirect from its path (``move()``: it
@@ -27,13 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+from standardwebhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service import SignatureError, verify_signature
-from service.signing import EVENT_ID_HEADER
+from service.signing import EVENT_ID_HEADER, standard_secret
 
 PATH = "/hooks/scantide"
 MOVED_PATH = "/hooks/scantide/v2"  # served too, for a receiver that redirects PATH here
@@ -51,13 +53,14 @@ class Reply:
 
 @dataclass
 class Received:
-    event_id: str | None  # the Scantide-Event-Id header
+    event_id: str | None  # the webhook-id header
     body: dict[str, Any] | None  # the parsed JSON body
     raw: bytes
     headers: dict[str, str]
     arrived_at: float  # time.monotonic() when the request was read
     status: int  # what the receiver answered (or was about to, when the sender went away)
     signature_error: str | None  # SignatureError.code, or None when the signature is genuine
+    standard_error: str | None = None  # what standardwebhooks refused, or None when it verified the request
     answered_at: float | None = None  # time.monotonic() when the answer was handed to the server
     path: str = PATH  # the path it was posted to
 
@@ -284,19 +287,25 @@ class Receiver:
         except SignatureError as exc:
             problem = exc.code
         try:
+            Webhook(standard_secret(self.secret)).verify(raw, dict(request.headers), json_parse=False)
+            standard = None
+        except WebhookVerificationError as exc:
+            standard = str(exc)
+        try:
             body = json.loads(raw)
         except ValueError:
             body = None
         path = request.url.path
         with self._lock:
-            if problem is not None:
+            if problem is not None or standard is not None:
                 reply = Reply(401)
             elif path == PATH and self._moved is not None:
                 reply = self._moved
             else:
                 reply = self._behaviour.next()
             record = Received(event_id=request.headers.get(EVENT_ID_HEADER), body=body, raw=raw, headers=headers,
-                              arrived_at=arrived, status=reply.status, signature_error=problem, path=path)
+                              arrived_at=arrived, status=reply.status, signature_error=problem, standard_error=standard,
+                              path=path)
             self._records.append(record)
             self._in_flight.append(record)
             self._peak_in_flight = max(self._peak_in_flight, len(self._in_flight))

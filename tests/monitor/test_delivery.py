@@ -158,7 +158,7 @@ def test_kill_monitor_mid_delivery(backend: TaskBackend, monitor_settings: Setti
     assert [i for i, k in counts.items() if k > 1], "the in-flight events were not sent again"
     for r in accepted:
         assert r.signature_error is None
-        assert r.event_id == r.body["id"]  # a duplicate carries the same Scantide-Event-Id
+        assert r.event_id == r.body["id"]  # a duplicate carries the same webhook-id
     by_id = {e.id: e.body for e in stored}
     assert all(r.raw == by_id[r.event_id] for r in accepted)  # and the same bytes
     page = backend.changes(None, 10_000)
