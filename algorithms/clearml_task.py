@@ -18,6 +18,12 @@ The entry point never changes the task's status: the agent does when the process
 (``tasks.completed`` on 0, ``tasks.failed`` otherwise). A status changed under a running agent
 makes it abort the task, and a process killed before its result is recorded then reads as
 failed ``no_result`` instead of a false success.
+
+One exception: on a spot instance (``SCANTIDE_SPOT_NOTICE_URL``, set by the EC2 boot script) the
+entry point polls the interruption notice (``service.spot``), and on a notice hands its task back
+(``clearml_agent.requeue_uncounted``: queued again, the run not counted as an attempt) and exits at
+once with ``EXIT_HANDED_BACK``. The agent finds the task queued and leaves its status alone; the
+boot script has stopped the agents from taking another task.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from clearml.backend_api.services.v2_23 import tasks
 
 from algorithms.entry import execute
 from service.algorithms import unregistered
+from service.backends.clearml_agent import requeue_uncounted
 from service.backends.clearml_algorithms import ClearMLAlgorithms
 from service.backends.clearml_client import ClearMLClient
 from service.backends.clearml_store import ClearMLStore
@@ -46,6 +53,7 @@ from service.backends.clearml_tasks import (
 from service.domain import TaskError, TaskInfo
 from service.errors import ConfigError, ScantideError, TaskNotFound
 from service.settings import Settings, load_settings
+from service.spot import INTERRUPTION_CODE, Notice, watch
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,7 @@ TASK_ID_ENV = "CLEARML_TASK_ID"  # set by clearml-agent for the process it runs
 PROGRESS_EVERY_S = 2.0
 # The task did its work by the time it records the result: retry harder than the control plane does.
 RECORD_RETRIES = 5
+EXIT_HANDED_BACK = 75  # the task was handed back for a spot interruption (EX_TEMPFAIL)
 
 
 class RunningTask:
@@ -140,8 +149,28 @@ def run_clearml_task() -> int:
     if refusal:
         task.record_error("unregistered_algorithm", refusal)
         return 2
+    spot = watch(settings.spot_notice_url, settings.spot_notice_poll_s, lambda notice: hand_back(task, store, notice))
     try:
         return execute(spec, settings, task.progress, task.record_result, task.record_error)
     except ScantideError as exc:  # ClearML unreachable while recording: the agent marks the task failed
         log.error("outcome_not_recorded task=%s code=%s message=%s", info.task_id, exc.code, exc.message)
         return 1
+    finally:
+        if spot is not None:
+            spot.stop()
+
+
+def hand_back(task: RunningTask, store: ClearMLStore, notice: Notice) -> None:
+    """On the spot watch's thread: queue the task again without counting the run, then end this
+    process and the algorithm with it (the instance goes within two minutes). If ClearML cannot be
+    told, the task stays in progress and is re-queued as a lost worker's once the agent is gone."""
+    reason = TaskError.make(INTERRUPTION_CODE, f"{notice.describe()}: the run was stopped and the task queued "
+                                               "again, not counted as an attempt")
+    code = EXIT_HANDED_BACK
+    try:
+        requeue_uncounted(store, task._doc(), reason)
+    except ScantideError as exc:
+        log.error("hand_back_failed task=%s code=%s message=%s", task.task_id, exc.code, exc.message)
+        code = 1
+    logging.shutdown()
+    os._exit(code)
