@@ -105,6 +105,7 @@ class _PoolMemory:
     running_since: dict[str, float] = field(default_factory=dict)  # task held by a slot → first seen, unix s
     launches_in_flight: int = 0
     launches_in_flight_price: float = 0.0  # $/h they will bill, at the option each is trying now
+    interrupted: set[str] = field(default_factory=set)  # instances journaled as taken back by the provider
 
 
 class Autoscaler:
@@ -130,6 +131,7 @@ class Autoscaler:
         stats = self.queues.queue_stats(pool.queue)
         listed = self.provider.list_instances(pool.name)
         ids = {p.id for p in listed}
+        self._note_interruptions(pool, mem, listed, now)
         slots: dict[str, list[WorkerInfo]] = defaultdict(list)
         for w in self.queues.workers(pool.queue):
             iid = instance_of(w.worker_id, ids)
@@ -145,6 +147,17 @@ class Autoscaler:
             instances=instances, launches_in_flight=in_flight, launches_in_flight_price=in_flight_price,
             service_time_s=mem.service.value,
         )
+
+    def _note_interruptions(self, pool: PoolConfig, mem: _PoolMemory, listed: list[ProviderInstance],
+                            now: float) -> None:
+        """Journal, once each, the instances the provider is taking back. They are leaving (shutting
+        down: not capacity), so the policy replaces them like any other; their workers have handed
+        their tasks back (``service.spot``) or, silent, lose them when their leases run out."""
+        taken = {p.id for p in listed if p.interrupted}
+        for iid in sorted(taken - mem.interrupted):
+            self.journal.record(now, "interrupted", pool.name, "spot interruption: EC2 is taking the instance back",
+                                instances=[iid])
+        mem.interrupted = taken
 
     @staticmethod
     def _classify(pool: PoolConfig, p: ProviderInstance, workers: list[WorkerInfo], now: float) -> Instance:

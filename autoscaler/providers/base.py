@@ -24,6 +24,7 @@ class ProviderInstance:
     option: InstanceOption
     provider_state: str  # pending | running | stopping | stopped | shutting-down | terminated
     launched_at: float  # unix seconds of the last launch or start
+    interrupted: bool = False  # the provider is taking it back (a spot interruption), not we
 
 
 class CapacityError(Exception):

@@ -23,7 +23,9 @@ Launch policy:
   botocore's own "standard" retries), then raises ``Ec2Throttled``.
 - Instances are IMDSv2-only, shut themselves down when their agent exits
   (``InstanceInitiatedShutdownBehavior=terminate``), and spot ones are one-time requests that
-  terminate on interruption.
+  terminate on interruption (so they cannot be stopped into the warm pool). Their tasks read the
+  two-minute notice themselves (``service.spot``, turned on by the boot script); a listed instance
+  that EC2 is taking back (``StateReason`` ``Server.SpotInstanceTermination``) is ``interrupted``.
 
 ``list_instances`` reports ``shutting-down`` instances too (the daemon counts them as stopping:
 they still bill and still hold an agent for a few seconds); terminated ones are never listed.
@@ -71,6 +73,7 @@ TAG_MANAGED = "scantide:managed"
 TAG_PRICE = "scantide:price"
 TAG_SUBNET = "scantide:subnet"
 LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
+SPOT_INTERRUPTION_REASON = "Server.SpotInstanceTermination"  # StateReason.Code of an interrupted spot instance
 _INSTANCE_ID = re.compile(r"\bi-[0-9a-f]{8,17}\b")
 
 T = TypeVar("T")
@@ -305,8 +308,10 @@ class Ec2Provider(ComputeProvider):
         market = Market.spot if item.get("InstanceLifecycle") == "spot" else Market.on_demand
         option = InstanceOption(instance_type=instance_type, market=market, price_per_hour=price,
                                 subnet=tags.get(TAG_SUBNET))
+        why = item.get("StateReason")
+        interrupted = isinstance(why, dict) and why.get("Code") == SPOT_INTERRUPTION_REASON
         return ProviderInstance(id=instance_id, pool=pool, option=option, provider_state=state,
-                                launched_at=launched_at)
+                                launched_at=launched_at, interrupted=interrupted)
 
     def terminate(self, instance_ids: list[str]) -> None:
         if not instance_ids:

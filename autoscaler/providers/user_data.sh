@@ -13,6 +13,8 @@
 # script, `python -m algorithms.entry`, in the worker image when SSM holds WORKER_IMAGE. A pool
 # with several slots (`[pools.resources] slots`) gets that many agents on the instance, each
 # taking one task at a time; the runner shuts the instance down once all of them have exited.
+# On a spot instance the tasks and the runner watch EC2's two-minute interruption notice: see
+# watch_notice below.
 set -euo pipefail
 
 install -d -m 0755 /usr/local/sbin /etc/systemd/system
@@ -38,10 +40,21 @@ power_off() {
 }
 trap 'power_off "runner exited before the agent ran"' EXIT
 
-# IMDSv2 only (the instance is launched with HttpTokens=required).
-TOKEN="$(curl -fsS --retry 10 --retry-connrefused -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 21600")" || exit 1
-INSTANCE_ID="$(curl -fsS --retry 10 -H "X-aws-ec2-metadata-token: $TOKEN" http://169.254.169.254/latest/meta-data/instance-id)" || exit 1
-say "instance=$INSTANCE_ID queue=$QUEUE"
+# IMDSv2 only (the instance is launched with HttpTokens=required): a fresh session token per read.
+IMDS=http://169.254.169.254
+imds() {  # $1: the meta-data path; the rest: more curl options
+  local WHAT="$1" TOKEN
+  shift
+  TOKEN="$(curl -fsS --retry 10 --retry-connrefused -X PUT "$IMDS/latest/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 21600")" || return 1
+  curl -fsS "$@" -H "X-aws-ec2-metadata-token: $TOKEN" "$IMDS/latest/meta-data/$WHAT"
+}
+INSTANCE_ID="$(imds instance-id --retry 10)" || exit 1
+# A spot instance's tasks read the interruption notice themselves (service/spot.py), and hand their
+# task back when it comes; an on-demand instance never gets one.
+LIFECYCLE="$(imds instance-life-cycle --retry 10)" || LIFECYCLE=unknown
+SPOT_NOTICE_URL=""
+if [ "$LIFECYCLE" = spot ]; then SPOT_NOTICE_URL="$IMDS"; export SCANTIDE_SPOT_NOTICE_URL="$IMDS"; fi
+say "instance=$INSTANCE_ID queue=$QUEUE lifecycle=$LIFECYCLE"
 
 # The instance role can lag a few seconds behind boot: retry.
 ssm_param() {
@@ -119,6 +132,16 @@ start_agents() {
   done
 }
 
+# On a spot instance, once EC2 posts the interruption notice: the agents are killed outright so that
+# none takes another task (a SIGTERM would make an agent mark its running task stopped), while each
+# running task's entry point, which reads the notice too, hands its task back and exits.
+watch_notice() {
+  local NOTICE
+  until NOTICE="$(imds spot/instance-action 2>/dev/null)"; do sleep 2; done
+  say "spot interruption notice $NOTICE: stopping the agents; running tasks hand themselves back"
+  kill -KILL "${AGENT_PIDS[@]}" 2>/dev/null
+}
+
 wait_agents() {
   local PID CODE STATUS=0
   for PID in "${AGENT_PIDS[@]}"; do
@@ -142,7 +165,7 @@ if [ -n "$WORKER_IMAGE" ]; then
   # the in-container agent fails at once), mounts its caches under /root, runs apt-get and
   # `pip install -U clearml-agent`. --user 0:0 runs task containers as root (docs/deploy.md: worker
   # image). No per-task apt-get: the image has git, python3.11 with pip and headless OpenCV's libs.
-  export CLEARML_AGENT_EXTRA_DOCKER_ARGS="--user 0:0 -e AWS_DEFAULT_REGION=$REGION -e AWS_REGION=$REGION"
+  export CLEARML_AGENT_EXTRA_DOCKER_ARGS="--user 0:0 -e AWS_DEFAULT_REGION=$REGION -e AWS_REGION=$REGION${SPOT_NOTICE_URL:+ -e SCANTIDE_SPOT_NOTICE_URL=$SPOT_NOTICE_URL}"
   export CLEARML_AGENT__AGENT__DOCKER_INSTALL_OPENCV_LIBS=false
   trap - EXIT
   say "starting $SLOTS clearml-agent(s) worker=$(worker_id 0) image=$WORKER_IMAGE"
@@ -158,7 +181,15 @@ else
   say "starting $SLOTS clearml-agent(s) worker=$(worker_id 0) (tasks run on the host with $SCANTIDE_PYTHON)"
   start_agents "" --queue "$QUEUE" --foreground
 fi
+WATCH_PID=""
+if [ -n "$SPOT_NOTICE_URL" ]; then watch_notice & WATCH_PID=$!; fi
 wait_agents || STATUS=$?
+if [ -n "$WATCH_PID" ] && ! kill -0 "$WATCH_PID" 2>/dev/null; then
+  # EC2 takes the instance at the notice's time; powering off now would cut the hand-backs short
+  say "spot interruption: the agents are stopped; leaving the instance to EC2"
+  sleep 150
+fi
+[ -n "$WATCH_PID" ] && kill "$WATCH_PID" 2>/dev/null
 power_off "clearml-agent exited with status $STATUS ($SLOTS agent(s), all exited)"
 RUNNER
 chmod 0755 /usr/local/sbin/scantide-agent

@@ -403,7 +403,8 @@ def test_user_data_fetches_credentials_at_boot_and_shuts_down_after_the_agent(
     assert len(text.encode()) < USER_DATA_LIMIT_BYTES
     assert text.startswith("#!/bin/bash\n")
     assert f"QUEUE={QUEUE}\n" in text and f"SSM_PREFIX={SSM_PREFIX}\n" in text and f"REGION={REGION}\n" in text
-    assert "curl -fsS --retry 10 --retry-connrefused -X PUT http://169.254.169.254/latest/api/token" in text
+    assert "IMDS=http://169.254.169.254\n" in text
+    assert 'curl -fsS --retry 10 --retry-connrefused -X PUT "$IMDS/latest/api/token"' in text
     assert '-H "X-aws-ec2-metadata-token-ttl-seconds: 21600"' in text
     assert "aws ssm get-parameter" in text and "--with-decryption" in text
     assert secret not in text

@@ -22,9 +22,13 @@ QUEUE = "gpu-scans"
 PREFIX = "/scantide/prod"
 INSTANCE = "i-0abc123def4567890"
 STUBS = {
-    # IMDSv2: a PUT for the token, then GETs that must carry it
+    # IMDSv2: a PUT for the token, then GETs that must carry it; LIFECYCLE and NOTICE say what the
+    # instance is (on-demand unless told) and whether EC2 has posted the spot interruption notice
     "curl": f"""case "$*" in *PUT*api/token*) echo tok-1 ;;
-  *X-aws-ec2-metadata-token:\\ tok-1*instance-id*) echo {INSTANCE} ;; *) exit 22 ;; esac""",
+  *X-aws-ec2-metadata-token:\\ tok-1*instance-id*) echo {INSTANCE} ;;
+  *X-aws-ec2-metadata-token:\\ tok-1*instance-life-cycle*) echo "${{LIFECYCLE:-on-demand}}" ;;
+  *X-aws-ec2-metadata-token:\\ tok-1*spot/instance-action*) [ -n "${{NOTICE:-}}" ] || exit 22; echo "$NOTICE" ;;
+  *) exit 22 ;; esac""",
     "aws": """echo "aws $*" >> "$CALLS"
 case "$*" in
   *"ssm get-parameter "*) args="$*"; name="${args##*--name }"; echo "from-ssm:${name%% *}" ;;
@@ -36,10 +40,12 @@ esac""",
   echo "docker_args=${CLEARML_AGENT_EXTRA_DOCKER_ARGS:-}"
   echo "skip_env=${CLEARML_AGENT_SKIP_PYTHON_ENV_INSTALL:-} python=${CLEARML_AGENT_SKIP_PIP_VENV_INSTALL:-}"
   echo "opencv_libs=${CLEARML_AGENT__AGENT__DOCKER_INSTALL_OPENCV_LIBS:-}"
+  echo "spot_notice_url=${SCANTIDE_SPOT_NOTICE_URL:-}"
   echo "earlier_agents=$(ls -A "$TMPDIR" | grep -c '^[.]clearmlagent_')"
   } >> "$CALLS"
 touch "$TMPDIR/.clearmlagent_$$_x1y2.tmp"
 [ "$CLEARML_WORKER_ID" = "${SLOW_WORKER:-}" ] && /bin/sleep 0.5
+[ -n "${NOTICE:-}" ] && exec /bin/sleep 60  # runs until the notice stops it
 echo "exit worker=$CLEARML_WORKER_ID" >> "$CALLS"; exit 3""",
     "nvidia-smi": """for ((K = 0; K < ${GPUS:-0}; K++)); do echo "GPU $K: NVIDIA A10G (UUID: GPU-$K)"; done
 [ "${GPUS:-0}" -gt 0 ]""",
@@ -52,9 +58,11 @@ echo "exit worker=$CLEARML_WORKER_ID" >> "$CALLS"; exit 3""",
 
 
 def run_runner(tmp_path: Path, image: str | None, extra_path: Path | None = None, slots: int = 1,
-               gpus: int = 1, slow_worker: str = "") -> list[str]:
+               gpus: int = 1, slow_worker: str = "", lifecycle: str = "on-demand", notice: str = "") -> list[str]:
     """Run the boot runner; ``gpus``: how many GPUs ``nvidia-smi -L`` lists; ``slow_worker``: the
-    worker id whose agent outlives the others a little."""
+    worker id whose agent outlives the others a little; ``lifecycle``: what IMDS says the instance
+    is; ``notice``: the spot interruption notice IMDS answers with (the agents then run until
+    stopped)."""
     spec = Ec2PoolSpec(ami="ami-1", subnets=["subnet-1"], security_group_ids=["sg-1"], queue=QUEUE,
                        region="eu-west-1", ssm_prefix=PREFIX, instance_profile_name="scantide-worker",
                        slots=slots)
@@ -71,6 +79,7 @@ def run_runner(tmp_path: Path, image: str | None, extra_path: Path | None = None
     (tmp_path / "tmp").mkdir()
     env = {"PATH": f"{bin_dir}:{extra_path or bin_dir}:/usr/bin:/bin", "CALLS": str(calls), "HOME": str(tmp_path),
            "TMPDIR": str(tmp_path / "tmp"), "GPUS": str(gpus), "SLOW_WORKER": slow_worker,
+           "LIFECYCLE": lifecycle, "NOTICE": notice,
            **({"WORKER_IMAGE_PARAM": image} if image else {})}
     subprocess.run(["bash", str(tmp_path / "runner")], env=env, check=True, timeout=60, capture_output=True,
                    stdin=subprocess.DEVNULL)
@@ -161,3 +170,39 @@ def test_user_data_renders_the_pool_slots_and_refuses_a_bad_count() -> None:
     for bad in (0, 17, "2"):
         with pytest.raises(ConfigError, match="slots must be an integer from 1 to 16"):
             spec(bad)
+
+
+NOTICE = '{"action": "terminate", "time": "2026-01-01T00:02:00Z"}'
+
+
+@pytest.mark.parametrize("image", [IMAGE, None], ids=["docker", "host"])
+def test_on_a_spot_instance_the_tasks_read_the_notice(tmp_path: Path, image: str | None) -> None:
+    calls = run_runner(tmp_path, image, lifecycle="spot")
+
+    agent = next(i for i, c in enumerate(calls) if c.startswith("agent "))
+    if image:  # the task container gets it (IMDS answers containers: HttpPutResponseHopLimit=2)
+        assert calls[agent + 2].endswith(" -e SCANTIDE_SPOT_NOTICE_URL=http://169.254.169.254")
+    assert calls[agent + 5] == "spot_notice_url=http://169.254.169.254"  # the agent's environment, the task's
+    assert calls[-1] == "shutdown -h now", "no notice: the agent exits and the instance goes as ever"
+
+
+def test_on_demand_nothing_reads_the_notice(tmp_path: Path) -> None:
+    calls = run_runner(tmp_path, IMAGE)
+
+    assert [c for c in calls if c.startswith("spot_notice_url=")] == ["spot_notice_url="]
+    assert "SCANTIDE_SPOT_NOTICE_URL" not in next(c for c in calls if c.startswith("docker_args="))
+
+
+@pytest.mark.parametrize("image", [IMAGE, None], ids=["docker", "host"])
+def test_a_spot_notice_stops_the_agents_and_leaves_the_instance_to_ec2(tmp_path: Path, image: str | None) -> None:
+    """The agents would run for a minute: the notice kills them (no agent takes another task; none
+    reports its running task stopped, as a SIGTERM would make it), and the runner does not power off
+    until the time EC2 takes the instance has passed."""
+    calls = run_runner(tmp_path, image, slots=2, lifecycle="spot", notice=NOTICE)
+
+    assert len([c for c in calls if c.startswith("agent ")]) == 2
+    assert not [c for c in calls if c.startswith("exit ")], "killed, not exited"
+    log = (tmp_path / "agent.log").read_text()
+    assert f"spot interruption notice {NOTICE}" in log
+    assert "leaving the instance to EC2" in log
+    assert calls[-1] == "shutdown -h now"
