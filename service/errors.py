@@ -34,13 +34,25 @@ class InvalidRequest(ScantideError):
     status = 422
 
 
-class MalformedJson(InvalidRequest):
-    code = "malformed_json"
+class MalformedRequest(InvalidRequest):
+    """A body that cannot be read as its content type says (FastAPI's and Starlette's parsers refused it)."""
+
+    code = "malformed_request"
     status = 400
+
+
+class MalformedJson(MalformedRequest):
+    code = "malformed_json"
 
 
 class InvalidScanUri(InvalidRequest):
     code = "invalid_scan_uri"
+
+
+class ScanMissing(InvalidScanUri):
+    """A local scan path under the data root with no file there."""
+
+    code = "scan_missing"
 
 
 class ForbiddenScanUri(InvalidRequest):
@@ -71,6 +83,10 @@ class AuthError(ScantideError):
     status = 401
 
 
+class InvalidToken(AuthError):
+    code = "invalid_token"
+
+
 class Forbidden(AuthError):
     code = "forbidden"
     status = 403
@@ -79,6 +95,13 @@ class Forbidden(AuthError):
 class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
     status = 413
+
+
+class RequestHeaderTooLarge(InvalidRequest):
+    """A request line and headers over the server's limit (answered by the HTTP protocol, before routing)."""
+
+    code = "request_header_too_large"
+    status = 431
 
 
 class Conflict(ScantideError):
@@ -102,6 +125,24 @@ class BackendUnavailable(ScantideError):
 class ConfigError(ScantideError):
     code = "config_error"
     status = 500
+
+
+class NotSupported(ScantideError):
+    """The configured task store cannot do this."""
+
+    code = "not_supported"
+    status = 500
+
+
+class ClearMLRefused(ScantideError):
+    """The ClearML server refused a call (a 4xx answer other than "not authorized")."""
+
+    code = "clearml_refused"
+    status = 502
+
+    def __init__(self, endpoint: str, result_code: int, subcode: int, message: str) -> None:
+        super().__init__(f"ClearML refused {endpoint}: {result_code}/{subcode} {message}")
+        self.endpoint, self.result_code, self.subcode = endpoint, result_code, subcode
 
 
 class MetadataUnavailable(ScantideError):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from service.errors import ForbiddenScanUri, InvalidScanUri
+from service.errors import ForbiddenScanUri, InvalidScanUri, ScanMissing
 
 Resolver = Callable[[str], list[str]]
 
@@ -162,5 +162,5 @@ def _validate_local(raw: str, data_root: Path) -> str:
     if candidate != root and not candidate.startswith(root + os.sep):
         raise ForbiddenScanUri(f"local scan paths must be under the data root {root}; got {raw!r}")
     if not os.path.isfile(candidate):
-        raise InvalidScanUri(f"no scan file at {candidate}", code="scan_missing")
+        raise ScanMissing(f"no scan file at {candidate}")
     return candidate

@@ -16,9 +16,19 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from service.algorithms import AlgorithmVersion, blob_uri, register_files
 from service.api.auth import TokenAuth
+from service.api.responses import AUTH, STORAGE, STORE, errors, security
+from service.api.schemas import Algorithm, Algorithms, Blob, RegisteredAlgorithm
 from service.backends.base import TaskBackend
 from service.bundles import read_upload
-from service.errors import AlgorithmNotFound, InvalidRequest
+from service.errors import (
+    AlgorithmNotFound,
+    AlgorithmVersionExists,
+    InvalidBundle,
+    InvalidDescriptor,
+    InvalidRequest,
+    MalformedRequest,
+    RunnerUnavailable,
+)
 from service.settings import Settings
 
 
@@ -31,7 +41,8 @@ def algorithm_body(versions: list[AlgorithmVersion]) -> dict[str, Any]:
 def algorithms_router(backend: TaskBackend, settings: Settings, auth: TokenAuth) -> APIRouter:
     router = APIRouter(tags=["algorithms"])
 
-    @router.get("/v1/algorithms", dependencies=[Depends(auth.require("read"))],
+    @router.get("/v1/algorithms", dependencies=[Depends(auth.require("read"))], response_model=Algorithms,
+                responses=errors(*AUTH, *STORE),
                 summary="Registered algorithms: each one's newest version")
     def list_algorithms() -> dict[str, Any]:
         by_name: dict[str, list[AlgorithmVersion]] = {}
@@ -39,7 +50,8 @@ def algorithms_router(backend: TaskBackend, settings: Settings, auth: TokenAuth)
             by_name.setdefault(v.name, []).append(v)
         return {"algorithms": [algorithm_body(vs) for _, vs in sorted(by_name.items())]}
 
-    @router.get("/v1/algorithms/{name}", dependencies=[Depends(auth.require("read"))],
+    @router.get("/v1/algorithms/{name}", dependencies=[Depends(auth.require("read"))], response_model=Algorithm,
+                responses=errors(*AUTH, *STORE, AlgorithmNotFound),
                 summary="One algorithm: every registered version with its descriptor")
     def show_algorithm(name: str) -> dict[str, Any]:
         versions = backend.list_algorithms(name)
@@ -48,10 +60,13 @@ def algorithms_router(backend: TaskBackend, settings: Settings, auth: TokenAuth)
         return algorithm_body(versions)
 
     @router.post("/v1/algorithms", status_code=201, summary="Register an algorithm version from its folder",
-                 responses={200: {"description": "The same content was registered already"}},
+                 response_model=RegisteredAlgorithm,
+                 responses={200: {"model": RegisteredAlgorithm, "description": "This content was registered already"},
+                            **errors(*AUTH, *STORE, *STORAGE, MalformedRequest, InvalidRequest,
+                                     InvalidBundle, InvalidDescriptor, RunnerUnavailable, AlgorithmVersionExists)},
                  openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                      "type": "object", "required": ["bundle"],
-                     "properties": {"bundle": {"type": "string", "format": "binary"}}}}}}},
+                     "properties": {"bundle": {"type": "string", "format": "binary"}}}}}}, **security("register")},
                  description="Needs the `register` scope. Multipart field `bundle`: the folder (descriptor at its "
                  "top) as a tar.gz. 422 invalid_descriptor names every problem by field path; 409 "
                  "algorithm_version_exists for other content under a registered version; 422 runner_unavailable "
@@ -73,8 +88,10 @@ def algorithms_router(backend: TaskBackend, settings: Settings, auth: TokenAuth)
                  description="Needs the `register` scope: a blob is a `Knot` call's cloudpickled argument, which a "
                  "worker unpickles, so it is code like a registered function. Only a blob URI may be submitted as a "
                  "function algorithm's scan.",
+                 response_model=Blob, responses=errors(*AUTH, *STORAGE, InvalidRequest),
                  openapi_extra={"requestBody": {"required": True, "content": {
-                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                     **security("register")})
     async def upload_blob(request: Request) -> dict[str, Any]:
         auth.check(request, "register")
         data = await request.body()

@@ -19,7 +19,10 @@ from service.api.models import models_router
 from service.api.pipelines import pipelines_router, run_links, run_submission_body
 from service.api.ratelimit import install_rate_limit
 from service.api.rejections import rejections_router
+from service.api.responses import AUTH, JSON_BODY, STORE, errors, install_openapi, security
+from service.api.schemas import Health, Queues, RetriedScan, RunSubmitted, Scan, Submitted, Task
 from service.api.tasks import tasks_router
+from service.api.webhooks import install_webhooks
 from service.backends import open_backend
 from service.backends.base import TaskBackend
 from service.domain import JobState, ScanRequest
@@ -30,7 +33,25 @@ from service.enqueue import (
     submission_body,
     task_links,
 )
-from service.errors import BackendUnavailable, ScanNotFound, ScanNotRetryable
+from service.errors import (
+    BackendUnavailable,
+    ForbiddenScanUri,
+    InvalidParams,
+    InvalidRequest,
+    InvalidScanUri,
+    MalformedJson,
+    NotSupported,
+    PreviousScanNotCompleted,
+    PreviousScanNotFound,
+    ScanConflict,
+    ScanMissing,
+    ScanNotFound,
+    ScanNotRetryable,
+    TaskNotFound,
+    TaskNotRetryable,
+    UnknownAlgorithm,
+    UnknownPipeline,
+)
 from service.pipelines.runs import start_run
 from service.pipelines.store import PipelineStore
 from service.pipelines.targets import targets_for
@@ -40,28 +61,9 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-
-class SubmitResponse(BaseModel):
-    task_id: str
-    scan_id: str
-    algorithm: str
-    state: str
-    created: bool
-    links: dict[str, str]
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 415, 422, 429, 431, 503)
-}
+# What POST /v1/scans refuses: the request, its scan, the algorithm and its params, or a pipeline's.
+ENQUEUE_ERRORS = (MalformedJson, InvalidRequest, InvalidScanUri, ScanMissing, ForbiddenScanUri, UnknownAlgorithm,
+                  InvalidParams, PreviousScanNotFound, PreviousScanNotCompleted, ScanConflict, UnknownPipeline)
 
 
 class RetryRequest(BaseModel):
@@ -86,8 +88,10 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
         "/v1/scans, /v1/tasks/…/cancel, /v1/runs/…/retry), read (GET), promote (POST /v1/models/…: promote and "
         "roll back model versions), register (POST /v1/algorithms, /v1/pipelines, /v1/blobs: decides what code "
         "workers run).",
-        responses=ERRORS,
+        generate_unique_id_function=lambda route: route.name,  # operationId: the handler's name
     )
+    install_webhooks(app)
+    install_openapi(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
                        larger={"/v1/algorithms": settings.max_bundle_bytes, "/v1/blobs": settings.max_blob_bytes})
     # Added last, so outermost: a token over its limit is answered before its body is read.
@@ -98,10 +102,12 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
     # The hot path: parsed and answered by hand (pydantic's JSON parser, pre-encoded response),
     # which costs a fraction of FastAPI's per-route body/dependency/response machinery. The
     # OpenAPI description is declared to match.
-    @app.post("/v1/scans", status_code=202, response_model=SubmitResponse,
-              responses={200: {"model": SubmitResponse, "description": "Already submitted: the existing task"}},
+    @app.post("/v1/scans", status_code=202, response_model=Submitted | RunSubmitted, tags=["scans"],
+              responses={200: {"model": Submitted | RunSubmitted,
+                               "description": "Already submitted: the existing task or run"},
+                         **errors(*AUTH, *STORE, *ENQUEUE_ERRORS)},
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": ScanRequest.model_json_schema()}}}},
+                  "application/json": {"schema": ScanRequest.model_json_schema()}}}, **security("enqueue")},
               summary="Enqueue a scan (idempotent on algorithm + scan_id)")
     async def post_scan(request: Request) -> Response:
         auth.check(request, "enqueue")
@@ -121,7 +127,8 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
         return Response(json.dumps(submission_body(submission)), status_code=202 if submission.created else 200,
                         media_type="application/json")
 
-    @app.get("/v1/scans/{scan_id}", dependencies=[Depends(auth.require("read"))], summary="Every task of a scan")
+    @app.get("/v1/scans/{scan_id}", dependencies=[Depends(auth.require("read"))], summary="Every task of a scan",
+             response_model=Scan, tags=["scans"], responses=errors(*AUTH, *STORE, ScanNotFound))
     def get_scan(scan_id: str) -> dict[str, Any]:
         tasks, runs = backend.tasks_for_scan(scan_id), pipelines.runs_for_scan(scan_id)
         if not tasks and not runs:
@@ -130,6 +137,9 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
                 "runs": [{**r.to_dict(), "links": run_links(r)} for r in runs]}
 
     @app.post("/v1/scans/{scan_id}/retry", status_code=202, dependencies=[Depends(auth.require("enqueue"))],
+              response_model=RetriedScan, tags=["scans"],
+              responses=errors(*AUTH, *STORE, *JSON_BODY, ScanNotFound, ScanNotRetryable, TaskNotFound,
+                               TaskNotRetryable, NotSupported),
               summary="Run a scan's failed tasks again (each a new attempt; the failed run stays in its history)",
               description="Optional body `{\"algorithm\": name}`: only that algorithm's task. 404 scan_not_found; "
               "409 scan_not_retryable when no task of the scan failed or was stopped.")
@@ -146,12 +156,14 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
         log.info("scan_retried scan_id=%s tasks=%s", scan_id, ",".join(t.task_id for t in retried))
         return {"scan_id": scan_id, "tasks": [{**t.to_dict(), "links": task_links(t)} for t in retried]}
 
-    @app.get("/v1/tasks/{task_id}", dependencies=[Depends(auth.require("read"))], summary="One task")
+    @app.get("/v1/tasks/{task_id}", dependencies=[Depends(auth.require("read"))], summary="One task",
+             response_model=Task, tags=["tasks"], responses=errors(*AUTH, *STORE, TaskNotFound))
     def get_task(task_id: str) -> dict[str, Any]:
         task = backend.get_task(task_id)
         return {**task.to_dict(), "links": task_links(task)}
 
-    @app.get("/v1/queues", dependencies=[Depends(auth.require("read"))], summary="Queue depth and workers")
+    @app.get("/v1/queues", dependencies=[Depends(auth.require("read"))], summary="Queue depth and workers",
+             response_model=Queues, tags=["queues"], responses=errors(*AUTH, *STORE))
     def get_queues() -> dict[str, Any]:
         workers = backend.workers()
         out = []
@@ -161,7 +173,10 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
             out.append(stats)
         return {"queues": out}
 
-    @app.get("/healthz", summary="Liveness and task-store reachability (no auth)")
+    @app.get("/healthz", summary="Liveness and task-store reachability (no auth)", response_model=Health,
+             response_model_exclude_unset=True, tags=["health"],
+             responses={503: {"model": Health, "description": "The task store cannot be reached"},
+                        **errors()})
     def healthz(response: Response) -> dict[str, Any]:
         try:
             backend.queues()

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Security
 
-from service.errors import AuthError, Forbidden
+from service.api.responses import BEARER
+from service.errors import AuthError, Forbidden, InvalidToken
 
 
 class TokenAuth:
@@ -35,7 +37,7 @@ class TokenAuth:
             raise AuthError("missing bearer token: send 'Authorization: Bearer <token>'")
         scopes = self.scopes_for(presented.strip())
         if scopes is None:
-            raise AuthError("invalid bearer token", code="invalid_token")
+            raise InvalidToken("invalid bearer token")
         if scope not in scopes:
             raise Forbidden(f"this token lacks the {scope!r} scope")
 
@@ -46,10 +48,11 @@ class TokenAuth:
         presented = request.headers.get("authorization", "").partition(" ")[2].strip()
         return "token:" + hashlib.sha256(presented.encode()).hexdigest()[:12]
 
-    def require(self, scope: str):
-        """A FastAPI dependency that admits requests whose token carries ``scope``."""
+    def require(self, scope: str) -> Any:
+        """A FastAPI dependency that admits requests whose token carries ``scope`` (and documents the
+        bearer scheme and the scope in the operation's OpenAPI security requirement)."""
 
-        async def dependency(request: Request) -> None:  # pure CPU: no thread hop
-            self.check(request, scope)
+        async def dependency(request: Request, _: Any = Security(BEARER, scopes=[scope])) -> None:
+            self.check(request, scope)  # pure CPU: no thread hop
 
         return dependency

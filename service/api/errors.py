@@ -10,11 +10,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service.errors import ScantideError, invalid_input
+from service.errors import MalformedRequest, PayloadTooLarge, ScantideError, UnsupportedMediaType, invalid_input
 
 log = logging.getLogger(__name__)
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+_HTTP_CODES = {400: MalformedRequest.code, 404: "not_found", 405: "method_not_allowed", 413: PayloadTooLarge.code,
+               415: UnsupportedMediaType.code}
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -10,6 +10,8 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import PayloadTooLarge
+
 
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
@@ -43,7 +45,7 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
     async def _reject(self, send: Send, limit: int) -> None:
-        body = json.dumps({"error": {"code": "payload_too_large", "message": _message(limit)}}).encode()
+        body = json.dumps({"error": PayloadTooLarge(_message(limit)).to_dict()}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})

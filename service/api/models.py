@@ -10,7 +10,10 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.auth import TokenAuth
+from service.api.responses import AUTH, JSON_BODY, STORE, errors
+from service.api.schemas import ModelChange, ModelRegistry
 from service.backends.base import TaskBackend
+from service.errors import ModelVersionNotFound, NothingToRollBack
 from service.models import VERSION_PATTERN
 
 
@@ -36,19 +39,22 @@ def models_router(backend: TaskBackend, auth: TokenAuth) -> APIRouter:
                 "versions": [m.to_dict() for m in versions],
                 "history": [e.to_dict() for e in backend.model_history(algorithm)]}
 
-    @router.get("/{algorithm}", dependencies=[Depends(auth.require("read"))],
+    @router.get("/{algorithm}", dependencies=[Depends(auth.require("read"))], response_model=ModelRegistry,
+                responses=errors(*AUTH, *STORE),
                 summary="An algorithm's model versions, the promoted one, and the audit trail")
     def get_models(algorithm: str) -> dict[str, Any]:
         return registry(algorithm)
 
-    @router.post("/{algorithm}/promote", dependencies=[Depends(auth.require("promote"))],
+    @router.post("/{algorithm}/promote", dependencies=[Depends(auth.require("promote"))], response_model=ModelChange,
+                 responses=errors(*AUTH, *STORE, *JSON_BODY, ModelVersionNotFound),
                  summary="Promote a version: tasks enqueued from now on run it; queued and running ones keep theirs",
                  description="404 model_version_not_found for a version never registered.")
     def promote(algorithm: str, body: PromoteRequest, request: Request) -> dict[str, Any]:
         entry = backend.promote_model(algorithm, body.version, by=who(request, body.by))
         return {**registry(algorithm), "changed": entry is not None, "audit": entry.to_dict() if entry else None}
 
-    @router.post("/{algorithm}/rollback", dependencies=[Depends(auth.require("promote"))],
+    @router.post("/{algorithm}/rollback", dependencies=[Depends(auth.require("promote"))], response_model=ModelChange,
+                 responses=errors(*AUTH, *STORE, NothingToRollBack),
                  summary="Promote again the version promoted before the current one",
                  description="409 nothing_to_roll_back when no earlier promotion is left.")
     def rollback(algorithm: str, request: Request) -> dict[str, Any]:

@@ -9,10 +9,19 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from service.api import schemas
 from service.api.auth import TokenAuth
+from service.api.responses import AUTH, STORE, errors, security
 from service.catalog.descriptor import load_data
 from service.catalog.pipeline import parse_pipeline
-from service.errors import InvalidPipeline, PipelineNotFound, RunNotFound, UnsupportedMediaType
+from service.errors import (
+    InvalidPipeline,
+    PipelineNotFound,
+    PipelineVersionExists,
+    RunNotFound,
+    RunNotRetryable,
+    UnsupportedMediaType,
+)
 from service.pipelines.runs import register, retry_run
 from service.pipelines.store import PipelineStore, PipelineVersion, Run
 from service.pipelines.targets import Targets
@@ -39,14 +48,16 @@ def pipeline_body(versions: list[PipelineVersion]) -> dict[str, Any]:
 def pipelines_router(store: PipelineStore, targets: Targets, auth: TokenAuth) -> APIRouter:
     router = APIRouter(tags=["pipelines"])
 
-    @router.get("/v1/pipelines", dependencies=[Depends(auth.require("read"))], summary="Registered pipelines")
+    @router.get("/v1/pipelines", dependencies=[Depends(auth.require("read"))], summary="Registered pipelines",
+                response_model=schemas.Pipelines, responses=errors(*AUTH))
     def list_pipelines() -> dict[str, Any]:
         by_name: dict[str, list[PipelineVersion]] = {}
         for v in store.listing():
             by_name.setdefault(v.name, []).append(v)
         return {"pipelines": [pipeline_body(vs) for _, vs in sorted(by_name.items())]}
 
-    @router.get("/v1/pipelines/{name}", dependencies=[Depends(auth.require("read"))],
+    @router.get("/v1/pipelines/{name}", dependencies=[Depends(auth.require("read"))], response_model=schemas.Pipeline,
+                responses=errors(*AUTH, PipelineNotFound),
                 summary="One pipeline: every registered version with its descriptor")
     def show_pipeline(name: str) -> dict[str, Any]:
         versions = store.listing(name)
@@ -55,10 +66,14 @@ def pipelines_router(store: PipelineStore, targets: Targets, auth: TokenAuth) ->
         return pipeline_body(versions)
 
     @router.post("/v1/pipelines", status_code=201, summary="Register a pipeline version",
-                 responses={200: {"description": "The same content was registered already"}},
+                 response_model=schemas.RegisteredPipeline,
+                 responses={200: {"model": schemas.RegisteredPipeline,
+                                  "description": "This descriptor was registered already"},
+                            **errors(*AUTH, *STORE, UnsupportedMediaType, InvalidPipeline,
+                                     PipelineVersionExists)},
                  openapi_extra={"requestBody": {"required": True, "content": {
                      "application/yaml": {"schema": {"type": "string"}},
-                     "application/json": {"schema": {"type": "object"}}}}},
+                     "application/json": {"schema": {"type": "object"}}}}, **security("register")},
                  description="Needs the `register` scope. The body: the descriptor (scantide-pipeline.yaml) as "
                  "YAML or JSON. 422 invalid_pipeline names every problem by field path (cycles, unknown steps or "
                  "algorithms, a when that does not parse, params a step's algorithm refuses); 409 "
@@ -79,7 +94,8 @@ def pipelines_router(store: PipelineStore, targets: Targets, auth: TokenAuth) ->
         response.status_code = 201 if created else 200
         return {**version.to_dict(), "created": created}
 
-    @router.get("/v1/runs/{run_id}", dependencies=[Depends(auth.require("read"))],
+    @router.get("/v1/runs/{run_id}", dependencies=[Depends(auth.require("read"))], response_model=schemas.Run,
+                responses=errors(*AUTH, RunNotFound),
                 summary="One pipeline run: its state and each step's state, task, compute, result and error")
     def get_run(run_id: str) -> dict[str, Any]:
         run = store.get_run(run_id)
@@ -87,7 +103,8 @@ def pipelines_router(store: PipelineStore, targets: Targets, auth: TokenAuth) ->
             raise RunNotFound(f"no run {run_id!r}")
         return {**run.to_dict(), "links": run_links(run)}
 
-    @router.post("/v1/runs/{run_id}/retry", dependencies=[Depends(auth.require("enqueue"))],
+    @router.post("/v1/runs/{run_id}/retry", dependencies=[Depends(auth.require("enqueue"))], response_model=schemas.Run,
+                 responses=errors(*AUTH, RunNotFound, RunNotRetryable),
                  summary="Run a failed run's failed and skipped steps again, keeping the completed ones",
                  description="409 run_not_retryable unless the run failed.")
     def retry(run_id: str) -> dict[str, Any]:

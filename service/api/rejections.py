@@ -9,6 +9,8 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.auth import TokenAuth
+from service.api.responses import AUTH, JSON_BODY, errors
+from service.api.schemas import RejectionRecorded
 from service.rejections import Rejection, RejectionStore
 
 
@@ -27,6 +29,9 @@ def rejections_router(store: RejectionStore, auth: TokenAuth) -> APIRouter:
     router = APIRouter(tags=["rejections"])
 
     @router.post("/v1/rejections", status_code=202, dependencies=[Depends(auth.require("enqueue"))],
+                 response_model=RejectionRecorded, responses={
+                     200: {"model": RejectionRecorded, "description": "That ref was reported already"},
+                     **errors(*AUTH, *JSON_BODY)},
                  summary="Report input the Lambda refused (announced as scan.rejected)",
                  description="Kept once per `ref`: a repeat answers 200 with `recorded: false`.")
     def report(body: RejectionReport, response: Response) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # uvicorn[standard] brings httptools
 
+from service.errors import RequestHeaderTooLarge
+
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 64 * 1024  # request line and headers together; browsers and proxies send a few KiB
@@ -28,8 +30,8 @@ def server_options(max_header_bytes: int = MAX_HEADER_BYTES) -> dict[str, Any]:
 
 
 def _431_response(limit: int) -> bytes:
-    body = json.dumps({"error": {"code": "request_header_too_large", "message": (
-        f"the request line and headers exceed {limit} bytes; send fewer or shorter headers")}}).encode()
+    error = RequestHeaderTooLarge(f"the request line and headers exceed {limit} bytes; send fewer or shorter headers")
+    body = json.dumps({"error": error.to_dict()}).encode()
     return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
 

@@ -22,7 +22,7 @@ from service.domain import (
     WorkerInfo,
 )
 from service.doorbell import Listener
-from service.errors import ScantideError
+from service.errors import NotSupported, ScantideError
 
 if TYPE_CHECKING:
     from service.algorithms import AlgorithmVersion
@@ -100,7 +100,7 @@ class TaskBackend(ABC):
     def retry(self, task_id: str) -> TaskInfo:
         """Queue a failed or stopped task again as a new attempt, its ended run kept in its history;
         the attempt limit counts from here. Raises ``TaskNotRetryable``, ``TaskNotFound``."""
-        raise ScantideError(f"this task store cannot run task {task_id} again", code="not_supported")
+        raise NotSupported(f"this task store cannot run task {task_id} again")
 
     @abstractmethod
     def queue_stats(self, queue: str) -> QueueStats:

@@ -28,24 +28,13 @@ from clearml.backend_api.session.defs import MissingConfigError
 from clearml.backend_api.session.session import LoginError
 from clearml.backend_config import ConfigurationError
 
-from service.errors import BackendUnavailable, ConfigError, ScantideError
+from service.errors import BackendUnavailable, ClearMLRefused, ConfigError, ScantideError
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
 # The SDK's configuration parser (its bundled pyhocon) keeps global state: one session is set up at a time.
 _SETUP_LOCK = threading.Lock()
-
-
-class ClearMLRefused(ScantideError):
-    """The ClearML server refused a call (a 4xx answer other than "not authorized")."""
-
-    code = "clearml_refused"
-    status = 502
-
-    def __init__(self, endpoint: str, result_code: int, subcode: int, message: str) -> None:
-        super().__init__(f"ClearML refused {endpoint}: {result_code}/{subcode} {message}")
-        self.endpoint, self.result_code, self.subcode = endpoint, result_code, subcode
 
 
 class _FailFastSession(Session):
