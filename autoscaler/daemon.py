@@ -121,6 +121,7 @@ class Autoscaler:
         self.executor = executor  # None: launch inline (the simulator)
         self._memory = {p.name: _PoolMemory() for p in pools}
         self._lock = threading.Lock()
+        self.last_snapshot: Snapshot | None = None  # what the last tick observed (the status page's fleet)
 
     # -- observe ---------------------------------------------------------------------------
     def observe(self, now: float) -> Snapshot:
@@ -207,7 +208,7 @@ class Autoscaler:
     # -- act -------------------------------------------------------------------------------
     def tick(self) -> list[Action]:
         now = self.clock()
-        snapshot = self.observe(now)
+        snapshot = self.last_snapshot = self.observe(now)
         actions = self.policy(snapshot, now, self.pools)
         for action in actions:
             self.act(action, snapshot, now)

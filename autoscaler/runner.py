@@ -3,7 +3,8 @@
 The running daemon counts its ticks in ``ticks.json`` beside its journal (the journal keeps
 decisions only, and would grow by a line a second with every tick in it): ``{"pid", "ticks",
 "failed", "at"}``, rewritten whole after each tick. It says the daemon is alive and lets a test
-wait for ticks instead of sleeping.
+wait for ticks instead of sleeping. Beside it, ``fleet.json`` keeps the fleet the tick observed, for
+the status page (``autoscaler.status``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from autoscaler.config import AutoscalerConfig, load_config
 from autoscaler.daemon import Autoscaler, Journal
 from autoscaler.providers.base import ComputeProvider
+from autoscaler.status import fleet_path, write_fleet
 from service.backends.base import TaskBackend
 from service.errors import ScantideError
 from service.settings import Settings
@@ -35,6 +37,7 @@ class Built:
     provider: ComputeProvider
     config: AutoscalerConfig
     ticks: Path | None = None  # where run_forever counts its ticks (None: nowhere)
+    fleet: Path | None = None  # where run_forever writes each tick's observation (autoscaler.status)
 
 
 def ticks_path(settings: Settings) -> Path:
@@ -90,12 +93,13 @@ def build(settings: Settings, backend: TaskBackend, provider: ComputeProvider | 
     journal = Journal(settings.autoscaler_journal)
     autoscaler = Autoscaler(config.pools, provider, backend, decide, journal=journal,
                             executor=ThreadPoolExecutor(max_workers=8, thread_name_prefix="launch"))
-    return Built(autoscaler, provider, config, ticks=ticks_path(settings))
+    return Built(autoscaler, provider, config, ticks=ticks_path(settings), fleet=fleet_path(settings))
 
 
 def run_forever(built: Built, stop: threading.Event) -> None:
     """Tick every ``tick_s`` until ``stop`` is set; a failing tick is logged and retried with backoff.
-    After each tick, its count goes to ``built.ticks`` (ticks: those that ended well; failed: the others)."""
+    After each tick, its count goes to ``built.ticks`` (ticks: those that ended well; failed: the others)
+    and the fleet it observed to ``built.fleet``."""
     failures = 0
     ticks = failed = 0
     while not stop.is_set():
@@ -118,4 +122,6 @@ def run_forever(built: Built, stop: threading.Event) -> None:
             log.exception("autoscaler_tick_crashed retry_in_s=%.0f", wait)
         if built.ticks is not None:
             _record_tick(built.ticks, ticks, failed)
+        if built.fleet is not None and built.autoscaler.last_snapshot is not None:
+            write_fleet(built.fleet, built.autoscaler.last_snapshot, built.autoscaler.pools)
         stop.wait(wait)

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_key ON events (key, state, seq);
 CREATE INDEX IF NOT EXISTS events_due ON events (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS events_by_type ON events (type, seq);
 CREATE TABLE IF NOT EXISTS kv (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -167,6 +168,22 @@ class Outbox:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._conn().execute(f"SELECT * FROM events {where} ORDER BY seq DESC LIMIT ?",
                                     (*args, limit)).fetchall()
+        return [_entry(r) for r in rows]
+
+    def health(self) -> tuple[int, float | None, int]:
+        """(pending events, when the oldest of them was enqueued (unix s; None: none is), dead events),
+        read through the indexes on state: never a scan of the delivered events, however many."""
+        conn = self._conn()
+        pending, oldest = conn.execute("SELECT COUNT(*), MIN(enqueued_at) FROM events"
+                                       " WHERE state = 'pending'").fetchone()
+        dead = conn.execute("SELECT COUNT(*) FROM events WHERE state = 'dead'").fetchone()[0]
+        return pending, oldest, dead
+
+    def recent(self, types: tuple[str, ...], since: float, limit: int = 50) -> list[Entry]:
+        """Events of ``types`` created since ``since`` (unix s), newest first."""
+        marks = ", ".join("?" * len(types))
+        rows = self._conn().execute(f"SELECT * FROM events WHERE type IN ({marks}) AND created_at >= ?"
+                                    " ORDER BY seq DESC LIMIT ?", (*types, since, limit)).fetchall()
         return [_entry(r) for r in rows]
 
     def counts(self) -> dict[str, int]:

@@ -17,7 +17,10 @@ EXAMPLES = 12  # per operation: bounded for make test
 def test_no_server_error_and_every_answer_as_published(api: ApiServer) -> None:
     schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
     failures: dict[str, str] = {}
-    operations = [result.ok() for result in schema.get_all_operations()]
+    # An event stream never ends, so a generated request to one would never be answered whole; the
+    # status stream has its own tests (tests/status).
+    operations = [op for op in (result.ok() for result in schema.get_all_operations())
+                  if "text/event-stream" not in op.definition.raw["responses"].get("200", {}).get("content", {})]
     assert len(operations) >= 15, [op.label for op in operations]
     for operation in operations:
         @given(case=operation.as_strategy())

@@ -19,6 +19,7 @@ from service.api.models import models_router
 from service.api.pipelines import pipelines_router, run_links, run_submission_body
 from service.api.ratelimit import install_rate_limit
 from service.api.rejections import rejections_router
+from service.api.status import status_router
 from service.api.responses import AUTH, JSON_BODY, STORE, errors, install_openapi, security
 from service.api.schemas import Health, Queues, RetriedScan, RunSubmitted, Scan, Submitted, Task
 from service.api.tasks import tasks_router
@@ -190,4 +191,5 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
     app.include_router(tasks_router(backend, settings, auth))
     app.include_router(pipelines_router(pipelines, targets, auth))
     app.include_router(rejections_router(RejectionStore(settings.rejections_db), auth))
+    app.include_router(status_router(settings, backend, pipelines, auth))
     return app

@@ -1,0 +1,85 @@
+"""The fleet on the status page: what the running daemon last observed, kept in ``fleet.json``.
+
+``scantide fleet`` observes the fleet itself (it lists the provider's instances); the API must not
+call the provider on every snapshot, so the daemon writes each tick's observation beside its
+journal (``run_forever`` → ``write_fleet``) and the API reads the file (``source``, registered as
+the ``fleet`` entry point of ``scantide.status``). Where the API does not share the daemon's state
+dir (production on several machines), the section says the file is missing.
+
+The file: ``{"at": unix s, "pools": [{"pool", "queue", "launches_in_flight", "instances": [{"id",
+"state", "instance_type", "market", "price_per_hour", "state_since", "slots", "task_ids"}]}]}``,
+rewritten whole each tick.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from autoscaler.model import InstanceState, PoolConfig, Snapshot
+from service.backends.base import TaskBackend
+from service.domain import iso
+from service.settings import Settings
+from service.status.model import FleetInstance, FleetPool, FleetStatus, StatusPart
+from service.status.sources import Source
+
+log = logging.getLogger(__name__)
+
+FLEET_FILE = "fleet.json"
+NOT_BILLED = {InstanceState.stopped.value}  # a stopped instance bills its volumes, not its hours
+
+
+def fleet_path(settings: Settings) -> Path:
+    return settings.autoscaler_journal.with_name(FLEET_FILE)
+
+
+def fleet_record(snapshot: Snapshot, pools: dict[str, PoolConfig]) -> dict[str, Any]:
+    return {"at": snapshot.now, "pools": [
+        {"pool": name, "queue": pools[name].queue if name in pools else "",
+         "launches_in_flight": p.launches_in_flight,
+         "instances": [{"id": i.id, "state": i.state.value, "instance_type": i.option.instance_type,
+                        "market": i.option.market.value, "price_per_hour": i.option.price_per_hour,
+                        "state_since": i.state_since, "slots": i.slots, "task_ids": list(i.task_ids)}
+                       for i in p.instances]}
+        for name, p in snapshot.pools.items()]}
+
+
+def write_fleet(path: Path, snapshot: Snapshot, pools: dict[str, PoolConfig]) -> None:
+    """Replace the file whole (a reader never sees half of it); a failure is logged, never raised."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(fleet_record(snapshot, pools)))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("autoscaler_fleet_unwritable path=%s error=%s", path, exc)  # ticks.json warns once already
+
+
+def read_fleet(path: Path, now: float) -> FleetStatus:
+    """The file as the status page's section; unavailable (with the reason) when missing or unreadable."""
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return FleetStatus(available=False, reason=f"no autoscaler has written {path} (it writes it each tick)")
+    except (OSError, ValueError) as exc:
+        return FleetStatus(available=False, reason=f"cannot read {path}: {exc}")
+    at = float(record["at"])
+    pools = []
+    for p in record["pools"]:
+        instances = [FleetInstance(id=i["id"], state=i["state"], instance_type=i["instance_type"], market=i["market"],
+                                   price_per_hour=i["price_per_hour"], slots=i["slots"], task_ids=i["task_ids"],
+                                   state_age_s=round(max(0.0, at - i["state_since"]), 1))
+                     for i in p["instances"]]
+        cost = sum(i.price_per_hour for i in instances if i.state not in NOT_BILLED)
+        pools.append(FleetPool(pool=p["pool"], queue=p["queue"], instances=instances,
+                               launches_in_flight=p["launches_in_flight"], cost_per_hour=round(cost, 4)))
+    return FleetStatus(observed_at=iso(at), age_s=round(max(0.0, now - at), 1), pools=pools,
+                       cost_per_hour=round(sum(p.cost_per_hour for p in pools), 4))
+
+
+def source(settings: Settings, backend: TaskBackend) -> Source:
+    path = fleet_path(settings)
+    return lambda now: StatusPart(fleet=read_fleet(path, now))
