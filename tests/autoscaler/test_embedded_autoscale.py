@@ -73,18 +73,24 @@ def test_up_scales_from_zero_and_back(settings: Settings, make_video) -> None:
         assert _instances(settings) == [], "the fleet starts at zero"
         assert _worker_pids(settings) == []
 
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as http:
-            ids = [http.post("/v1/scans", json={"scan_id": f"burst-{i}", "scan_uri": "burst.mp4"}).json()["task_id"]
-                   for i in range(10)]
+        http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        ids = [http.post("/v1/scans", json={"scan_id": f"burst-{i}", "scan_uri": "burst.mp4"}).json()["task_id"]
+               for i in range(10)]
 
-        peak = 0
+        peak = status_peak = 0
 
         def all_done() -> bool:
-            nonlocal peak
+            nonlocal peak, status_peak
             peak = max(peak, len(_instances(settings)))
+            fleet = http.get("/v1/status").json()["fleet"]  # the daemon's fleet.json, through the API
+            status_peak = max(status_peak, sum(len(p["instances"]) for p in fleet["pools"]))
             return all(backend.get_task(t).state.terminal for t in ids)
 
         wait_for(all_done, 180, interval_s=0.2, what="10 scans to finish")
+        status = http.get("/v1/status").json()
+        http.close()
+        assert status_peak >= 1 and status["fleet"]["available"] and status["outbox"]["available"]
+        assert {t["scan_id"] for t in status["tasks"]} == {f"burst-{i}" for i in range(10)}
         assert [backend.get_task(t).state for t in ids] == [JobState.completed] * 10
         assert 1 <= peak <= 3, f"scale-out stays within max_instances (peak {peak})"
 
