@@ -22,6 +22,7 @@ def autoscaler(ctx: typer.Context, once: bool = typer.Option(False, "--once", he
     """Start and stop workers to follow the queues (until SIGTERM)."""
     from autoscaler.runner import build, run_forever
     from service.backends import open_backend
+    from service.metrics import serve_port
 
     settings = ctx.obj
     built = build(settings, open_backend(settings))
@@ -29,6 +30,7 @@ def autoscaler(ctx: typer.Context, once: bool = typer.Option(False, "--once", he
         for action in built.autoscaler.tick():
             console.print(f"{type(action).__name__} {action.pool}: {action.reason}")
         return
+    serve_port(settings, "autoscaler")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from autoscaler.config import AutoscalerConfig, load_config
 from autoscaler.daemon import Autoscaler, Journal
+from autoscaler.metrics import record_tick
 from autoscaler.providers.base import ComputeProvider
 from autoscaler.status import fleet_path, write_fleet
 from service.backends.base import TaskBackend
@@ -107,17 +108,20 @@ def run_forever(built: Built, stop: threading.Event) -> None:
             actions = built.autoscaler.tick()
             for a in actions:
                 log.info("autoscaler_action kind=%s pool=%s reason=%s", type(a).__name__, a.pool, a.reason)
+            record_tick(built.autoscaler.last_snapshot, actions, ok=True)
             failures = 0
             ticks += 1
             wait = built.config.tick_s
         except ScantideError as exc:
             failures += 1
             failed += 1
+            record_tick(None, [], ok=False)
             wait = min(60.0, built.config.tick_s * 2 ** failures)
             log.warning("autoscaler_tick_failed retry_in_s=%.0f error=%s", wait, exc.message)
         except Exception:  # noqa: BLE001 - the daemon must outlive a bug in one tick
             failures += 1
             failed += 1
+            record_tick(None, [], ok=False)
             wait = min(60.0, built.config.tick_s * 2 ** failures)
             log.exception("autoscaler_tick_crashed retry_in_s=%.0f", wait)
         if built.ticks is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 
+from conductor.metrics import PIPELINE_RUNS, STEPS_SUBMITTED
 from conductor.moves import place_inputs
 from monitor import events
 from monitor.events import Linker, local_link
@@ -110,6 +111,7 @@ class Conductor:
             saved = self.store.save_run(run)
             if saved is not None:
                 if saved.ended:
+                    PIPELINE_RUNS.labels(saved.pipeline, saved.state).inc()
                     log.info("run_%s run_id=%s pipeline=%s scan_id=%s", saved.state, saved.run_id, saved.pipeline,
                              saved.scan_id)
                 return saved
@@ -196,6 +198,8 @@ class Conductor:
             log.warning("step_refused run_id=%s step=%s code=%s message=%s", run.run_id, name, code, message)
             return
         step.task_id, step.state, step.bytes_moved = outcome.task.task_id, "queued", step.bytes_moved + moved
+        if outcome.created:  # a run advanced again after a crash gets its task back, not a new one
+            STEPS_SUBMITTED.labels(step.compute).inc()
         log.info("step_submitted run_id=%s step=%s task_id=%s compute=%s created=%s bytes_moved=%d", run.run_id,
                  name, outcome.task.task_id, step.compute, outcome.created, moved)
 

@@ -23,8 +23,10 @@ def monitor(ctx: typer.Context) -> None:
     """Watch task states, post signed webhook events, raise stall and backlog alerts (until SIGTERM)."""
     from monitor.daemon import MonitorDaemon
     from service.backends import open_backend
+    from service.metrics import serve_port
 
     settings = ctx.obj
+    serve_port(settings, "monitor")
     raise typer.Exit(MonitorDaemon(open_backend(settings), settings).run())
 
 

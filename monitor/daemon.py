@@ -10,8 +10,9 @@ from typing import Any
 
 from monitor.alerts import AlertConfig
 from monitor.events import linker_for
+from monitor.metrics import DEGRADED, OUTBOX_PENDING
 from monitor.outbox import Outbox
-from monitor.watch import Watcher
+from monitor.watch import LINKS, Watcher
 from monitor.webhook import Deliverer, DeliveryPolicy
 from service.backends.base import TaskBackend
 from service.doorbell import CHANGES
@@ -66,6 +67,11 @@ class MonitorDaemon:
             log.warning("lost_worker_task task=%s scan=%s now=%s attempt=%d", task.task_id, task.scan_id,
                         task.state.value, task.attempt)
 
+    def _set_gauges(self) -> None:
+        """The outbox's gauges as they are now (a send that ended since the last tick included)."""
+        OUTBOX_PENDING.set(self.outbox.health()[0])
+        DEGRADED.labels("output_links").set(int(self.outbox.get(LINKS, {}).get("degraded", False)))
+
     def _deliver_what_is_due(self, within_s: float) -> None:
         """On stop: read the changes made since the last tick (the workers' last tasks, finished while
         the stack drained) and give what is due, those included, ``within_s`` to be delivered."""
@@ -103,6 +109,7 @@ class MonitorDaemon:
                     added += self.watcher.check_alerts() + self.watcher.poll_journal() + self.watcher.poll_rejections()
                 if added and self.deliverer is not None:
                     self.deliverer.wake()
+                self._set_gauges()
                 failures = 0
                 wait = self.settings.monitor_poll_s
             except BackendUnavailable as exc:

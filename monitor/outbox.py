@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.events import Event
+from monitor.metrics import EVENTS
 from service.backends.embedded_db import transaction
 
 SCHEMA = """
@@ -89,7 +90,7 @@ class Outbox:
         Returns how many events were new.
         """
         now = time.time()
-        added = 0
+        added: list[str] = []  # the types of the events that were new
         with self._tx() as db:
             for e in events:
                 cur = db.execute(
@@ -97,10 +98,12 @@ class Outbox:
                     " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                     (e.id, e.type, e.key, e.body(), e.created_at, now, now),
                 )
-                added += cur.rowcount
+                added += [e.type] * cur.rowcount
             for name, value in (state or {}).items():
                 db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (name, json.dumps(value)))
-        return added
+        for kind in added:  # once committed: a rolled-back append counts nothing
+            EVENTS.labels(kind).inc()
+        return len(added)
 
     # -- delivery --------------------------------------------------------------------------
     def due(self, now: float, limit: int = 100, exclude_keys: set[str] | frozenset[str] = frozenset()) -> list[Entry]:

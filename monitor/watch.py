@@ -20,6 +20,7 @@ from monitor import events
 from monitor.alerts import AlertConfig, backlog_transitions, find_stalls
 from monitor.events import Event, Linker, local_link
 from monitor.fleet import Position, is_final_launch_failure, read_new
+from monitor.metrics import count_changes
 from monitor.outbox import Outbox
 from service.backends.base import TaskBackend
 from service.domain import JobState
@@ -87,6 +88,7 @@ class Watcher:
             if page.changes:
                 built += self._link_alert(max(c.at for c in page.changes), state)
             added += self.outbox.append(built, state=state)
+            count_changes(page.changes)  # after the save: a crash before it loses the counts, never doubles them
             cursor = page.cursor
             if not page.more:
                 return added

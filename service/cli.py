@@ -123,9 +123,11 @@ def worker(
                                              "<id>:<k> when there are several."),
 ) -> None:
     """Claim and run tasks from a queue until SIGTERM (which drains)."""
+    from service.metrics import serve_port
     from service.worker import Worker
 
     settings = _settings(ctx)
+    serve_port(settings, "worker")
     w = Worker(open_backend(settings), settings, queue or settings.default_queue, worker_id=worker_id, slots=slots)
     w.install_signal_handlers()
     raise typer.Exit(w.run(max_tasks=max_tasks))

@@ -6,7 +6,9 @@ supervisor, however it dies (the kernel's parent-death signal), and the workers 
 started drain and exit once the supervisor is gone (``service.processes.SUPERVISOR_ENV``). One
 supervisor per state dir: ``lock_state_dir`` holds a lock for the process's life, and a new one
 ends what a killed one left. The supervisor also reaps expired leases, so a worker killed mid-task
-has its task re-queued even when no other worker is polling.
+has its task re-queued even when no other worker is polling. Every child, and every worker they
+start, writes its Prometheus series under ``<state_dir>/metrics`` (``service.metrics``), which the
+API serves; the supervisor empties it when it starts.
 
 SIGTERM/SIGINT stops everything in order (``STOP_ORDER``): intake first (the API), then the workers
 drain (finish the task in hand), then the conductor and the monitor announce what finished, all
@@ -29,8 +31,9 @@ from typing import IO, Any
 
 from service.backends.base import TaskBackend
 from service.errors import ScantideError, StateDirLocked
+from service.metrics_files import fresh
 from service.processes import SUPERVISOR_ENV, die_with_parent, end_processes, leftovers, supervisor_mark
-from service.settings import ENV_PREFIX, Settings
+from service.settings import ENV_PREFIX, METRICS_DIR_ENV, Settings
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +110,8 @@ class Supervisor:
         self.reap_every_s = reap_every_s
         self._stopping = False
         self._kill = False
-        self._env = {**os.environ, **settings_env(settings), SUPERVISOR_ENV: supervisor_mark(settings.state_dir)}
+        self._env = {**os.environ, **settings_env(settings), SUPERVISOR_ENV: supervisor_mark(settings.state_dir),
+                     METRICS_DIR_ENV: str(settings.metrics_dir)}
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self._stopping:
@@ -116,6 +120,7 @@ class Supervisor:
         log.info("supervisor_stopping signal=%s", signum)
 
     def run(self) -> int:
+        fresh(self.settings.metrics_dir)  # the series of an earlier run are not this one's
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         next_reap = 0.0

@@ -52,6 +52,7 @@ from service.errors import BackendUnavailable, LeaseLost, ScantideError
 from service.processes import SUPERVISOR_ENV, die_with_parent, stop_session, supervisor_alive
 from service.settings import ENV_PREFIX, Settings
 from service.spot import INTERRUPTION_CODE, Notice, watch
+from service.worker_metrics import SLOTS, SLOTS_BUSY, WORKER_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ class Worker:
                 max_rss_bytes=self.settings.executor_max_rss_mib * 2**20)))
         log.info("worker_started worker=%s queue=%s slots=%d warm=%s", self.worker_id, self.queue, self.slots,
                  self.settings.worker_warm)
+        SLOTS.set(self.slots)
         threads = [threading.Thread(target=self._serve, args=(slot,), name=f"slot-{k}", daemon=True)
                    for k, slot in enumerate(self._slots)]
         spot = watch(self.settings.spot_notice_url, self.settings.spot_notice_poll_s, self._on_interruption)
@@ -174,7 +176,8 @@ class Worker:
                     self._return_ticket()
                     slot.listener.wait(self.settings.worker_poll_s)
                     continue
-                self.execute(task, slot)
+                with SLOTS_BUSY.track_inprogress():
+                    self.execute(task, slot)
                 with self._lock:
                     self.done += 1
         finally:
@@ -223,6 +226,7 @@ class Worker:
         outcome = self._run(task, slot)
         if outcome.lost:
             log.warning("task_lease_lost worker=%s task=%s", slot.worker_id, task.task_id)
+            WORKER_TASKS.labels(task.algorithm, "lost").inc()
             return
         if outcome.handed_back is not None:
             reason = outcome.handed_back
@@ -232,6 +236,7 @@ class Worker:
         finished = self._record(task, slot, lambda: self.backend.finish(task.task_id, slot.worker_id,
                                                                         result=outcome.result, error=outcome.error))
         if finished is not None:
+            WORKER_TASKS.labels(task.algorithm, finished.state.value).inc()
             log.info("task_finished worker=%s task=%s state=%s%s", slot.worker_id, task.task_id,
                      finished.state.value, f" code={outcome.error.code}" if outcome.error else "")
 

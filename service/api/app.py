@@ -15,13 +15,14 @@ from service.api.auth import TokenAuth
 from service.api.batching import SubmitBatcher
 from service.api.errors import install_error_handlers
 from service.api.limits import BodySizeLimit
+from service.api.metrics import install_metrics
 from service.api.models import models_router
 from service.api.pipelines import pipelines_router, run_links, run_submission_body
 from service.api.ratelimit import install_rate_limit
 from service.api.rejections import rejections_router
-from service.api.status import status_router
 from service.api.responses import AUTH, JSON_BODY, STORE, errors, install_openapi, security
 from service.api.schemas import Health, Queues, RetriedScan, RunSubmitted, Scan, Submitted, Task
+from service.api.status import status_router
 from service.api.tasks import tasks_router
 from service.api.webhooks import install_webhooks
 from service.backends import open_backend
@@ -192,4 +193,5 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
     app.include_router(pipelines_router(pipelines, targets, auth))
     app.include_router(rejections_router(RejectionStore(settings.rejections_db), auth))
     app.include_router(status_router(settings, backend, pipelines, auth))
+    install_metrics(app, settings, backend, auth)  # last: its counter is the outermost middleware
     return app
