@@ -61,6 +61,17 @@ class HeaderLimitedHttpTools(HttpToolsProtocol):
         self._in_head = False
         super().on_headers_complete()
 
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown closes idle connections and waits for each response in progress.
+        A response already streaming can be an event stream (``/v1/status/events``), which never ends:
+        its connection is closed instead, as a stopping process would; the client sees the stream end
+        and reconnects. Other responses are sent whole once started, so none is cut short."""
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            self.transport.close()
+            return
+        super().shutdown()
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if not self._in_head or self.transport.is_closing():

@@ -5,6 +5,7 @@ the autoscaler's fleet file, the monitor's outbox and alert state."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,3 +142,26 @@ def test_the_page_asks_for_nothing_from_elsewhere(api: ApiServer) -> None:
     html = httpx.get(f"{api.url}/status").text
     for marker in ("http://", "https://", "//fonts", "src=", "@import"):
         assert marker not in html, marker
+
+
+def test_an_open_event_stream_does_not_hold_up_shutdown(settings: Settings, backend: TaskBackend) -> None:
+    server = ApiServer(settings, backend)
+    server.start()
+    opened = threading.Event()
+    ended: list[str] = []
+
+    def watch() -> None:
+        try:
+            with server.client(READ_TOKEN) as reader, reader.stream("GET", "/v1/status/events", timeout=60) as stream:
+                for _ in events(stream):
+                    opened.set()
+        except httpx.HTTPError as exc:  # the server closed the stream as it stopped
+            ended.append(type(exc).__name__)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert opened.wait(30), "no snapshot came"
+    server.stop()  # waits (10 s at most) for uvicorn, which would wait for the stream forever
+    assert not server.thread.is_alive(), "uvicorn is still waiting for the event stream to end"
+    watcher.join(timeout=30)
+    assert ended == ["RemoteProtocolError"]
