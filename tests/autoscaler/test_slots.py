@@ -89,14 +89,17 @@ def test_the_default_profile_is_the_benchmark_result_in_the_project(tmp_path: Pa
     assert slot_resources(2, "elsewhere.json").slot_slowdown == pytest.approx(2 * 100 / 150)
 
 
-@pytest.mark.parametrize("slots", [0, 17, -1, 2.5, "2", True])
-def test_slots_out_of_range_or_not_an_integer_are_refused(tmp_path: Path, slots: Any) -> None:
-    with pytest.raises(ConfigError, match=r"pools\[0\]: resources\.slots must be an integer from 1 to 16"):
+@pytest.mark.parametrize("slots, problem", [(0, "greater than or equal to 1"), (17, "less than or equal to 16"),
+                                             (-1, "greater than"), (2.5, "valid integer"), ("2", "valid integer"),
+                                             (True, "valid integer")])
+def test_slots_out_of_range_or_not_an_integer_are_refused(tmp_path: Path, slots: Any, problem: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^a\.toml: pools\[0\]\.resources\.slots: Input should be .*{problem}"):
         parse_config(pool_toml({"slots": slots}), load_settings(state_dir=tmp_path), source="a.toml")
 
 
 def test_unknown_resources_keys_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"pools\[0\]: resources: unknown keys \['slot_slowdown'\]"):
+    with pytest.raises(ConfigError, match=r"pools\[0\]\.resources\.slot_slowdown: unknown key; known: slots, "
+                                          r"slot_profile"):
         parse_config(pool_toml({"slots": 2, "slot_slowdown": 1.0}), load_settings(state_dir=tmp_path))
 
 
