@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
 
 
 def simulate(
-    trace: str = typer.Option(..., help="grin-day, steady, burst, or a CSV file with columns arrival_s,service_s."),
+    trace: str = typer.Option(..., help="grin-day, steady, burst, steady-30/60/80/120, ramp, spikes, quiet-week, "
+                                        "long-jobs, or a CSV file with columns arrival_s,service_s."),
     policy: str = typer.Option("default", help="Policy to run: default or clearml."),
     vs: str | None = typer.Option(None, help="Also run this policy on the same machines and compare: clearml."),
     warm_pool: bool = typer.Option(False, "--warm-pool",
@@ -37,6 +38,10 @@ def simulate(
     slot_profile: Path | None = typer.Option(
         None, help="Scans per hour per slot count, as benchmarks/throughput.py writes it "
                    "(default: benchmarks/results/throughput.json in the project)."),
+    market: str = typer.Option("on-demand", help="spot (at 0.45x the on-demand price, on-demand as the capacity "
+                                                 "fallback; interrupted) or on-demand, both policies."),
+    spot_interruptions_per_hour: float = typer.Option(0.05, min=0.0,
+                                                      help="Spot interruption notices per running instance-hour."),
 ) -> None:
     """Replay a trace on a virtual clock through the real policy and daemon; print cost and queue waits."""
     from dataclasses import replace
@@ -52,12 +57,15 @@ def simulate(
     for name, value in (("--policy", policy), ("--vs", vs)):
         if value is not None and value not in POLICIES:
             raise typer.BadParameter(f"{name} must be one of {', '.join(POLICIES)}, got {value!r}")
-    settings = SimSettings(tick_s=tick_s, boot=replace(BootModel(), capacity_error_p=capacity_error_p))
+    if market not in ("spot", "on-demand"):
+        raise typer.BadParameter(f"--market must be spot or on-demand, got {market!r}")
+    settings = SimSettings(tick_s=tick_s, boot=replace(BootModel(), capacity_error_p=capacity_error_p,
+                                                       spot_interruptions_per_hour=spot_interruptions_per_hour))
     logging.getLogger("autoscaler").setLevel(logging.WARNING)  # a day of launches would drown the table
     profile = slot_profile.resolve() if slot_profile is not None else None  # from the working directory
     try:
         result = run_simulation(trace, policy=policy, vs=vs, warm_pool=warm_pool, seed=seed, settings=settings,
-                                slots=slots, slot_profile=profile)
+                                slots=slots, slot_profile=profile, market=market)
     except TraceError as exc:
         console.print(f"[red]bad trace[/red]: {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -70,7 +78,8 @@ def simulate(
     per_slot = (f", {slots} slots per instance (each task {resources.slot_slowdown:.2f}x as long, "
                 f"from {resources.slot_profile})" if slots > 1 else "")
     table = Table(title=f"{t.name}: {len(t.jobs)} scans over {t.duration_s / 3600:.1f} h, seed {seed}, "
-                        f"tick {tick_s:.0f}s{per_slot}")
+                        f"tick {tick_s:.0f}s{per_slot}, {market}"
+                        + (f" ({spot_interruptions_per_hour:g} interruptions/instance-h)" if market == "spot" else ""))
     for col in COLUMNS:
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
     for row in rows(result.summaries):

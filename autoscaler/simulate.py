@@ -44,13 +44,17 @@ class Comparison:
 
 def simulate(trace: str | Trace, policy: str = "default", vs: str | None = None, warm_pool: bool = False,
              seed: int = 0, settings: SimSettings | None = None, pool: PoolConfig | None = None,
-             slots: int | None = None, slot_profile: str | Path | None = None) -> Comparison:
+             slots: int | None = None, slot_profile: str | Path | None = None,
+             market: str | None = None) -> Comparison:
     """Run ``policy`` on ``trace`` and, when ``vs`` names one, that policy on the same machines.
 
     ``warm_pool`` turns the warm pool on for the default policy (the baseline has none). ``slots``
     (when given) gives the pool's instances that many slots, both policies alike, with the slowdown
     measured in ``slot_profile`` (``autoscaler.config.slot_resources``: a ``ConfigError`` when it is
-    missing for more than one slot).
+    missing for more than one slot). ``market`` (when given, ``"spot"`` or ``"on-demand"``) sets the
+    pool's options to that market, both policies alike (``autoscaler.sim.provider.market_options``:
+    spot first at its price, on demand as the fallback); spot instances are interrupted at
+    ``settings.boot.spot_interruptions_per_hour``.
     """
     settings = settings or SimSettings()
     if isinstance(trace, str):
@@ -62,6 +66,12 @@ def simulate(trace: str | Trace, policy: str = "default", vs: str | None = None,
         from autoscaler.config import slot_resources
 
         pool = replace(pool, resources=slot_resources(slots, slot_profile))
+    if market is not None:
+        from dataclasses import replace
+
+        from autoscaler.sim.provider import market_options
+
+        pool = replace(pool, options=market_options(pool.options, market))
     ours = run(trace, policy, _with_warm_pool(pool, warm_pool and policy == "default"), seed, settings)
     baseline = run(trace, vs, _with_warm_pool(pool, warm_pool and vs == "default"), seed, settings) if vs else None
     return Comparison(trace=trace, seed=seed, ours=ours, baseline=baseline)

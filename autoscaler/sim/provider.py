@@ -6,7 +6,16 @@ AMI boots, the agent installs and starts) or ``warm_start_s`` after a start of a
 pre-initialised instance. A stop takes ``stopping_s``. Each launch or start call fails with
 ``CapacityError`` with probability ``capacity_error_p``.
 
-Billing follows EC2 on-demand Linux: per second from the moment the instance is ``running``
+Spot: an instance launched with a ``spot`` option is interrupted at ``spot_interruptions_per_hour``
+per hour it runs (a Poisson process from its own stream; on-demand instances never are). The
+interruption notice comes ``notice_s`` (two minutes, as EC2 gives) before EC2 takes the instance
+back: from the notice the provider lists it ``interrupted`` and ``on_notice(instance_id)`` tells the
+queue, whose workers hand their tasks back (``SimQueue.hand_back``); at the notice's end the
+instance is terminated, unless the autoscaler terminated it first. ``market_options`` turns a
+pool's options into one market: spot at ``SPOT_PRICE_FRACTION`` of the on-demand price.
+
+Billing follows EC2 Linux, on demand and spot alike, each at its option's ``price_per_hour``: per
+second from the moment the instance is ``running``
 (after a launch or a start) until the stop or terminate call, with a 60 s minimum each time;
 ``pending``, ``stopping`` and ``stopped`` instances bill no compute. A stopped instance bills its
 volume, ``storage_per_hour`` (100 GB of gp3 at $0.08 per GB-month is about $0.011/h), kept apart
@@ -21,18 +30,26 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from autoscaler.model import InstanceOption
+from autoscaler.model import InstanceOption, Market
 from autoscaler.providers.base import CapacityError, ComputeProvider, ProviderInstance
 from autoscaler.sim.clock import EventLoop
 
 MIN_BILLED_S = 60
+# Spot at this fraction of the on-demand price: the README's example pool, g5.xlarge at $0.45/h spot
+# against $1.006/h on demand.
+SPOT_PRICE_FRACTION = 0.45
 
 
 @dataclass(frozen=True)
 class BootModel:
-    """Uniform ranges, in seconds."""
+    """The simulated machines: uniform ranges in seconds, capacity errors, storage and spot interruptions.
+
+    ``spot_interruptions_per_hour``: notices per running spot instance-hour. 0.05 (one every 20
+    running hours) is on the pessimistic side of EC2's usual rates, so that runs exercise the
+    hand-back; ``notice_s``: from the notice to the instance's termination.
+    """
 
     cold_boot_s: tuple[float, float] = (90.0, 240.0)
     warm_start_s: tuple[float, float] = (30.0, 90.0)
@@ -40,6 +57,8 @@ class BootModel:
     stopping_s: float = 20.0
     capacity_error_p: float = 0.0
     storage_per_hour: float = 0.011  # $ per stopped instance (its volume)
+    spot_interruptions_per_hour: float = 0.05
+    notice_s: float = 120.0
 
 
 @dataclass
@@ -52,6 +71,7 @@ class _Instance:
     generation: int = 0  # bumped on every state change that cancels scheduled events
     billed_from: float | None = None
     stopped_since: float | None = None  # storage billing
+    interrupted: bool = False  # a spot interruption notice came; terminated at its end
 
 
 @dataclass
@@ -62,25 +82,29 @@ class Bill:
     cold_launches: int = 0
     warm_starts: int = 0
     capacity_errors: int = 0
+    interruptions: int = 0  # spot interruption notices
 
 
 class SimProvider(ComputeProvider):
     def __init__(self, loop: EventLoop, seed: int, boot: BootModel,
                  on_ready: Callable[[str, str], None], on_gone: Callable[[str], None],
-                 on_change: Callable[[], None] = lambda: None) -> None:
-        """``on_ready(instance_id, pool)`` registers the worker; ``on_gone(instance_id)`` removes it."""
+                 on_change: Callable[[], None] = lambda: None,
+                 on_notice: Callable[[str], None] = lambda _id: None) -> None:
+        """``on_ready(instance_id, pool)`` registers the worker; ``on_gone(instance_id)`` removes it;
+        ``on_notice(instance_id)``: a spot interruption notice came for it."""
         self.loop = loop
         self.boot = boot
         self.bill = Bill()
-        self._on_ready, self._on_gone, self._on_change = on_ready, on_gone, on_change
-        self._streams = {name: random.Random(f"{seed}:{name}") for name in ("cold", "warm", "pending", "capacity")}
+        self._on_ready, self._on_gone, self._on_change, self._on_notice = on_ready, on_gone, on_change, on_notice
+        self._streams = {name: random.Random(f"{seed}:{name}")
+                         for name in ("cold", "warm", "pending", "capacity", "interrupt")}
         self._instances: dict[str, _Instance] = {}
         self._ids = 0
 
     # -- the ComputeProvider interface -----------------------------------------------------
     def list_instances(self, pool: str) -> list[ProviderInstance]:
         return [ProviderInstance(id=i.id, pool=i.pool, option=i.option, provider_state=i.state,
-                                 launched_at=i.launched_at)
+                                 launched_at=i.launched_at, interrupted=i.interrupted)
                 for i in self._instances.values() if i.pool == pool]
 
     def launch(self, pool: str, option: InstanceOption, count: int) -> list[str]:
@@ -163,10 +187,25 @@ class SimProvider(ComputeProvider):
 
     def _running(self, inst: _Instance) -> None:
         inst.state, inst.billed_from = "running", self.loop.now
+        rate = self.boot.spot_interruptions_per_hour
+        if inst.option.market is Market.spot and rate > 0:  # memoryless: one draw per run is the process
+            self._at(self.loop.now + self._streams["interrupt"].expovariate(rate / 3600.0), inst, self._notice)
         self._on_change()
 
     def _ready(self, inst: _Instance) -> None:
-        self._on_ready(inst.id, inst.pool)
+        if not inst.interrupted:  # the boot script kills the agents on a notice: none registers after it
+            self._on_ready(inst.id, inst.pool)
+
+    def _notice(self, inst: _Instance) -> None:
+        inst.interrupted = True
+        self.bill.interruptions += 1
+        self._on_notice(inst.id)
+        self.loop.after(self.boot.notice_s, self._reclaim, inst)  # whatever state it is in by then
+        self._on_change()
+
+    def _reclaim(self, inst: _Instance) -> None:
+        if self._instances.get(inst.id) is inst:
+            self.terminate([inst.id])
 
     def _stopped(self, inst: _Instance) -> None:
         inst.state, inst.stopped_since = "stopped", self.loop.now
@@ -192,3 +231,20 @@ class SimProvider(ComputeProvider):
         if self.boot.capacity_error_p > 0 and self._streams["capacity"].random() < self.boot.capacity_error_p:
             self.bill.capacity_errors += 1
             raise CapacityError(f"InsufficientInstanceCapacity (simulated) for {what}")
+
+
+def market_options(options: tuple[InstanceOption, ...], market: str) -> tuple[InstanceOption, ...]:
+    """A pool's options in one market. ``"on-demand"``: its on-demand options. ``"spot"``: its spot
+    options, or, when it has none, each on-demand option as spot at ``SPOT_PRICE_FRACTION`` of its
+    price; then its on-demand options, the fallback when spot has no capacity (and the warm pool's)."""
+    on_demand = tuple(o for o in options if o.market is Market.on_demand)
+    if market == "on-demand":
+        if not on_demand:
+            raise ValueError("the pool has no on-demand option")
+        return on_demand
+    if market != "spot":
+        raise ValueError(f"market must be spot or on-demand, got {market!r}")
+    spot = tuple(o for o in options if o.market is Market.spot) or tuple(
+        replace(o, market=Market.spot, price_per_hour=round(o.price_per_hour * SPOT_PRICE_FRACTION, 4))
+        for o in on_demand)
+    return spot + on_demand

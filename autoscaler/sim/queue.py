@@ -7,7 +7,12 @@ runs for its trace service time (one task alone on an instance) times the pool's
 (1 for one slot): a slot shares its instance with the others. A worker asked to drain
 acknowledges at once, finishes its task and takes no new one. Workers heartbeat continuously
 (``last_seen`` is now) while their instance runs; the workers of an instance that goes away give
-their tasks back to the head of the queue.
+their tasks back to the head of the queue (a lost run: it counts as an attempt, as a lease that
+runs out does).
+
+On a spot interruption notice (``hand_back``) the instance's workers do what ``scantide worker``
+does (``service.spot``): they stop their tasks at once and hand them back to the head of the queue,
+a run that does not count as an attempt, and drain (they take no new task) until the instance goes.
 """
 
 from __future__ import annotations
@@ -30,6 +35,13 @@ class SimTask:
     started_at: float | None = None
     finished_at: float | None = None
     worker_id: str | None = None
+    runs: int = 0  # times a worker started it
+    interruptions: int = 0  # runs stopped by a spot interruption notice and handed back
+
+    @property
+    def attempts(self) -> int:
+        """Runs that count against an attempt limit: every run but those a spot interruption stopped."""
+        return self.runs - self.interruptions
 
     @property
     def wait_s(self) -> float | None:
@@ -97,10 +109,27 @@ class SimQueue:
         """The instance goes away with its workers; their tasks go back to the head of the queue."""
         workers = [self._workers.pop(w, None) for w in slot_worker_ids(instance_id, self.slots)]
         tasks = sorted((w.task for w in workers if w is not None and w.task is not None), key=lambda t: t.index)
+        self.interrupted += len(tasks)
+        self._requeue(tasks)
+
+    def hand_back(self, instance_id: str) -> None:
+        """A spot interruption notice for the instance: its workers stop their tasks, hand them back
+        uncounted and drain."""
+        workers = [w for w in map(self._workers.get, slot_worker_ids(instance_id, self.slots)) if w is not None]
+        tasks = sorted((w.task for w in workers if w.task is not None), key=lambda t: t.index)
+        for worker in workers:
+            if worker.task is not None:
+                worker.task.interruptions += 1
+                worker.task, worker.idle_since = None, self.loop.now
+                worker.generation += 1  # its task's finish no longer counts
+            worker.draining = True
+        self._requeue(tasks)
+        self._on_change()
+
+    def _requeue(self, tasks: list[SimTask]) -> None:
         for task in reversed(tasks):  # in arrival order at the head of the queue
-            task.started_at = None
+            task.started_at = task.worker_id = None
             self.pending.appendleft(task)
-            self.interrupted += 1
         if tasks:
             self._dispatch()
 
@@ -112,6 +141,7 @@ class SimQueue:
             worker = self._rng.choice(sorted(idle, key=lambda w: w.id))
             task = self.pending.popleft()
             task.started_at, task.worker_id = self.loop.now, worker.id
+            task.runs += 1
             worker.task, worker.idle_since = task, None
             worker.generation += 1
             self.loop.after(task.service_s * self.slowdown, self._finish, worker, worker.generation)

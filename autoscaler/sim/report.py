@@ -23,6 +23,7 @@ class Summary:
     cold_launches: int
     warm_starts: int
     capacity_errors: int
+    interruptions: int  # spot interruption notices; their tasks were handed back and ran again
     p50_wait_s: float
     p95_wait_s: float
     max_wait_s: float
@@ -44,7 +45,8 @@ def summarize(result: RunResult) -> Summary:
         cost_usd=result.bill.cost, storage_usd=result.bill.storage_cost,
         busy_s=sum(t.service_s for t in result.tasks if t.finished_at is not None),
         cold_launches=result.bill.cold_launches, warm_starts=result.bill.warm_starts,
-        capacity_errors=result.bill.capacity_errors, p50_wait_s=percentile(waits, 50),
+        capacity_errors=result.bill.capacity_errors, interruptions=result.bill.interruptions,
+        p50_wait_s=percentile(waits, 50),
         p95_wait_s=percentile(waits, 95), max_wait_s=max(waits, default=0.0),
     )
 
@@ -61,13 +63,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 COLUMNS = ("policy", "GPU-s billed", "cost $", "storage $", "busy GPU-s", "cost/busy", "launches (cold, warm)",
-           "wait p50 s", "wait p95 s", "wait max s")
+           "interruptions", "wait p50 s", "wait p95 s", "wait max s")
 
 
 def rows(summaries: list[Summary]) -> list[tuple[str, ...]]:
     return [(s.label, f"{s.billed_s:,}", f"{s.cost_usd:.2f}", f"{s.storage_usd:.2f}", f"{s.busy_s:,.0f}", f"{s.cost_over_busy:.2f}",
-             f"{s.cold_launches + s.warm_starts} ({s.cold_launches}, {s.warm_starts})", f"{s.p50_wait_s:.0f}",
-             f"{s.p95_wait_s:.0f}", f"{s.max_wait_s:.0f}") for s in summaries]
+             f"{s.cold_launches + s.warm_starts} ({s.cold_launches}, {s.warm_starts})", f"{s.interruptions}",
+             f"{s.p50_wait_s:.0f}", f"{s.p95_wait_s:.0f}", f"{s.max_wait_s:.0f}") for s in summaries]
 
 
 def json_record(trace: str, seed: int, ours: Summary, baseline: Summary | None) -> dict[str, Any]:
@@ -89,5 +91,5 @@ def json_record(trace: str, seed: int, ours: Summary, baseline: Summary | None) 
         "cost_over_busy": round(ours.cost_over_busy, 3),
         "baseline_cost_over_busy": round(baseline.cost_over_busy, 3) if baseline else None,
         "cost_usd": round(ours.cost_usd, 2), "storage_usd": round(ours.storage_usd, 3), "baseline_cost_usd": round(baseline.cost_usd, 2) if baseline else None,
-        "unfinished": ours.unfinished,
+        "unfinished": ours.unfinished, "interruptions": ours.interruptions,
     }

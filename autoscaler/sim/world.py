@@ -82,7 +82,7 @@ def run(trace: Trace, policy: str = "default", pool: PoolConfig | None = None, s
     queue = SimQueue(loop, pool.queue, seed, on_change=sample, slots=pool.slots,
                      slowdown=pool.resources.slot_slowdown)
     provider = SimProvider(loop, seed, settings.boot, on_ready=lambda iid, _pool: queue.register(iid),
-                           on_gone=queue.deregister, on_change=sample)
+                           on_gone=queue.deregister, on_change=sample, on_notice=queue.hand_back)
     tasks = [SimTask(index=i, arrival_s=a, service_s=s) for i, (a, s) in enumerate(trace.jobs)]
     for task in tasks:
         loop.at(task.arrival_s, queue.submit, task)
