@@ -1,9 +1,10 @@
-"""``scantide models …``: register, promote, roll back and list model versions.
+"""``scantide models …``: register, promote, roll back, list and show model versions.
 
 It sits above ``service`` (registered through the ``scantide.cli`` entry point) because
 registration loads the file in the algorithm first, ``algorithms.<name>.validate_model(path)``,
 so a file that does not load is refused here, not at job time. Everything else goes through
-``service.models`` and the task backend of the settings.
+``service.models`` and the task backend of the settings. ``list``, ``show``, ``promote`` and
+``rollback`` take ``--json``: the API's ``ModelRegistry`` (``ModelChange`` for the last two).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from service.cli_json import JSON, print_json
 from service.errors import (
     ConfigError,
     InvalidModelFile,
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from service.models import AuditEntry
 
 console = Console()
-models_app = typer.Typer(help="Model versions: register, promote, roll back, list (with the audit trail).",
+models_app = typer.Typer(help="Model versions: register, promote, roll back, list and show (with the audit trail).",
                          no_args_is_help=True)
 
 
@@ -127,22 +129,57 @@ def register_cmd(
 
 @models_app.command("promote")
 def promote_cmd(ctx: typer.Context, algorithm: str = typer.Argument(...), version: str = typer.Argument(...),
-                by: str | None = BY) -> None:
+                by: str | None = BY, as_json: bool = JSON) -> None:
     """Tasks enqueued from now on get VERSION; queued and running tasks keep theirs."""
-    _report_promotion(_backend(ctx).promote_model(algorithm, version, by=by or _user()), algorithm, version)
+    backend = _backend(ctx)
+    entry = backend.promote_model(algorithm, version, by=by or _user())
+    if as_json:
+        _print_change(backend, algorithm, entry)
+    else:
+        _report_promotion(entry, algorithm, version)
 
 
 @models_app.command("rollback")
-def rollback_cmd(ctx: typer.Context, algorithm: str = typer.Argument(...), by: str | None = BY) -> None:
+def rollback_cmd(ctx: typer.Context, algorithm: str = typer.Argument(...), by: str | None = BY,
+                 as_json: bool = JSON) -> None:
     """Promote again the version promoted before the current one."""
-    entry = _backend(ctx).rollback_model(algorithm, by=by or _user())
-    console.print(f"rolled back {algorithm}: {entry.from_version} → {entry.to_version}")
+    backend = _backend(ctx)
+    entry = backend.rollback_model(algorithm, by=by or _user())
+    if as_json:
+        _print_change(backend, algorithm, entry)
+    else:
+        console.print(f"rolled back {algorithm}: {entry.from_version} → {entry.to_version}")
+
+
+@models_app.command("show")
+def show_cmd(ctx: typer.Context, algorithm: str = typer.Argument(...), as_json: bool = JSON) -> None:
+    """One algorithm's versions, the promoted one, and its audit trail (as ``GET /v1/models/ALGORITHM``)."""
+    if as_json:
+        from service.api.schemas import ModelRegistry
+        from service.models import registry
+
+        print_json(ModelRegistry, registry(_backend(ctx), algorithm))
+    else:
+        _print_tables(_backend(ctx), algorithm)
 
 
 @models_app.command("list")
-def list_cmd(ctx: typer.Context, algorithm: str | None = typer.Argument(None, help="Only this algorithm.")) -> None:
+def list_cmd(ctx: typer.Context, algorithm: str | None = typer.Argument(None, help="Only this algorithm."),
+             as_json: bool = JSON) -> None:
     """Versions (the promoted one marked *) and the audit trail: who, when, from → to."""
     backend = _backend(ctx)
+    if as_json:
+        from service.api.schemas import ModelRegistry
+        from service.models import registry
+
+        names = [algorithm] if algorithm else sorted({m.algorithm for m in backend.list_models()}
+                                                     | {e.algorithm for e in backend.model_history()})
+        print_json(list[ModelRegistry], [registry(backend, name) for name in names])
+    else:
+        _print_tables(backend, algorithm)
+
+
+def _print_tables(backend: TaskBackend, algorithm: str | None) -> None:
     versions = Table(title="model versions")
     for col in ("", "algorithm", "version", "sha256", "bytes", "registered", "by", "notes", "uri"):
         versions.add_column(col)
@@ -156,6 +193,15 @@ def list_cmd(ctx: typer.Context, algorithm: str | None = typer.Argument(None, he
     for e in backend.model_history(algorithm):
         trail.add_row(_when(e.at), e.algorithm, e.action, f"{e.from_version or '-'} → {e.to_version or '-'}", e.by)
     console.print(trail)
+
+
+def _print_change(backend: TaskBackend, algorithm: str, entry: AuditEntry | None) -> None:
+    """What ``POST /v1/models/{algorithm}/promote`` and ``…/rollback`` answer: the API's ``ModelChange``."""
+    from service.api.schemas import ModelChange
+    from service.models import registry
+
+    print_json(ModelChange, {**registry(backend, algorithm), "changed": entry is not None,
+                             "audit": entry.to_dict() if entry else None})
 
 
 def _report_promotion(entry: AuditEntry | None, algorithm: str, version: str) -> None:

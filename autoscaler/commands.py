@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from service.cli_json import JSON, print_json
+
 console = Console()
 
 
@@ -40,7 +42,8 @@ def autoscaler(ctx: typer.Context, once: bool = typer.Option(False, "--once", he
         shutdown()
 
 
-def fleet(ctx: typer.Context, decisions: int = typer.Option(15, help="Recent decisions to show.")) -> None:
+def fleet(ctx: typer.Context, decisions: int = typer.Option(15, help="Recent decisions to show."),
+          as_json: bool = JSON) -> None:
     """The fleet per pool (from the provider, the truth) and the autoscaler's recent decisions."""
     import time
 
@@ -50,6 +53,12 @@ def fleet(ctx: typer.Context, decisions: int = typer.Option(15, help="Recent dec
     settings = ctx.obj
     built = build(settings, open_backend(settings))
     snapshot = built.autoscaler.observe(time.time())
+    if as_json:
+        from autoscaler.fleet_report import FleetReport, fleet_report
+
+        journal = built.autoscaler.journal.tail(decisions)
+        print_json(FleetReport, fleet_report(snapshot, built.autoscaler.pools, journal))
+        return
     for name, pool in snapshot.pools.items():
         table = Table(title=f"pool {name}: {pool.pending} queued, {pool.running} running, "
                             f"oldest queued {pool.oldest_queued_age_s:.0f}s")

@@ -66,6 +66,11 @@ def read_fleet(path: Path, now: float) -> FleetStatus:
         return FleetStatus(available=False, reason=f"no autoscaler has written {path} (it writes it each tick)")
     except (OSError, ValueError) as exc:
         return FleetStatus(available=False, reason=f"cannot read {path}: {exc}")
+    return fleet_status(record, now)
+
+
+def fleet_status(record: dict[str, Any], now: float) -> FleetStatus:
+    """A ``fleet_record`` as the status page's section, its ages as of ``now`` (unix s)."""
     at = float(record["at"])
     pools = []
     for p in record["pools"]:

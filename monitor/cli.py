@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Optional
+from typing import Any, Literal, Optional
 
 import typer
+from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
+
+from service.cli_json import JSON, print_json
+from service.domain import iso
 
 console = Console()
 events_app = typer.Typer(help="Webhook events: list, retry dead letters, replay a scan.", no_args_is_help=True)
@@ -30,6 +34,21 @@ def monitor(ctx: typer.Context) -> None:
     raise typer.Exit(MonitorDaemon(open_backend(settings), settings).run())
 
 
+class OutboxEvent(BaseModel):
+    """One event in the outbox, as ``scantide events list --json`` prints it. Times are ISO-8601 UTC."""
+
+    id: str
+    type: str
+    about: str = Field(description="What its deliveries are ordered by: scan:<id>, run:<id>, queue:<name>, …")
+    state: Literal["pending", "delivered", "dead"]
+    attempts: int
+    created_at: str
+    next_attempt_at: str | None = Field(description="When it is due next (pending events only).")
+    delivered_at: str | None
+    last_error: str | None
+    body: dict[str, Any] = Field(description="The webhook event as posted (docs/webhooks.md).")
+
+
 def _outbox(ctx: typer.Context):
     from monitor.daemon import outbox_for
 
@@ -42,7 +61,7 @@ def list_events(
     state: Optional[str] = typer.Option(None, help="pending, delivered or dead."),
     scan: Optional[str] = typer.Option(None, help="Only this scan's events."),
     limit: int = typer.Option(30, help="Newest first, at most this many."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    as_json: bool = JSON,
 ) -> None:
     """Events in the outbox, newest first."""
     if state not in (None, "pending", "delivered", "dead"):
@@ -50,9 +69,11 @@ def list_events(
     outbox = _outbox(ctx)
     entries = outbox.list(state, limit, key=f"scan:{scan}" if scan else None)
     if as_json:
-        for e in entries:
-            console.print_json(json.dumps({"id": e.id, "type": e.type, "state": e.state, "attempts": e.attempts,
-                                           "last_error": e.last_error, "body": json.loads(e.body)}), indent=None)
+        print_json(list[OutboxEvent], [
+            {"id": e.id, "type": e.type, "about": e.key, "state": e.state, "attempts": e.attempts,
+             "created_at": iso(e.created_at), "delivered_at": iso(e.delivered_at), "last_error": e.last_error,
+             "next_attempt_at": iso(e.next_attempt_at) if e.state == "pending" else None, "body": json.loads(e.body)}
+            for e in entries])
         return
     table = Table(title=f"events ({', '.join(f'{k} {v}' for k, v in outbox.counts().items())})")
     for col in ("id", "type", "about", "state", "attempts", "created", "last error"):

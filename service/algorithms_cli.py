@@ -2,7 +2,7 @@
 
 ``validate`` reads the folder only (exit 0 valid, 1 not, each problem on its own line with its
 field path); ``register`` stores the folder's bundle and records the version in the settings'
-task store; ``list`` and ``show`` read the registry.
+task store; ``list`` and ``show`` read the registry. Their JSON is the API's ``AlgorithmVersion``.
 """
 
 from __future__ import annotations
@@ -19,22 +19,18 @@ from rich.table import Table
 
 from service.algorithms import AlgorithmVersion, check_runner, register_folder
 from service.bundles import descriptor_of, folder_files
+from service.cli_json import JSON, print_json
 from service.errors import AlgorithmNotFound, InvalidDescriptor, ScantideError
 
 console = Console()
 algorithms_app = typer.Typer(help="Algorithms: validate a folder, register it, list and show versions.",
                              no_args_is_help=True)
-JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
 def _backend(ctx: typer.Context):  # noqa: ANN202 - TaskBackend, imported lazily
     from service.backends import open_backend
 
     return open_backend(ctx.obj)
-
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
 @algorithms_app.command("validate")
@@ -47,14 +43,14 @@ def validate_cmd(ctx: typer.Context, path: Path = typer.Argument(..., help="The 
     except ScantideError as exc:
         errors = exc.errors if isinstance(exc, InvalidDescriptor) else [exc.message]
         if as_json:
-            _print_json({"valid": False, "code": exc.code, "errors": errors})
+            print_json(dict[str, Any], {"valid": False, "code": exc.code, "errors": errors})
         else:
             console.print(f"[red]{escape(str(path))} is not a valid algorithm ({exc.code}):[/red]")
             for error in errors:
                 console.print(f"  {escape(error)}")
         raise typer.Exit(1) from None
     if as_json:
-        _print_json({"valid": True, "descriptor": descriptor.to_dict()})
+        print_json(dict[str, Any], {"valid": True, "descriptor": descriptor.to_dict()})
     else:
         console.print(f"valid: {descriptor.name} {descriptor.version} ({descriptor.runner}, queue {descriptor.queue}, "
                       f"{len(descriptor.parameters)} parameters)")
@@ -68,7 +64,9 @@ def register_cmd(ctx: typer.Context, path: Path = typer.Argument(..., help="The 
     changes nothing; other content under a registered version is refused."""
     version, created = register_folder(_backend(ctx), ctx.obj, path, by=by or _user())
     if as_json:
-        _print_json({**version.to_dict(), "created": created})
+        from service.api.schemas import RegisteredAlgorithm
+
+        print_json(RegisteredAlgorithm, {**version.to_dict(), "created": created})
         return
     what = "registered" if created else "already registered (same content)"
     console.print(f"{what}: {version.name} {version.version} sha256 {version.sha256[:12]} queue {version.queue!r} "
@@ -80,7 +78,9 @@ def list_cmd(ctx: typer.Context, as_json: bool = JSON) -> None:
     """Every registered version, the newest of each algorithm first among its own."""
     versions = _backend(ctx).list_algorithms()
     if as_json:
-        _print_json([v.to_dict() for v in versions])
+        from service.api.schemas import AlgorithmVersion as Shape
+
+        print_json(list[Shape], [v.to_dict() for v in versions])
         return
     table = Table(title="algorithms")
     for col in ("name", "version", "runner", "queue", "sha256", "registered", "by", "description"):
@@ -103,7 +103,9 @@ def show_cmd(ctx: typer.Context, name: str = typer.Argument(...),
     if found is None:
         raise AlgorithmNotFound(f"no algorithm {name!r}{f' version {version!r}' if version else ''} is registered")
     if as_json:
-        _print_json(found.to_dict())
+        from service.api.schemas import AlgorithmVersion as Shape
+
+        print_json(Shape, found.to_dict())
         return
     console.print(f"[bold]{found.name}[/bold] {found.version} ({found.spec.runner}) queue {found.queue!r} "
                   f"sha256 {found.sha256}\nbundle {found.uri}\nregistered {found.summary()['registered_at']} by "

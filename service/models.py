@@ -150,3 +150,13 @@ def register_model(backend: TaskBackend, settings: Settings, algorithm: str, ver
     model = ModelVersion(algorithm=algorithm, version=version, uri=uri, sha256=sha256, size=size, notes=notes,
                          registered_at=time.time(), registered_by=by)
     return backend.register_model(model), True
+
+
+def registry(backend: TaskBackend, algorithm: str) -> dict[str, Any]:
+    """An algorithm's versions, the promoted one and the audit trail (oldest first), as
+    ``GET /v1/models/{algorithm}`` and ``scantide models show --json`` print them."""
+    versions = backend.list_models(algorithm)
+    promoted = next((m for m in versions if m.promoted), None)
+    return {"algorithm": algorithm, "promoted": promoted.version if promoted else None,
+            "versions": [m.to_dict() for m in versions],
+            "history": [e.to_dict() for e in backend.model_history(algorithm)]}

@@ -1,5 +1,6 @@
 """``scantide pipelines …`` (validate, register, list, show) and ``scantide runs …`` (list, show, retry),
-all with ``--json``. They work on this deployment's pipeline store and registries directly."""
+all with ``--json``. They work on this deployment's pipeline store and registries directly; their
+JSON is the API's ``PipelineVersion`` and ``Run``."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from service.cli_json import JSON, print_json
 from service.errors import InvalidDescriptor, PipelineNotFound, RunNotFound, ScantideError
 
 console = Console()
 pipelines_app = typer.Typer(help="Pipelines: validate a descriptor, register it, list and show versions.",
                             no_args_is_help=True)
 runs_app = typer.Typer(help="Pipeline runs: list, show, retry.", no_args_is_help=True)
-JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
 def _store(ctx: typer.Context):  # noqa: ANN202
@@ -33,8 +34,16 @@ def _targets(ctx: typer.Context):  # noqa: ANN202
     return targets_for(ctx.obj)
 
 
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, sort_keys=True))
+def _print_runs(runs: list[Any], one: bool) -> None:
+    """Runs as the API's ``Run`` (with its links): one object, or a list."""
+    from service.api.pipelines import run_links
+    from service.api.schemas import Run as Shape
+
+    bodies = [{**r.to_dict(), "links": run_links(r)} for r in runs]
+    if one:
+        print_json(Shape, bodies[0])
+    else:
+        print_json(list[Shape], bodies)
 
 
 def _read(path: Path):  # noqa: ANN202 - PipelineDescriptor
@@ -64,14 +73,14 @@ def validate_cmd(ctx: typer.Context, path: Path = typer.Argument(..., help="The 
     except ScantideError as exc:
         errors = exc.errors if isinstance(exc, InvalidDescriptor) else [exc.message]
         if as_json:
-            _print_json({"valid": False, "code": exc.code, "errors": errors})
+            print_json(dict[str, Any], {"valid": False, "code": exc.code, "errors": errors})
         else:
             console.print(f"[red]{escape(str(path))} is not a valid pipeline ({exc.code}):[/red]")
             for error in errors:
                 console.print(f"  {escape(error)}")
         raise typer.Exit(1) from None
     if as_json:
-        _print_json({"valid": True, "descriptor": pipeline.to_dict()})
+        print_json(dict[str, Any], {"valid": True, "descriptor": pipeline.to_dict()})
     else:
         console.print(f"valid: {pipeline.name} {pipeline.version} ({len(pipeline.steps)} steps: "
                       f"{', '.join(s.name for s in pipeline.steps)})")
@@ -87,7 +96,9 @@ def register_cmd(ctx: typer.Context, path: Path = typer.Argument(..., help="The 
 
     version, created = register(_store(ctx), _targets(ctx), _read(path), by or _user())
     if as_json:
-        _print_json({**version.to_dict(), "created": created})
+        from service.api.schemas import RegisteredPipeline
+
+        print_json(RegisteredPipeline, {**version.to_dict(), "created": created})
         return
     what = "registered" if created else "already registered (same content)"
     console.print(f"{what}: pipeline {version.name} {version.version} sha256 {version.sha256[:12]}")
@@ -98,7 +109,9 @@ def list_cmd(ctx: typer.Context, as_json: bool = JSON) -> None:
     """Every registered pipeline version."""
     versions = _store(ctx).listing()
     if as_json:
-        _print_json([v.to_dict() for v in versions])
+        from service.api.schemas import PipelineVersion as Shape
+
+        print_json(list[Shape], [v.to_dict() for v in versions])
         return
     table = Table(title="pipelines")
     for col in ("name", "version", "steps", "sha256", "registered", "by"):
@@ -120,7 +133,9 @@ def show_cmd(ctx: typer.Context, name: str = typer.Argument(...),
     if found is None:
         raise PipelineNotFound(f"no pipeline {name!r}{f' version {version!r}' if version else ''} is registered")
     if as_json:
-        _print_json(found.to_dict())
+        from service.api.schemas import PipelineVersion as Shape
+
+        print_json(Shape, found.to_dict())
         return
     console.print(f"[bold]{found.name}[/bold] {found.version} sha256 {found.sha256}")
     console.print_json(json.dumps(found.descriptor))
@@ -133,7 +148,7 @@ def runs_list_cmd(ctx: typer.Context, state: str | None = typer.Option(None, hel
     """Pipeline runs, newest first."""
     runs = _store(ctx).list_runs(state, limit)
     if as_json:
-        _print_json([r.to_dict() for r in runs])
+        _print_runs(runs, one=False)
         return
     table = Table(title="runs")
     for col in ("run", "pipeline", "scan", "state", "steps", "created"):
@@ -152,7 +167,7 @@ def runs_show_cmd(ctx: typer.Context, run_id: str = typer.Argument(...), as_json
     if run is None:
         raise RunNotFound(f"no run {run_id!r}")
     if as_json:
-        _print_json(run.to_dict())
+        _print_runs([run], one=True)
         return
     console.print(f"[bold]{run.run_id}[/bold] {run.pipeline} {run.version} scan {run.scan_id}: {run.state}"
                   + (f" ({run.error.get('step')}: {run.error.get('code')})" if run.error else ""))
@@ -172,6 +187,6 @@ def runs_retry_cmd(ctx: typer.Context, run_id: str = typer.Argument(...), as_jso
 
     run = retry_run(_store(ctx), run_id)
     if as_json:
-        _print_json(run.to_dict())
+        _print_runs([run], one=True)
     else:
         console.print(f"run {run.run_id} retried (retry {run.retries})")

@@ -14,7 +14,7 @@ from service.api.responses import AUTH, JSON_BODY, STORE, errors
 from service.api.schemas import ModelChange, ModelRegistry
 from service.backends.base import TaskBackend
 from service.errors import ModelVersionNotFound, NothingToRollBack
-from service.models import VERSION_PATTERN
+from service.models import VERSION_PATTERN, registry
 
 
 class PromoteRequest(BaseModel):
@@ -32,18 +32,11 @@ def models_router(backend: TaskBackend, auth: TokenAuth) -> APIRouter:
         token = auth.identity(request)
         return f"{by} ({token})" if by else token
 
-    def registry(algorithm: str) -> dict[str, Any]:
-        versions = backend.list_models(algorithm)
-        promoted = next((m for m in versions if m.promoted), None)
-        return {"algorithm": algorithm, "promoted": promoted.version if promoted else None,
-                "versions": [m.to_dict() for m in versions],
-                "history": [e.to_dict() for e in backend.model_history(algorithm)]}
-
     @router.get("/{algorithm}", dependencies=[Depends(auth.require("read"))], response_model=ModelRegistry,
                 responses=errors(*AUTH, *STORE),
                 summary="An algorithm's model versions, the promoted one, and the audit trail")
     def get_models(algorithm: str) -> dict[str, Any]:
-        return registry(algorithm)
+        return registry(backend, algorithm)
 
     @router.post("/{algorithm}/promote", dependencies=[Depends(auth.require("promote"))], response_model=ModelChange,
                  responses=errors(*AUTH, *STORE, *JSON_BODY, ModelVersionNotFound),
@@ -51,7 +44,8 @@ def models_router(backend: TaskBackend, auth: TokenAuth) -> APIRouter:
                  description="404 model_version_not_found for a version never registered.")
     def promote(algorithm: str, body: PromoteRequest, request: Request) -> dict[str, Any]:
         entry = backend.promote_model(algorithm, body.version, by=who(request, body.by))
-        return {**registry(algorithm), "changed": entry is not None, "audit": entry.to_dict() if entry else None}
+        return {**registry(backend, algorithm), "changed": entry is not None,
+                "audit": entry.to_dict() if entry else None}
 
     @router.post("/{algorithm}/rollback", dependencies=[Depends(auth.require("promote"))], response_model=ModelChange,
                  responses=errors(*AUTH, *STORE, NothingToRollBack),
@@ -59,6 +53,6 @@ def models_router(backend: TaskBackend, auth: TokenAuth) -> APIRouter:
                  description="409 nothing_to_roll_back when no earlier promotion is left.")
     def rollback(algorithm: str, request: Request) -> dict[str, Any]:
         entry = backend.rollback_model(algorithm, by=who(request, None))
-        return {**registry(algorithm), "changed": True, "audit": entry.to_dict()}
+        return {**registry(backend, algorithm), "changed": True, "audit": entry.to_dict()}
 
     return router
