@@ -50,7 +50,7 @@ from service.domain import TaskError, TaskInfo
 from service.doorbell import QUEUE, Listener
 from service.errors import BackendUnavailable, LeaseLost, ScantideError
 from service.processes import SUPERVISOR_ENV, die_with_parent, stop_session, supervisor_alive
-from service.settings import ENV_PREFIX, Settings
+from service.settings import ENV_PREFIX, METRICS_DIR_ENV, Settings
 from service.spot import INTERRUPTION_CODE, Notice, watch
 from service.worker_metrics import SLOTS, SLOTS_BUSY, WORKER_TASKS
 
@@ -62,6 +62,7 @@ WARM_RUNNERS = frozenset({"python", "python-function"})
 # What the task process has no use for: the API's tokens and the webhook (whose secret it must not
 # see, and whose URL without the secret would not even load as settings).
 WITHHELD_ENV = frozenset({f"{ENV_PREFIX}API_TOKENS", f"{ENV_PREFIX}WEBHOOK_SECRET", f"{ENV_PREFIX}WEBHOOK_URL"})
+WITHHELD_ENV |= {METRICS_DIR_ENV}  # nor our metrics directory: series it wrote there would be served as ours
 
 
 @dataclass

@@ -100,3 +100,10 @@ def test_a_tidy_killed_midway_is_finished_by_the_next(tmp_path: Path, monkeypatc
             dead.unlink()
     assert read(folder, monkeypatch)["t_things_total|kind=a"] == 7
     assert not list(folder.glob(f"*{ABSORBED}")) and not list(folder.glob(f"*{READY}"))
+
+
+def test_a_task_process_never_sees_the_metrics_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.worker import task_env
+
+    monkeypatch.setenv(METRICS_DIR_ENV, str(tmp_path))
+    assert METRICS_DIR_ENV not in task_env()
