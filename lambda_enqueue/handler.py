@@ -67,7 +67,7 @@ from service.errors import (
     RateLimited,
     ScantideError,
 )
-from service.settings import Settings, load_settings
+from service.settings import Settings, load_settings, reveal
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _forward(settings: Settings, request: ScanRequest) -> tuple[dict[str, Any], 
     url = f"{str(settings.control_plane_url).rstrip('/')}/v1/scans"
     try:
         reply = httpx.post(url, content=request.model_dump_json(exclude_none=True), timeout=10.0,
-                           headers={"Authorization": f"Bearer {settings.control_plane_token or ''}",
+                           headers={"Authorization": f"Bearer {reveal(settings.control_plane_token)}",
                                     "Content-Type": "application/json"})
     except httpx.HTTPError as exc:
         raise BackendUnavailable(f"cannot reach the control plane at {url}: {exc}") from None
@@ -271,7 +271,7 @@ def report_rejections(source: str, rejected: list[Refused]) -> None:
                 "message": refused.error.message[:2000], "scan_id": refused.scan_id, "scan_uri": refused.scan_uri}
         try:
             reply = httpx.post(url, json=body, timeout=5.0,
-                               headers={"Authorization": f"Bearer {settings.control_plane_token or ''}"})
+                               headers={"Authorization": f"Bearer {reveal(settings.control_plane_token)}"})
             if reply.status_code not in (200, 202):
                 log.warning("rejection_not_reported ref=%s status=%d", refused.ref, reply.status_code)
         except httpx.HTTPError as exc:

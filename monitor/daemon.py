@@ -18,7 +18,7 @@ from service.backends.base import TaskBackend
 from service.doorbell import CHANGES
 from service.errors import BackendUnavailable
 from service.rejections import RejectionStore
-from service.settings import Settings
+from service.settings import Settings, reveal
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def alert_config(settings: Settings) -> AlertConfig:
 def delivery_policy(settings: Settings) -> DeliveryPolicy | None:
     if not settings.webhook_url:
         return None
-    return DeliveryPolicy(url=settings.webhook_url, secret=settings.webhook_secret or "",
+    return DeliveryPolicy(url=settings.webhook_url, secret=reveal(settings.webhook_secret),
                           timeout_s=settings.webhook_timeout_s, max_age_s=settings.webhook_max_age_s,
                           backoff_base_s=settings.webhook_backoff_base_s, backoff_cap_s=settings.webhook_backoff_cap_s,
                           concurrency=settings.webhook_concurrency)

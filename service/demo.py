@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
@@ -76,8 +77,8 @@ def _run(settings: Settings, console: Console, receiver: Receiver, scans: int, w
          timeout_s: float) -> bool:
     settings = with_local_token(settings).model_copy(update={
         "api_port": free_port(), "workers": workers, "webhook_url": receiver.url,
-        "webhook_secret": receiver.secret})
-    token = next(iter(settings.api_tokens))
+        "webhook_secret": SecretStr(receiver.secret)})
+    token = next(iter(settings.api_tokens)).get_secret_value()
     base_url = f"http://{settings.api_host}:{settings.api_port}"
     run_id = uuid.uuid4().hex[:6]
     written = write_demo_scans(settings.data_root / "demo", scans, run_id)  # type: ignore[operator]

@@ -3,15 +3,20 @@
 Sources, highest first: keyword overrides, environment (``SCANTIDE_*``), ``scantide.toml`` (or
 the file named by ``SCANTIDE_CONFIG``), defaults. ClearML and AWS credentials are not here: they
 come from their own standard chains.
+
+Secrets (``SECRET_FIELDS``: the API tokens, the webhook secret, the control plane token) are
+``SecretStr``: a repr, a dump, a log line or an error shows ``**********``. ``reveal`` gives the value
+where it is used (signing, a header, the token check), and ``settings_env``'s dump with
+``REVEAL_SECRETS`` in the context hands them to child processes.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PlainSerializer, SecretStr, SerializationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from scantide.signing import SECRET_PREFIX, signing_key
@@ -25,6 +30,21 @@ SCOPES = ("enqueue", "read", "promote", "register")
 WHSEC_COMMAND = ("python -c 'import base64, secrets; print(\"whsec_\" + "
                  "base64.b64encode(secrets.token_bytes(32)).decode())'")
 QUEUE_NAME_MIN = 3  # a ClearML server strips a queue name and refuses a shorter one (400/800)
+REVEAL_SECRETS = "reveal_secrets"  # a JSON dump with this true in its context writes secrets in clear
+
+
+def _dump_secret(value: SecretStr | str, info: SerializationInfo) -> str:
+    # a str: put there by model_copy(update=...), which does not validate; a secret all the same
+    plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return plain if (info.context or {}).get(REVEAL_SECRETS) else str(SecretStr(plain))
+
+
+Secret = Annotated[SecretStr, PlainSerializer(_dump_secret, when_used="json")]
+
+
+def reveal(secret: SecretStr | None) -> str:
+    """A secret's value, "" when unset: only where it is used, never to print or log."""
+    return secret.get_secret_value() if secret is not None else ""
 
 
 def queue_name_problem(name: str) -> str | None:
@@ -39,7 +59,9 @@ def queue_name_problem(name: str) -> str | None:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+    # hide_input_in_errors: a ValidationError's text would otherwise quote the secrets it was given
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True,
+                                      hide_input_in_errors=True)
 
     backend: Literal["embedded", "clearml"] = "embedded"
     state_dir: Path = Field(Path(".scantide"), description="SQLite store, tokens and logs (embedded).")
@@ -53,7 +75,7 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8700
-    api_tokens: dict[str, list[str]] = Field(
+    api_tokens: dict[Secret, list[str]] = Field(
         default_factory=dict,
         description='Bearer tokens and their scopes, e.g. {"s3cr3t": ["enqueue", "read"]}. '
         "Empty: `scantide up` creates one with every scope in <state_dir>/api_token.",
@@ -110,9 +132,9 @@ class Settings(BaseSettings):
                                        "recently used go first); 0: no cache, every input fetched per task.")
 
     webhook_url: str | None = Field(None, description="Where the monitor posts events; unset: kept, not sent.")
-    webhook_secret: str | None = Field(None, description="Signs webhooks (Standard Webhooks): whsec_<base64 of 24-64 "
-                                       "random bytes>, or a plain secret of 16+ characters, whose whsec_ form is "
-                                       "whsec_ + base64 of its UTF-8 bytes.")
+    webhook_secret: Secret | None = Field(None, description="Signs webhooks (Standard Webhooks): whsec_<base64 of "
+                                          "24-64 random bytes>, or a plain secret of 16+ characters, whose whsec_ "
+                                          "form is whsec_ + base64 of its UTF-8 bytes.")
     webhook_timeout_s: float = Field(10.0, gt=0, description="Per-request timeout of a webhook POST, seconds.")
     webhook_max_age_s: float = Field(24 * 3600.0, gt=0, description="Retry an event this long, then dead-letter it.")
     webhook_backoff_base_s: float = Field(1.0, gt=0, description="First retry delay, seconds (doubles, jittered).")
@@ -154,7 +176,7 @@ class Settings(BaseSettings):
     control_plane_url: str | None = Field(None, description="The Lambda's way to the API for S3 keys routed to a "
                                           "pipeline (runs live with the control plane), e.g. https://scantide.internal; "
                                           "unset: the Lambda starts runs in this state dir's pipeline store.")
-    control_plane_token: str | None = Field(None, description="Bearer token (enqueue scope) for control_plane_url.")
+    control_plane_token: Secret | None = Field(None, description="Bearer token (enqueue scope) for control_plane_url.")
     webhook_step_events: bool = Field(False, description="Also send scan.* events for the tasks of pipeline steps "
                                       "(by default a run sends only pipeline.completed or pipeline.failed).")
 
@@ -170,6 +192,16 @@ class Settings(BaseSettings):
         # A URL prefix stays a string (Path would fold "s3://" into "s3:/"); anything else is a path.
         if isinstance(value, str) and "://" not in value:
             return Path(value)
+        return value
+
+    @field_validator("compute_targets")
+    @classmethod
+    def _targets_hold_no_secret(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        # A target's settings are printed as they are; its secrets would be in clear, and it has no use for them.
+        for name, overrides in value.items():
+            if held := sorted(set(overrides) & set(SECRET_FIELDS)):
+                raise ValueError(f"compute_targets[{name!r}] sets {held}: secrets are the deployment's own, "
+                                 "never a target's")
         return value
 
     @field_validator("default_queue")
@@ -202,12 +234,13 @@ class Settings(BaseSettings):
                 unknown = set(scopes) - set(SCOPES)
                 if unknown:
                     raise ValueError(f"{name}: unknown scopes {sorted(unknown)}; known: {list(SCOPES)}")
-        if self.webhook_url and len(self.webhook_secret or "") < 16:
+        secret = reveal(self.webhook_secret)
+        if self.webhook_url and len(secret) < 16:
             raise ValueError("webhook_secret must be set (16+ characters) when webhook_url is set; generate one "
                              f"with: {WHSEC_COMMAND}")
-        if self.webhook_secret and self.webhook_secret.startswith(SECRET_PREFIX):
+        if secret.startswith(SECRET_PREFIX):
             try:
-                key = signing_key(self.webhook_secret)
+                key = signing_key(secret)
             except ValueError as exc:
                 raise ValueError(f"webhook_secret: {exc}") from None
             if not 24 <= len(key) <= 64:
@@ -270,17 +303,36 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def _holds_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or any(_holds_secret(arg) for arg in get_args(annotation))
+
+
+SECRET_FIELDS = frozenset(name for name, info in Settings.model_fields.items() if _holds_secret(info.annotation))
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Build the settings once at start-up; raises ``ConfigError`` with a readable message."""
+    """Build the settings once at start-up; raises ``ConfigError`` with a readable message, which
+    names no secret (an API token's place in a path reads ``<secret>``)."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from service.errors import ConfigError
 
+    where = f"({ENV_PREFIX}* or {DEFAULT_CONFIG_FILE})"
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid settings ({ENV_PREFIX}* or {DEFAULT_CONFIG_FILE}): {problems}") from exc
+        problems = "; ".join(f"{_path(e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+        error = ConfigError(f"invalid settings {where}: {problems}")
+    except SettingsError as exc:  # a value the environment or file gave that does not parse (JSON)
+        error = ConfigError(f"invalid settings {where}: {exc}")
+    raise error  # outside the except: the cause, which quotes what it was given, stays unchained
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    """A field path, with the key under a secret field (an API token) masked."""
+    shown = (*loc[:1], "<secret>", *loc[2:]) if loc[:1] and loc[0] in SECRET_FIELDS and len(loc) > 1 else loc
+    return ".".join(map(str, shown))
 
 
 def with_local_token(settings: Settings) -> Settings:
@@ -295,4 +347,4 @@ def with_local_token(settings: Settings) -> Settings:
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(32))
     token = path.read_text().strip()
-    return settings.model_copy(update={"api_tokens": {token: list(SCOPES)}})
+    return settings.model_copy(update={"api_tokens": {SecretStr(token): list(SCOPES)}})

@@ -33,7 +33,7 @@ from service.backends.base import TaskBackend
 from service.errors import ScantideError, StateDirLocked
 from service.metrics_files import fresh
 from service.processes import SUPERVISOR_ENV, die_with_parent, end_processes, leftovers, supervisor_mark
-from service.settings import ENV_PREFIX, METRICS_DIR_ENV, Settings
+from service.settings import ENV_PREFIX, METRICS_DIR_ENV, REVEAL_SECRETS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,10 @@ class Child:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as ``SCANTIDE_*`` variables, so child processes see exactly what we see."""
+    """The settings as ``SCANTIDE_*`` variables, so child processes see exactly what we see, secrets
+    in clear: for a child's environment only."""
     env: dict[str, str] = {}
-    for name, value in settings.model_dump(mode="json").items():
+    for name, value in settings.model_dump(mode="json", context={REVEAL_SECRETS: True}).items():
         if value is None:
             continue
         env[f"{ENV_PREFIX}{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)

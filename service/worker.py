@@ -50,7 +50,7 @@ from service.domain import TaskError, TaskInfo
 from service.doorbell import QUEUE, Listener
 from service.errors import BackendUnavailable, LeaseLost, ScantideError
 from service.processes import SUPERVISOR_ENV, die_with_parent, stop_session, supervisor_alive
-from service.settings import ENV_PREFIX, METRICS_DIR_ENV, Settings
+from service.settings import ENV_PREFIX, METRICS_DIR_ENV, SECRET_FIELDS, Settings
 from service.spot import INTERRUPTION_CODE, Notice, watch
 from service.worker_metrics import SLOTS, SLOTS_BUSY, WORKER_TASKS
 
@@ -59,9 +59,9 @@ log = logging.getLogger(__name__)
 TICK_S = 0.2  # how often a running task's watch checks its time, the stop and the heartbeat, seconds
 KILL_GRACE_S = 5.0  # a stopped task's time to stop its algorithm (and container) itself
 WARM_RUNNERS = frozenset({"python", "python-function"})
-# What the task process has no use for: the API's tokens and the webhook (whose secret it must not
-# see, and whose URL without the secret would not even load as settings).
-WITHHELD_ENV = frozenset({f"{ENV_PREFIX}API_TOKENS", f"{ENV_PREFIX}WEBHOOK_SECRET", f"{ENV_PREFIX}WEBHOOK_URL"})
+# What the task process has no use for: every secret (the API's tokens, the webhook's, the control
+# plane's) and the webhook URL (which without its secret would not even load as settings).
+WITHHELD_ENV = frozenset({*(f"{ENV_PREFIX}{name.upper()}" for name in SECRET_FIELDS), f"{ENV_PREFIX}WEBHOOK_URL"})
 WITHHELD_ENV |= {METRICS_DIR_ENV}  # nor our metrics directory: series it wrote there would be served as ours
 
 
@@ -392,8 +392,8 @@ class Worker:
 
 
 def task_env() -> dict[str, str]:
-    """The task process's environment: ours without what it has no use for (``WITHHELD_ENV``: API
-    tokens, the webhook), since it runs code and parses files from outside."""
+    """The task process's environment: ours without what it has no use for (``WITHHELD_ENV``: the
+    secrets, the webhook), since it runs code and parses files from outside."""
     return {k: v for k, v in os.environ.items() if k not in WITHHELD_ENV}
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from service.api.auth import TokenAuth
 from tests.conftest import READ_TOKEN, TOKEN, ApiServer, Workers, wait_for
@@ -288,7 +289,7 @@ def test_non_videos_fail_at_the_worker_with_invalid_video(
 
 
 def test_token_scopes_and_prefixes() -> None:
-    auth = TokenAuth({"alpha-token-123": ["enqueue", "read"], "beta-token-456": ["read"]})
+    auth = TokenAuth({SecretStr("alpha-token-123"): ["enqueue", "read"], SecretStr("beta-token-456"): ["read"]})
     assert auth.scopes_for("alpha-token-123") == frozenset({"enqueue", "read"})
     assert auth.scopes_for("beta-token-456") == frozenset({"read"})
     assert auth.scopes_for("alpha-token-12") is None  # a prefix is not the token

@@ -11,14 +11,15 @@ import hmac
 from typing import Any
 
 from fastapi import Request, Security
+from pydantic import SecretStr
 
 from service.api.responses import BEARER
 from service.errors import AuthError, Forbidden, InvalidToken
 
 
 class TokenAuth:
-    def __init__(self, tokens: dict[str, list[str]]) -> None:
-        self._tokens = [(token.encode(), frozenset(scopes)) for token, scopes in tokens.items()]
+    def __init__(self, tokens: dict[SecretStr, list[str]]) -> None:
+        self._tokens = [(token.get_secret_value().encode(), frozenset(scopes)) for token, scopes in tokens.items()]
 
     def scopes_for(self, presented: str) -> frozenset[str] | None:
         """Scopes of the presented token, or None. Checks every token so timing reveals nothing."""
