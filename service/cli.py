@@ -10,21 +10,23 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from service.algorithms_cli import algorithms_app
 from service.backends import open_backend
 from service.clearml_cli import clearml_app, parse_params
+from service.cli_json import print_json
 from service.console import follow
 from service.domain import JobState, ScanRequest
-from service.errors import ScantideError
+from service.errors import ScantideError, invalid_input
+from service.exit_codes import ExitCode, exit_code
 from service.pipelines_cli import pipelines_app, runs_app
 from service.settings import Settings, load_settings, with_local_token
+from service.status_cli import status
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="scantide: analyse uploaded video scans on autoscaled workers.")
+app = typer.Typer(no_args_is_help=True, help="scantide: analyse uploaded video scans on autoscaled workers.")
 app.add_typer(clearml_app, name="clearml")
 app.add_typer(algorithms_app, name="algorithms")
 app.add_typer(pipelines_app, name="pipelines")
@@ -107,7 +109,7 @@ def api(ctx: typer.Context, access_log: bool = typer.Option(True, help="Log each
     settings = _settings(ctx)
     if not settings.api_tokens:
         err_console.print("refusing to serve the API without tokens: set SCANTIDE_API_TOKENS or use `scantide up`")
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.CONFIG)
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, access_log=access_log,
                 log_level="info", **server_options())
 
@@ -142,9 +144,11 @@ def submit(
     param: Optional[list[str]] = typer.Option(None, "--param", metavar="KEY=VALUE",
                                               help="Algorithm parameter (JSON values); repeatable."),
     wait: bool = typer.Option(False, "--wait", help="Follow the task with a progress bar until it ends."),
+    as_json: bool = typer.Option(False, "--json", help="Print the API's Submitted body (with --wait: the ended "
+                                                        "task, as GET /v1/tasks/ID) on stdout (docs/cli.md)."),
 ) -> None:
     """Enqueue one scan. Local files outside the data root are copied into <data_root>/uploads."""
-    from service.enqueue import submit_scan
+    from service.enqueue import submission_body, submit_scan
 
     settings = _settings(ctx)
     backend = open_backend(settings)
@@ -153,7 +157,7 @@ def submit(
         path = Path(scan).expanduser().resolve()
         if not path.is_file():
             err_console.print(f"[red]no such file: {escape(str(path))}[/red]")
-            raise typer.Exit(2)
+            raise typer.Exit(ExitCode.USAGE)
         root = settings.data_root.resolve()  # type: ignore[union-attr]
         if not path.is_relative_to(root):
             dest = root / "uploads" / path.name
@@ -164,65 +168,29 @@ def submit(
     sid = scan_id or Path(scan.rstrip("/")).stem
     try:
         request = ScanRequest(scan_id=sid, scan_uri=uri, algorithm=algorithm, params=parse_params(param or []) or None)
-        submission = submit_scan(backend, settings, request)
-    except ScantideError as exc:
-        err_console.print(f"[red]{exc.code}[/red]: {escape(exc.message)}")
-        raise typer.Exit(2) from None
+    except ValidationError as exc:
+        raise invalid_input(exc.errors()) from None  # as the API answers it: invalid_request, naming the field
+    submission = submit_scan(backend, settings, request)
     task = submission.task
-    what = "queued" if submission.created else "already submitted"
-    console.print(f"{what}: scan {task.scan_id} → task {task.task_id} ({task.state.value})")
+    if as_json and not wait:
+        from service.api.schemas import Submitted
+
+        print_json(Submitted, submission_body(submission))
+        return
+    if not as_json:
+        what = "queued" if submission.created else "already submitted"
+        console.print(f"{what}: scan {task.scan_id} → task {task.task_id} ({task.state.value})")
     if wait:
-        final = follow([task.task_id], backend.get_task, console)
-        raise typer.Exit(0 if final[0].state is JobState.completed else 1)
+        task = follow([task.task_id], backend.get_task, err_console if as_json else console)[0]
+        if as_json:
+            from service.api.schemas import Task
+            from service.enqueue import task_links
+
+            print_json(Task, {**task.to_dict(), "links": task_links(task)})
+        raise typer.Exit(ExitCode.OK if task.state is JobState.completed else ExitCode.FAILED)
 
 
-@app.command()
-def status(ctx: typer.Context, limit: int = typer.Option(15, help="Recent tasks to show.")) -> None:
-    """Queues, workers, the most recent tasks and this machine's input cache."""
-    settings = _settings(ctx)
-    backend = open_backend(settings)
-    workers = backend.workers()
-    qt = Table(title="queues")
-    for col in ("queue", "pending", "running", "oldest queued", "workers"):
-        qt.add_column(col)
-    for name in backend.queues():
-        s = backend.queue_stats(name)
-        qt.add_row(name, str(s.pending), str(s.running), f"{s.oldest_queued_age_s:.0f}s",
-                   str(sum(1 for w in workers if w.queue == name)))
-    console.print(qt)
-    tt = Table(title="recent tasks")
-    for col in ("scan", "algorithm", "state", "progress", "attempt", "task", "error"):
-        tt.add_column(col)
-    for t in backend.list_tasks(limit=limit):
-        tt.add_row(t.scan_id, t.algorithm, t.state.value, f"{(t.progress or 0) * 100:.0f}%", str(t.attempt),
-                   t.task_id[:12], t.error.code if t.error else "")
-    console.print(tt)
-    console.print(_input_cache_line(settings))
-
-
-def _input_cache_line(settings: Settings) -> str:
-    """One line on this machine's input cache, read from its index (nothing is created)."""
-    # The cache lives with the workers (algorithms/); its reader is standard library only.
-    from service.input_cache import InputCacheError, stats
-
-    if settings.input_cache_max_bytes == 0:
-        return "input cache: off (SCANTIDE_INPUT_CACHE_MAX_BYTES=0)"
-    try:
-        s = stats(settings.input_cache_dir)  # type: ignore[arg-type]
-    except InputCacheError as exc:
-        return f"input cache: unreadable ({escape(str(exc))})"
-    uses = s["hits"] + s["misses"]
-    rate = f" ({s['hits'] / uses:.0%} hit rate)" if uses else ""
-    return (f"input cache: {s['hits']} hits, {s['misses']} misses{rate}, {_size(s['bytes'])} of "
-            f"{_size(settings.input_cache_max_bytes)}, {s['evictions']} evictions")
-
-
-def _size(n: int) -> str:
-    """``n`` bytes for people: ``1.2 GiB``, ``20 GiB``, ``3.5 MiB``, ``0 B``."""
-    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= scale:
-            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
-    return f"{n} B"
+app.command()(status)
 
 
 @app.command()
@@ -236,7 +204,7 @@ def demo(
     from service.demo import run_demo
 
     ok = run_demo(_settings(ctx), console, scans=scans, workers=workers, timeout_s=timeout_s)
-    raise typer.Exit(0 if ok else 1)
+    raise typer.Exit(ExitCode.OK if ok else ExitCode.FAILED)
 
 
 def load_plugins(typer_app: typer.Typer = app) -> None:
@@ -250,10 +218,10 @@ def load_plugins(typer_app: typer.Typer = app) -> None:
 def main() -> None:
     load_plugins()
     try:
-        app()
+        app(prog_name="scantide")  # also names the completion variable: _SCANTIDE_COMPLETE
     except ScantideError as exc:
         err_console.print(f"[red]{exc.code}[/red]: {escape(exc.message)}")
-        sys.exit(2)
+        sys.exit(exit_code(exc))
 
 
 if __name__ == "__main__":

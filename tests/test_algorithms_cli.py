@@ -54,4 +54,4 @@ def test_register_list_and_show(tmp_path: Path) -> None:
     shown = json.loads(cli(tmp_path, "show", "frame_stats", "--json").stdout)
     assert shown["sha256"] == registered["sha256"] and shown["descriptor"]["queue"] == "cpu"
     missing = cli(tmp_path, "show", "frame_stats", "--version", "9")
-    assert missing.returncode == 2 and "algorithm_not_found" in missing.stderr
+    assert missing.returncode == 3 and "algorithm_not_found" in missing.stderr  # not_found

@@ -72,6 +72,6 @@ def test_update_keeps_what_operators_set(clearml_server: FakeClearMLServer, tmp_
 
 def test_refuses_without_the_clearml_backend(clearml_server: FakeClearMLServer, tmp_path: Path) -> None:  # noqa: F811
     out = register(clearml_server, tmp_path, backend="embedded")
-    assert out.returncode == 2
+    assert out.returncode == 7  # config
     assert "config_error" in out.stderr and "SCANTIDE_BACKEND=clearml" in out.stderr
     assert not clearml_server.app.tasks

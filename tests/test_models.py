@@ -92,13 +92,13 @@ def test_cli_refuses_files_that_do_not_load(settings: Settings, backend: TaskBac
     truncated = weights(tmp_path, "truncated.pt", DEFAULT_WEIGHTS.read_bytes()[:5000])
     for path in (broken, truncated):
         done = run_cli(settings, "register", str(path), "--algorithm", ALGO, "--version", "1")
-        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.returncode == 4, done.stdout + done.stderr  # invalid
         assert "invalid_model" in done.stderr and str(path.name) in done.stderr
     assert backend.list_models() == [] and backend.model_history() == []
     assert not (settings.state_dir / "models").exists()
 
     unknown = run_cli(settings, "register", str(broken), "--algorithm", "no_such_algo", "--version", "1")
-    assert unknown.returncode == 2 and "unknown_algorithm" in unknown.stderr
+    assert unknown.returncode == 4 and "unknown_algorithm" in unknown.stderr
 
 
 def test_cli_registers_promotes_rolls_back_and_lists(settings: Settings, backend: TaskBackend,
@@ -128,7 +128,7 @@ def test_cli_registers_promotes_rolls_back_and_lists(settings: Settings, backend
         assert any(action in r and move in r and by in r for r in rows), (action, listing.stdout)
 
     nothing = run_cli(settings, "rollback", ALGO)
-    assert nothing.returncode == 2 and "nothing_to_roll_back" in nothing.stderr
+    assert nothing.returncode == 5 and "nothing_to_roll_back" in nothing.stderr  # conflict
 
 
 def test_cli_says_what_to_install_when_torch_is_missing(settings: Settings, tmp_path: Path) -> None:
@@ -139,7 +139,7 @@ def test_cli_says_what_to_install_when_torch_is_missing(settings: Settings, tmp_
     env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(blocker.parent)}
     done = subprocess.run(cli_argv("models", "register", "--bundled", "-a", ALGO, "-v", "1"), env=env,
                           capture_output=True, text=True, check=False, timeout=120)
-    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.returncode == 7, done.stdout + done.stderr  # config
     assert "config_error" in done.stderr and "algorithms extra" in done.stderr and "torch" in done.stderr
 
 

@@ -210,10 +210,10 @@ def test_permanent_4xx_not_retried(backend: TaskBackend, monitor_settings: Setti
     assert [r.status for r in receiver.attempts_for(entry.id)] == [status]
 
 
-def cli_json_lines(settings: Settings, *args: str) -> list[dict]:
+def cli_events(settings: Settings, *args: str) -> list[dict]:
     out = run_cli(settings, "events", "list", "--json", *args)
     assert out.returncode == 0, out.stderr
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    return json.loads(out.stdout)  # one JSON array of OutboxEvent
 
 
 def test_permanent_4xx_dead_letter_then_retry_dead(backend: TaskBackend, monitor_settings: Settings,
@@ -227,12 +227,12 @@ def test_permanent_4xx_dead_letter_then_retry_dead(backend: TaskBackend, monitor
         assert (entry.state, entry.attempts, entry.last_error) == ("dead", 1, "HTTP 410")
         assert [r.status for r in receiver.attempts_for(entry.id)] == [410]
 
-        (listed,) = cli_json_lines(monitor_settings, "--state", "dead")
+        (listed,) = cli_events(monitor_settings, "--state", "dead")
         assert (listed["id"], listed["state"], listed["last_error"]) == (entry.id, "dead", "HTTP 410")
         assert listed["body"]["data"]["scan_id"] == "scan-gone"
         table = run_cli(monitor_settings, "events", "list", "--state", "dead")
         assert table.returncode == 0 and entry.id[:16] in table.stdout and "scan:scan-gone" in table.stdout
-        assert cli_json_lines(monitor_settings, "--state", "pending") == []
+        assert cli_events(monitor_settings, "--state", "pending") == []
 
         receiver.answer_ok()
         out = run_cli(monitor_settings, "events", "retry-dead")
@@ -242,8 +242,8 @@ def test_permanent_4xx_dead_letter_then_retry_dead(backend: TaskBackend, monitor
     finally:
         monitor.stop()
     assert receiver.received_ids() == [entry.id]
-    assert cli_json_lines(monitor_settings, "--state", "dead") == []
-    assert [e["id"] for e in cli_json_lines(monitor_settings, "--state", "delivered")] == [entry.id]
+    assert cli_events(monitor_settings, "--state", "dead") == []
+    assert [e["id"] for e in cli_events(monitor_settings, "--state", "delivered")] == [entry.id]
 
 
 def test_events_replay(backend: TaskBackend, monitor_settings: Settings, receiver: Receiver) -> None:
