@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -12,8 +13,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from autoscaler.model import MAX_SLOTS
+from service.cli_json import JSON, print_json
+from service.exit_codes import ExitCode
 
 console = Console()
+err_console = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -42,6 +46,7 @@ def simulate(
                                                  "fallback; interrupted) or on-demand, both policies."),
     spot_interruptions_per_hour: float = typer.Option(0.05, min=0.0,
                                                       help="Spot interruption notices per running instance-hour."),
+    as_json: bool = JSON,
 ) -> None:
     """Replay a trace on a virtual clock through the real policy and daemon; print cost and queue waits."""
     from dataclasses import replace
@@ -67,11 +72,17 @@ def simulate(
         result = run_simulation(trace, policy=policy, vs=vs, warm_pool=warm_pool, seed=seed, settings=settings,
                                 slots=slots, slot_profile=profile, market=market)
     except TraceError as exc:
-        console.print(f"[red]bad trace[/red]: {escape(str(exc))}")
-        raise typer.Exit(2) from None
-    except ConfigError as exc:
-        console.print(f"[red]cannot simulate {slots} slots[/red]: {escape(exc.message)}")
-        raise typer.Exit(2) from None
+        err_console.print(f"[red]bad trace[/red]: {escape(str(exc))}")
+        raise typer.Exit(ExitCode.USAGE) from None
+    except ConfigError as exc:  # a --slot-profile without that slot count: the command line asks what it cannot
+        err_console.print(f"[red]cannot simulate {slots} slots[/red]: {escape(exc.message)}")
+        raise typer.Exit(ExitCode.USAGE) from None
+    if png is not None:
+        result.plot(png)
+        err_console.print(f"plot written to {png}")
+    if as_json:
+        print_json(dict[str, Any], result.record())
+        return
 
     t = result.trace
     resources = result.ours.resources
@@ -85,7 +96,4 @@ def simulate(
     for row in rows(result.summaries):
         table.add_row(*row)
     Console(width=max(console.width, 160)).print(table)  # never squeeze the table into 80 columns
-    if png is not None:
-        result.plot(png)
-        console.print(f"plot written to {png}")
     typer.echo(json.dumps(result.record()))
