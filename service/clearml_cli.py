@@ -1,4 +1,5 @@
-"""``scantide clearml …``: set up the ClearML side of production mode (``SCANTIDE_BACKEND=clearml``)."""
+"""``scantide clearml …``: set up the ClearML side of production mode (``SCANTIDE_BACKEND=clearml``) and
+list the templates; with ``--json`` both print ``Template``s (name, entry_point, queue, params, max_runtime_s)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from service.backends import open_backend
+from service.cli_json import JSON, print_json
 from service.domain import Template
 from service.errors import ConfigError, InvalidRequest
 from service.settings import Settings
@@ -47,6 +50,7 @@ def register_template(
                                                         "task; unset: keep the template's (none: run the installed "
                                                         "package)."),
     commit: str | None = typer.Option(None, help="Commit of --repository to check out."),
+    as_json: bool = JSON,
 ) -> None:
     """Create or update the algorithm's template task and its queue in ClearML.
 
@@ -68,7 +72,29 @@ def register_template(
         registered = backend.get_template(name)
     finally:
         backend.close()
+    if as_json:
+        print_json(Template, registered)
+        return
     console.print(f"template [bold]{registered.name}[/bold] registered in ClearML project "
                   f"{settings.clearml_project!r}: queue {registered.queue!r}, entry point "
                   f"python -m {registered.entry_point}, params {json.dumps(registered.params, sort_keys=True)}, "
                   f"max runtime {registered.max_runtime_s:.0f} s")
+
+
+@clearml_app.command("templates")
+def templates_cmd(ctx: typer.Context, as_json: bool = JSON) -> None:
+    """The registered templates: each algorithm's queue, entry point, parameters and run time limit."""
+    backend = open_backend(ctx.obj)
+    try:
+        templates = backend.templates()
+    finally:
+        backend.close()
+    if as_json:
+        print_json(list[Template], templates)
+        return
+    table = Table(title="templates")
+    for col in ("algorithm", "queue", "entry point", "max runtime", "params"):
+        table.add_column(col)
+    for t in templates:
+        table.add_row(t.name, t.queue, t.entry_point, f"{t.max_runtime_s:.0f} s", json.dumps(t.params, sort_keys=True))
+    console.print(table)

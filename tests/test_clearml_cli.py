@@ -3,6 +3,7 @@ stand-in: the template a stock agent can run, its queue, updates that keep what 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -15,14 +16,19 @@ from tests.fakes.clearml_server import FakeClearMLServer
 REPO = Path(__file__).resolve().parents[1]
 
 
-def register(server: FakeClearMLServer, tmp_path: Path, *args: str,
-             backend: str = "clearml") -> subprocess.CompletedProcess[str]:
+def clearml_cli(server: FakeClearMLServer, tmp_path: Path, *args: str,
+                backend: str = "clearml") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SCANTIDE_", "CLEARML_"))}
     env.update(server.env(), CLEARML_CONFIG_FILE=str(tmp_path / "no-clearml.conf"), SCANTIDE_BACKEND=backend,
                SCANTIDE_CLEARML_PROJECT="scantide-tests", SCANTIDE_STATE_DIR=str(tmp_path / "state"),
                SCANTIDE_CONFIG=str(tmp_path / "absent.toml"), COLUMNS="250")
-    return subprocess.run(cli_argv("clearml", "register-template", *args), cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(cli_argv("clearml", *args), cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def register(server: FakeClearMLServer, tmp_path: Path, *args: str,
+             backend: str = "clearml") -> subprocess.CompletedProcess[str]:
+    return clearml_cli(server, tmp_path, "register-template", *args, backend=backend)
 
 
 def template_doc(server: FakeClearMLServer) -> dict:
@@ -75,3 +81,15 @@ def test_refuses_without_the_clearml_backend(clearml_server: FakeClearMLServer, 
     assert out.returncode == 7  # config
     assert "config_error" in out.stderr and "SCANTIDE_BACKEND=clearml" in out.stderr
     assert not clearml_server.app.tasks
+
+
+def test_register_template_and_templates_print_json(clearml_server: FakeClearMLServer,  # noqa: F811
+                                                    tmp_path: Path) -> None:
+    out = register(clearml_server, tmp_path, "--queue", "gpu-scans", "--param", "keyframes=4", "--json")
+    assert out.returncode == 0, out.stderr
+    registered = json.loads(out.stdout)
+    assert registered == {"name": "video_summary", "entry_point": "algorithms.entry", "queue": "gpu-scans",
+                          "params": {"keyframes": 4}, "max_runtime_s": registered["max_runtime_s"]}
+    listed = clearml_cli(clearml_server, tmp_path, "templates", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == [registered]
