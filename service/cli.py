@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from service import logs
 from service.algorithms_cli import algorithms_app
 from service.backends import open_backend
 from service.clearml_cli import clearml_app, parse_params
@@ -33,12 +34,7 @@ app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(runs_app, name="runs")
 console = Console()
 err_console = Console(stderr=True)
-
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the CLI's output
+log = logging.getLogger("scantide")
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -49,13 +45,23 @@ def _settings(ctx: typer.Context) -> Settings:
 def root(
     ctx: typer.Context,
     state_dir: Optional[Path] = typer.Option(None, help="State directory (default SCANTIDE_STATE_DIR or ./.scantide)."),
-    log_level: str = typer.Option("INFO", help="Log level for daemons."),
+    log_level: Optional[str] = typer.Option(None, help="Log level (default SCANTIDE_LOG_LEVEL or INFO)."),
 ) -> None:
     os.umask(0o077)  # the store, tokens, logs and outputs: this user's alone (0700 folders, 0600 files)
-    overrides = {"state_dir": state_dir} if state_dir else {}
+    overrides: dict[str, object] = {"state_dir": state_dir} if state_dir else {}
+    if log_level:
+        overrides["log_level"] = log_level  # in the settings: `up` hands them to every process it starts
     ctx.obj = load_settings(**overrides)
-    setup_logging(log_level.upper())
+    logs.configure(ctx.obj.log_level, ctx.obj.log_format, service=ctx.invoked_subcommand)
     private(ctx.obj.state_dir)
+
+
+def tell(text: str) -> None:
+    """A word for the person who started a command, on stderr: a log line when the logs are JSON."""
+    if logs.is_json():
+        log.info("%s", text)
+    else:
+        err_console.print(text)
 
 
 def private(folder: Path) -> None:
@@ -79,8 +85,8 @@ def up(
     settings = with_local_token(_settings(ctx))
     lock = lock_state_dir(settings.state_dir)  # noqa: F841 - held until this process ends
     if ended := end_leftovers(settings.state_dir):
-        err_console.print(f"scantide up: ended {len(ended)} process(es) a killed scantide up left running on "
-                          f"{settings.state_dir}")
+        tell(f"scantide up: ended {len(ended)} process(es) a killed scantide up left running on "
+             f"{settings.state_dir}")
     if workers is not None:
         settings = settings.model_copy(update={"workers": workers})
     children = [Child("api", cli_argv("api")), Child("monitor", cli_argv("monitor")),
@@ -93,8 +99,8 @@ def up(
         children.append(Child("autoscaler", cli_argv("autoscaler")))
         fleet = f"autoscaler (0 to {settings.workers} workers)"
     token_at = settings.token_file if settings.token_file.exists() else "SCANTIDE_API_TOKENS"
-    err_console.print(f"scantide up: API on http://{settings.api_host}:{settings.api_port} (docs at /docs), "
-                      f"monitor, conductor, {fleet}; API token in {token_at}")
+    tell(f"scantide up: API on http://{settings.api_host}:{settings.api_port} (docs at /docs), "
+         f"monitor, conductor, {fleet}; API token in {token_at}")
     raise typer.Exit(Supervisor(settings, open_backend(settings), children).run())
 
 
@@ -110,8 +116,9 @@ def api(ctx: typer.Context, access_log: bool = typer.Option(True, help="Log each
     if not settings.api_tokens:
         err_console.print("refusing to serve the API without tokens: set SCANTIDE_API_TOKENS or use `scantide up`")
         raise typer.Exit(ExitCode.CONFIG)
+    # Our logging configuration, not uvicorn's: its error and access lines in our format, with the request id.
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, access_log=access_log,
-                log_level="info", **server_options())
+                log_config=logs.log_config(settings.log_level, settings.log_format, service="api"), **server_options())
 
 
 @app.command()
@@ -220,7 +227,10 @@ def main() -> None:
     try:
         app(prog_name="scantide")  # also names the completion variable: _SCANTIDE_COMPLETE
     except ScantideError as exc:
-        err_console.print(f"[red]{exc.code}[/red]: {escape(exc.message)}")
+        if logs.is_json():
+            log.error("command_failed code=%s message=%s", exc.code, exc.message)
+        else:
+            err_console.print(f"[red]{exc.code}[/red]: {escape(exc.message)}")
         sys.exit(exit_code(exc))
 
 

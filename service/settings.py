@@ -160,6 +160,13 @@ class Settings(BaseSettings):
                                  "state when nothing rings (production always; embedded mode is rung on each "
                                  "change), seconds.")
 
+    log_format: Literal["json", "text"] | None = Field(None, description="How every process logs to stderr: "
+                                                       "json (one object a line, with the ids of the request, "
+                                                       "task, scan or run it is about) or text (key=value, for "
+                                                       "people); unset: text on a terminal, json anywhere else.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="The least severe lines logged, every process's and the Lambda's (any case).")
+
     # Pipelines: the conductor, and the compute targets steps run on.
     conductor_poll_s: float = Field(0.2, gt=0, description="How often the conductor reads run and task changes, "
                                     "seconds.")
@@ -193,6 +200,11 @@ class Settings(BaseSettings):
         if isinstance(value, str) and "://" not in value:
             return Path(value)
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_case(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("compute_targets")
     @classmethod
