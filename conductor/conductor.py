@@ -25,6 +25,7 @@ from conductor.moves import place_inputs
 from monitor import events
 from monitor.events import Linker, local_link
 from monitor.outbox import Outbox
+from service import logs
 from service.catalog.pipeline import PipelineStep
 from service.domain import JobState, ScanRequest, TaskInfo
 from service.enqueue import submit_items
@@ -86,7 +87,8 @@ class Conductor:
             dirty.update(self.store.active_run_ids())
         for run_id in sorted(dirty):
             try:
-                self.advance(run_id)
+                with logs.bind(run_id=run_id):
+                    self.advance(run_id)
             except BackendUnavailable as exc:  # a target (or the store) is down: the sweep comes back to it
                 log.warning("run_waits run_id=%s error=%s", run_id, exc.message)
             except Exception:  # noqa: BLE001 - one broken run must not stop the others; the sweep retries it
@@ -100,20 +102,23 @@ class Conductor:
         return target == self.targets.default or self.targets[target]._backend is not None
 
     def advance(self, run_id: str) -> Run | None:
-        """Bring one run up to date; the run as saved (None: unknown run)."""
+        """Bring one run up to date; the run as saved (None: unknown run). Lines logged meanwhile, and
+        the tasks of its steps, carry the id of the request that started it."""
         for _ in range(10):
             run = self.store.get_run(run_id)
             if run is None or run.ended:
                 return run
-            changed = self._apply(run)
+            with logs.bind(run_id=run.run_id, scan_id=run.scan_id, request_id=run.request_id):
+                changed = self._apply(run)
             if not changed:
                 return run
             saved = self.store.save_run(run)
             if saved is not None:
                 if saved.ended:
                     PIPELINE_RUNS.labels(saved.pipeline, saved.state).inc()
-                    log.info("run_%s run_id=%s pipeline=%s scan_id=%s", saved.state, saved.run_id, saved.pipeline,
-                             saved.scan_id)
+                    with logs.bind(scan_id=saved.scan_id, request_id=saved.request_id):
+                        log.info("run_%s run_id=%s pipeline=%s scan_id=%s", saved.state, saved.run_id,
+                                 saved.pipeline, saved.scan_id)
                 return saved
         log.warning("run_busy run_id=%s: changed by another writer ten times in a row; next tick", run_id)
         return None
@@ -200,8 +205,9 @@ class Conductor:
         step.task_id, step.state, step.bytes_moved = outcome.task.task_id, "queued", step.bytes_moved + moved
         if outcome.created:  # a run advanced again after a crash gets its task back, not a new one
             STEPS_SUBMITTED.labels(step.compute).inc()
-        log.info("step_submitted run_id=%s step=%s task_id=%s compute=%s created=%s bytes_moved=%d", run.run_id,
-                 name, outcome.task.task_id, step.compute, outcome.created, moved)
+        with logs.bind(task_id=outcome.task.task_id):
+            log.info("step_submitted run_id=%s step=%s task_id=%s compute=%s created=%s bytes_moved=%d", run.run_id,
+                     name, outcome.task.task_id, step.compute, outcome.created, moved)
 
 
 def _step_state(task: TaskInfo) -> tuple[str, dict | None, dict | None]:

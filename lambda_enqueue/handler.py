@@ -48,6 +48,7 @@ from functools import cache
 from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
+from service import logs
 from service.backends import open_backend
 from service.backends.base import TaskBackend
 from service.domain import SCAN_ID_PATTERN, ScanRequest
@@ -156,7 +157,29 @@ def is_bad_input(exc: ScantideError) -> bool:
 
 # -- dispatch ---------------------------------------------------------------------------------
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """Lambda entry point; see the module docstring for the events and answers."""
+    """Lambda entry point; see the module docstring for the events and answers. In Lambda (a
+    ``context``) it logs JSON lines at ``SCANTIDE_LOG_LEVEL``; every line of an invocation, and every
+    task it submits, carries its request id (``invocation_request_id``)."""
+    if context is not None:
+        configure_logging()
+    with logs.bind(request_id=invocation_request_id(event, context)):
+        return dispatch(event)
+
+
+@cache
+def configure_logging() -> None:
+    logs.configure_lambda(runtime().settings.log_level)
+
+
+def invocation_request_id(event: Any, context: Any) -> str:
+    """An API Gateway request's ``X-Request-ID`` if sane, else the invocation's ``aws_request_id``."""
+    headers = event.get("headers") if isinstance(event, dict) else None
+    sent = next((v for k, v in headers.items() if str(k).lower() == "x-request-id" and isinstance(v, str)),
+                None) if isinstance(headers, dict) else None
+    return logs.request_id_from(sent, getattr(context, "aws_request_id", None))
+
+
+def dispatch(event: dict[str, Any]) -> dict[str, Any]:
     records = event.get("Records") if isinstance(event, dict) else None
     if isinstance(records, list) and records and isinstance(records[0], dict):
         source = records[0].get("eventSource")
@@ -346,7 +369,9 @@ def http_body(event: dict[str, Any], max_bytes: int) -> bytes:
 
 
 def http_response(status: int, body: dict[str, Any]) -> dict[str, Any]:
-    return {"statusCode": status, "headers": JSON_HEADERS, "body": json.dumps(body), "isBase64Encoded": False}
+    request_id = logs.current("request_id")
+    headers = {**JSON_HEADERS, "X-Request-ID": request_id} if request_id else JSON_HEADERS
+    return {"statusCode": status, "headers": headers, "body": json.dumps(body), "isBase64Encoded": False}
 
 
 # -- SQS ------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from monitor.metrics import DEGRADED, OUTBOX_PENDING
 from monitor.outbox import Outbox
 from monitor.watch import LINKS, Watcher
 from monitor.webhook import Deliverer, DeliveryPolicy
+from service import logs
 from service.backends.base import TaskBackend
 from service.doorbell import CHANGES
 from service.errors import BackendUnavailable
@@ -64,8 +65,9 @@ class MonitorDaemon:
         """Re-queue (or fail, past their attempt limit) the tasks of lost workers. In production no other
         daemon does: ClearML's own watchdog would only stop them."""
         for task in self.watcher.backend.reap_expired():
-            log.warning("lost_worker_task task=%s scan=%s now=%s attempt=%d", task.task_id, task.scan_id,
-                        task.state.value, task.attempt)
+            with logs.bind(task_id=task.task_id, scan_id=task.scan_id, request_id=task.request_id):
+                log.warning("lost_worker_task task=%s scan=%s now=%s attempt=%d", task.task_id, task.scan_id,
+                            task.state.value, task.attempt)
 
     def _set_gauges(self) -> None:
         """The outbox's gauges as they are now (a send that ended since the last tick included)."""

@@ -140,6 +140,7 @@ def scan_data(task: TaskInfo, state: JobState, *, outputs: dict | None = None, e
         "timings": _timings(task),
         "model_version": task.params.get("model_version"),
         "metadata": task.params.get("metadata") or {},
+        "request_id": task.request_id,
         **extra,
     }
 
@@ -218,7 +219,7 @@ def pipeline_outcome(run: Run, link: Linker = local_link) -> Event:
         steps[name] = entry
     data = {"run_id": run.run_id, "pipeline": run.pipeline, "version": run.version, "scan_id": run.scan_id,
             "state": run.state, "retries": run.retries, "error": run.error, "steps": steps,
-            "metadata": run.metadata}
+            "metadata": run.metadata, "request_id": run.request_id}
     return Event(event_id(run.run_id, run.state, run.retries), f"pipeline.{run.state}", f"scan:{run.scan_id}",
                  run.updated_at or run.created_at, data)
 

@@ -16,6 +16,7 @@ receiver is back, not when each event's own timer runs out.
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import random
 import threading
@@ -27,6 +28,7 @@ import httpx
 
 from monitor.metrics import WEBHOOK_DELIVERIES, WEBHOOK_LAG
 from monitor.outbox import HELD_MARK, Entry, Outbox
+from service import logs
 from service.signing import sign
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,16 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - now)
+
+
+def log_ids(body: bytes) -> dict[str, str]:
+    """The ids an event's delivery lines carry (``service.logs``): the scan, task, run and request its
+    data names."""
+    try:
+        data = json.loads(body)["data"]
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return {k: v for k in logs.CONTEXT_KEYS if isinstance(v := data.get(k), str)} if isinstance(data, dict) else {}
 
 
 def classify(status: int) -> str:
@@ -195,6 +207,10 @@ class Deliverer:
         return max(0.0, min(idle_wait_s, nxt - time.time()))
 
     def _deliver(self, entry: Entry) -> None:
+        with logs.bind(**log_ids(entry.body)):
+            self._send(entry)
+
+    def _send(self, entry: Entry) -> None:
         try:
             attempt = post(self.client, self.policy, entry)
         except Exception as exc:  # noqa: BLE001 - a bug in one send must not stop delivery

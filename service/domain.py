@@ -106,6 +106,7 @@ class TaskInfo:
     heartbeat_at: float | None = None  # the worker's last lease renewal
     history: list[dict[str, Any]] = field(default_factory=list)  # earlier runs ended before a retry:
     # {attempt, state, error, finished_at (ISO-8601)}, oldest first
+    request_id: str | None = None  # the request that submitted it (service.logs): its lines carry it
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -133,6 +134,7 @@ class SubmitItem:
     max_attempts: int | None = None  # runs before a lost worker fails the task; None: the backend's setting
     user_params: dict[str, Any] | None = None  # the request's own params, checked against the descriptor at pin
     scan_is_blob: bool = False  # the scan is an uploaded blob (POST /v1/blobs, register scope)
+    request_id: str | None = None  # the request that asked for it, kept with the task
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from service import logs
 from service.algorithms import is_blob_uri
 from service.backends.base import TaskBackend
 from service.domain import JobState, ScanRequest, Submission, SubmitItem, TaskInfo
@@ -68,7 +69,8 @@ class Enqueuer:
         return f"{self.output_root}/{algorithm}/{scan_id}"
 
     def prepare(self, request: ScanRequest) -> SubmitItem:
-        """Validate a request; raises ``InvalidRequest`` subclasses for bad input."""
+        """Validate a request; raises ``InvalidRequest`` subclasses for bad input. The item carries
+        the request id bound where it is prepared (``service.logs``), for its task to keep."""
         algorithm = request.algorithm or self.default_algorithm
         scan_uri = validate_scan_uri(request.scan_uri, data_root=self.data_root, allowed_hosts=self.allowed_hosts,
                                      resolver=self.resolver)
@@ -87,7 +89,8 @@ class Enqueuer:
             params["previous_scan_id"] = request.previous_scan_id
         return SubmitItem(algorithm=algorithm, scan_id=request.scan_id, params=params, output_uri=output_uri,
                           user_params=request.params,
-                          scan_is_blob=is_blob_uri(scan_uri, self.output_root, self.data_root))
+                          scan_is_blob=is_blob_uri(scan_uri, self.output_root, self.data_root),
+                          request_id=logs.current("request_id"))
 
 
 def pin(backend: TaskBackend, items: list[SubmitItem]) -> list[SubmitItem | ScantideError]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from service import logs
 from service.backends.base import TaskBackend
 from service.errors import ScantideError, StateDirLocked
 from service.metrics_files import fresh
@@ -159,8 +160,9 @@ class Supervisor:
     def _reap(self) -> None:
         try:
             for task in self.backend.reap_expired():
-                log.warning("lease_expired task=%s scan=%s now=%s attempt=%d", task.task_id, task.scan_id,
-                            task.state.value, task.attempt)
+                with logs.bind(task_id=task.task_id, scan_id=task.scan_id, request_id=task.request_id):
+                    log.warning("lease_expired task=%s scan=%s now=%s attempt=%d", task.task_id, task.scan_id,
+                                task.state.value, task.attempt)
         except ScantideError as exc:
             log.warning("reap_failed error=%s", exc.message)
 

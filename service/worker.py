@@ -22,6 +22,7 @@ counting the run as an attempt: the instance goes in two minutes, through no fau
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from algorithms.errors import EntryError
 from algorithms.runners import PACKAGE_ROOT
 from algorithms.runners.warm import TaskExecutor, WarmExecutor
 from algorithms.task_files import Inputs
+from service import logs
 from service.algorithms import ENTRY_POINT, pin_unversioned, unregistered
 from service.backends.base import TaskBackend
 from service.domain import TaskError, TaskInfo
@@ -221,7 +223,12 @@ class Worker:
                 self._tickets += 1
 
     def execute(self, task: TaskInfo, slot: Slot) -> None:
-        """Run one claimed task to its end and record the outcome."""
+        """Run one claimed task to its end and record the outcome; every line logged meanwhile carries
+        the task's ids and the id of the request that submitted it."""
+        with logs.bind(task_id=task.task_id, scan_id=task.scan_id, request_id=task.request_id):
+            self._execute(task, slot)
+
+    def _execute(self, task: TaskInfo, slot: Slot) -> None:
         log.info("task_started worker=%s task=%s scan=%s attempt=%d", slot.worker_id, task.task_id, task.scan_id,
                  task.attempt)
         outcome = self._run(task, slot)
@@ -381,7 +388,8 @@ class Worker:
                     stop()
                     return
 
-        watcher = threading.Thread(target=watch, name=f"watch-{task.task_id[:8]}", daemon=True)
+        watcher = threading.Thread(target=contextvars.copy_context().run, args=(watch,),  # the task's log ids
+                                   name=f"watch-{task.task_id[:8]}", daemon=True)
         watcher.start()
         try:
             outcome = run()

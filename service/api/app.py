@@ -20,6 +20,7 @@ from service.api.models import models_router
 from service.api.pipelines import pipelines_router, run_links, run_submission_body
 from service.api.ratelimit import install_rate_limit
 from service.api.rejections import rejections_router
+from service.api.request_ids import install_request_ids
 from service.api.responses import AUTH, JSON_BODY, STORE, errors, install_openapi, security
 from service.api.schemas import Health, Queues, RetriedScan, RunSubmitted, Scan, Submitted, Task
 from service.api.status import status_router
@@ -99,6 +100,7 @@ def create_app(settings: Settings, backend: TaskBackend | None = None) -> FastAP
     # Added last, so outermost: a token over its limit is answered before its body is read.
     install_rate_limit(app, settings.api_rate_limit_per_s, settings.api_rate_limit_burst)
     install_error_handlers(app)
+    install_request_ids(app)  # around everything, whatever is added after
     app.state.backend = backend
 
     # The hot path: parsed and answered by hand (pydantic's JSON parser, pre-encoded response),

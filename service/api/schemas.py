@@ -71,7 +71,7 @@ class Task(Body):
         "created_at": "2026-11-22T09:13:58.002Z", "queued_at": "2026-11-22T09:13:58.002Z",
         "started_at": "2026-11-22T09:13:58.410Z", "finished_at": "2026-11-22T09:14:03.100Z",
         "result": {"summary": {"frame_count": 144}}, "error": None, "progress": 1.0,
-        "heartbeat_at": "2026-11-22T09:14:02.900Z", "history": [],
+        "heartbeat_at": "2026-11-22T09:14:02.900Z", "history": [], "request_id": "7f3a9c0e5b1d4e2f8a6c3b9d0e1f2a3b",
         "links": {"task": "/v1/tasks/9b2e4c1f", "scan": "/v1/scans/patient-42-visit-3"}})
 
     task_id: str
@@ -92,6 +92,8 @@ class Task(Body):
     progress: float | None = Field(description="0..1 while running, as last reported.")
     heartbeat_at: str | None = Field(description=ISO)
     history: list[EndedRun]
+    request_id: str | None = Field(description="The X-Request-ID of the request that submitted the task (null: "
+                                   "submitted otherwise): every log line about the task carries it.")
     links: TaskLinks
 
 

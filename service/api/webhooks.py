@@ -66,6 +66,8 @@ class ScanData(Payload):
     timings: Timings
     model_version: str | None
     metadata: dict[str, Any] = Field(description="As submitted: opaque to scantide.")
+    request_id: str | None = Field(default=None, description="The X-Request-ID of the request that submitted it "
+                                   "(null: submitted otherwise), as every log line about it carries.")
     stall: Stall | None = Field(default=None, description="scan.stalled only.")
 
 
@@ -113,6 +115,8 @@ class PipelineData(Payload):
     error: dict[str, Any] | None = Field(description="{step, code, message, log_tail} of a failed run.")
     steps: dict[str, StepOutcome]
     metadata: dict[str, Any]
+    request_id: str | None = Field(default=None, description="The X-Request-ID of the request that submitted it "
+                                   "(null: submitted otherwise), as every log line about it carries.")
 
 
 class DegradedData(Payload):

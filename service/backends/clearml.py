@@ -185,15 +185,16 @@ class ClearMLBackend(TaskBackend):
 
     # -- submit ----------------------------------------------------------------------------
     def submit(self, algorithm: str, scan_id: str, params: dict[str, Any], output_uri: str, *,
-               max_attempts: int | None = None) -> Submission:
-        """``max_attempts``: runs before a lost worker fails the task; None: the backend's setting."""
+               max_attempts: int | None = None, request_id: str | None = None) -> Submission:
+        """``max_attempts``: runs before a lost worker fails the task; None: the backend's setting.
+        ``request_id``: the request that submitted it, kept for its logs."""
         template_doc = self._template_doc(algorithm, params.get("algorithm_version"))
         queue = template_from_doc(template_doc).queue
         tags = scan_tags(algorithm, scan_id)
         found = self._candidates(tags)
         if found:
             return Submission(task=task_info(self._settle(tags, queue, None, found)), created=False)
-        hyperparams = scan_hyperparams(template_doc, scan_id, params, output_uri, max_attempts)
+        hyperparams = scan_hyperparams(template_doc, scan_id, params, output_uri, max_attempts, request_id)
         mine = self.store.send(tasks.CloneRequest(
             task=template_doc["id"], new_task_name=f"{algorithm}/{scan_id}", new_task_tags=[SCAN_TAG, *tags],
             new_task_hyperparams=hyperparams, new_task_project=self.store.project_id()))["id"]
@@ -207,7 +208,7 @@ class ClearMLBackend(TaskBackend):
         for item in items:
             try:
                 out.append(self.submit(item.algorithm, item.scan_id, item.params, item.output_uri,
-                                       max_attempts=item.max_attempts))
+                                       max_attempts=item.max_attempts, request_id=item.request_id))
             except ScantideError as exc:
                 out.append(exc)
         return out

@@ -9,8 +9,9 @@ tagged ``scantide-scan``, ``scan:<scan_id>`` and ``alg:<algorithm>`` (the idempo
   ``scan_id``, ``scan_uri``, ``output_uri``, ``model_version``, ``metadata``). ClearML stores
   strings: other values are written as JSON with their Python type name in ``type``.
 - Section ``properties`` (ClearML's user properties): ``algorithm``, ``queue``, ``max_runtime_s``,
-  ``entry_point``; a scan task adds ``scan_id``, ``output_uri`` and, when its algorithm sets one,
-  ``max_attempts`` (runs before a lost worker fails it; else the backend's setting).
+  ``entry_point``; a scan task adds ``scan_id``, ``output_uri``, when its algorithm sets one,
+  ``max_attempts`` (runs before a lost worker fails it; else the backend's setting) and, when it
+  was submitted by a request with an id, ``request_id`` (``service.logs``).
 - Configuration item ``scantide-history`` (JSON): the runs that ended with a lost worker before the
   task was queued again, oldest first, ``{attempt, state, error: {code, message, log_tail},
   finished_at}``; written before ``tasks.reset``, which deletes the run's console log.
@@ -110,13 +111,15 @@ def template_from_doc(doc: dict) -> Template:
 
 
 def scan_hyperparams(template_doc: dict, scan_id: str, params: dict[str, Any], output_uri: str,
-                     max_attempts: int | None = None) -> dict:
+                     max_attempts: int | None = None, request_id: str | None = None) -> dict:
     """The template's sections with the scan's parameters merged into ``Args``."""
     hyper = dict(template_doc.get("hyperparams") or {})
     hyper[ARGS] = {**(hyper.get(ARGS) or {}), **encode_section(ARGS, params)}
     props: dict[str, Any] = {"scan_id": scan_id, "output_uri": output_uri}
     if max_attempts is not None:
         props["max_attempts"] = max_attempts
+    if request_id:
+        props["request_id"] = request_id
     hyper[PROPERTIES] = {**(hyper.get(PROPERTIES) or {}), **encode_section(PROPERTIES, props)}
     return hyper
 
@@ -209,6 +212,7 @@ def task_info(doc: dict) -> TaskInfo:
         error=error,
         progress=_progress(runtime.get("progress")),
         heartbeat_at=_float(runtime.get("heartbeat_at")) or seconds(doc.get("last_worker_report")),
+        request_id=props.get("request_id") or None,
     )
 
 

@@ -140,10 +140,10 @@ class EmbeddedBackend(TaskBackend):
                 task_id = new_task_id()
                 row = db.execute(
                     "INSERT INTO tasks (id, algorithm, scan_id, queue, state, params, output_uri, created_at,"
-                    " queued_at, max_attempts) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"
+                    " queued_at, max_attempts, request_id) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)"
                     f" ON CONFLICT (scan_id, algorithm) DO NOTHING RETURNING {TASK_COLUMNS}",
                     (task_id, item.algorithm, item.scan_id, item.queue or template.queue, encoded, item.output_uri,
-                     now, now, item.max_attempts),
+                     now, now, item.max_attempts, item.request_id),
                 ).fetchone()
                 if row is not None:
                     _record(db, task_id, JobState.queued, 0, now)

@@ -10,7 +10,7 @@ from service.domain import JobState, TaskError, TaskInfo, Template
 
 # Bump SCHEMA_VERSION with every schema change and add the statements that upgrade the previous
 # version to MIGRATIONS[new version]; SCHEMA always holds the newest schema in full.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MODEL_TABLES = """
 CREATE TABLE IF NOT EXISTS models (
     algorithm TEXT NOT NULL, version TEXT NOT NULL, uri TEXT NOT NULL, sha256 TEXT NOT NULL,
@@ -46,6 +46,8 @@ MIGRATIONS: dict[int, list[str]] = {
     # the retry (attempt_base), which the attempt limit does not count.
     5: ["ALTER TABLE tasks ADD COLUMN history TEXT",
         "ALTER TABLE tasks ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0"],
+    # v6: the id of the request that submitted the task, which the logs of its run carry.
+    6: ["ALTER TABLE tasks ADD COLUMN request_id TEXT"],
 }
 
 SCHEMA = """
@@ -59,7 +61,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempt INTEGER NOT NULL DEFAULT 0, worker_id TEXT, lease_until REAL,
     created_at REAL NOT NULL, queued_at REAL, started_at REAL, finished_at REAL,
     result TEXT, error TEXT, progress REAL, heartbeat_at REAL, max_attempts INTEGER, history TEXT,
-    attempt_base INTEGER NOT NULL DEFAULT 0,
+    attempt_base INTEGER NOT NULL DEFAULT 0, request_id TEXT,
     UNIQUE (scan_id, algorithm)  -- the idempotency key, and the index for lookups by scan
 );
 CREATE INDEX IF NOT EXISTS tasks_by_queue ON tasks (queue, state, queued_at);
@@ -77,7 +79,7 @@ CREATE TABLE IF NOT EXISTS workers (
 
 TASK_COLUMNS = (
     "id, algorithm, scan_id, queue, state, params, output_uri, attempt, worker_id, "
-    "created_at, queued_at, started_at, finished_at, result, error, progress, heartbeat_at, history"
+    "created_at, queued_at, started_at, finished_at, result, error, progress, heartbeat_at, history, request_id"
 )
 
 
@@ -116,4 +118,5 @@ def task_from_row(row: sqlite3.Row) -> TaskInfo:
         progress=row["progress"],
         heartbeat_at=row["heartbeat_at"],
         history=json.loads(row["history"]) if row["history"] else [],
+        request_id=row["request_id"],
     )

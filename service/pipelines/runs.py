@@ -13,6 +13,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
+from service import logs
 from service.catalog.pipeline import SCAN_INPUT, PipelineDescriptor, PipelineStep, check_references, param_problems
 from service.domain import ScanRequest
 from service.enqueue import check_scan
@@ -107,7 +108,7 @@ def start_run(store: PipelineStore, targets: Targets, request: ScanRequest) -> t
             check_scan(found.spec, scan_uri)
         steps[step.name] = StepRun(algorithm=step.algorithm, version=found.version, compute=compute)
     run = Run(run_id=new_run_id(), pipeline=pv.name, version=pv.version, scan_id=request.scan_id, scan_uri=scan_uri,
-              metadata=request.metadata or {}, steps=steps)
+              metadata=request.metadata or {}, steps=steps, request_id=logs.current("request_id"))
     return store.create_run(run)
 
 

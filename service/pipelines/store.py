@@ -92,6 +92,7 @@ class Run:
     created_at: float = 0.0
     updated_at: float = 0.0
     seq: int = 0
+    request_id: str | None = None  # the request that started it: its steps' tasks keep it (service.logs)
 
     @property
     def ended(self) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from monitor import events
-from service.domain import JobState, TaskError, TaskInfo, Template
+from service.domain import JobState, SubmitItem, TaskError, TaskInfo, Template
 from service.errors import LeaseLost, TaskNotFound, TaskNotRetryable, UnknownAlgorithm
 from tests.backends.conftest import ALGO, QUEUE, Store
 from tests.conftest import wait_for
@@ -47,6 +47,20 @@ def test_submit_is_idempotent(store: Store) -> None:
     assert b.get_task(first.task.task_id).params == first.task.params
     assert [(c.task_id, c.state) for c in all_changes(store)] == [(first.task.task_id, JobState.queued)]
     assert b.queue_stats(QUEUE).pending == 1
+
+
+def test_a_task_keeps_the_request_id_it_was_submitted_with(store: Store) -> None:
+    b = store.backend
+    items = [SubmitItem(ALGO, s, {"scan_id": s}, f"/out/{s}", request_id=r) for s, r in (("r-1", "req-1"),
+                                                                                          ("r-2", None))]
+    first, second = b.submit_many(items)
+    again = b.submit_many([SubmitItem(ALGO, "r-1", {"scan_id": "r-1"}, "/out/r-1", request_id="req-9")])[0]
+    assert (first.task.request_id, second.task.request_id, again.task.request_id) == ("req-1", None, "req-1")
+    assert b.get_task(first.task.task_id).request_id == "req-1"
+    claimed = b.claim(QUEUE, "w1", lease_s=30)
+    assert claimed is not None and claimed.request_id == "req-1"
+    assert {c.task_id: c.task.request_id for c in all_changes(store)} == {first.task.task_id: "req-1",
+                                                                          second.task.task_id: None}
 
 
 def test_unknown_algorithm_is_refused_naming_the_known_ones(store: Store) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from conductor.conductor import Conductor
 from monitor.outbox import Outbox
+from service import logs
 from service.backends.base import TaskBackend
 from service.domain import ScanRequest
 from service.pipelines.runs import start_run
@@ -105,3 +108,19 @@ def test_a_target_that_is_down_holds_up_no_run_of_the_others(conductor: Conducto
     conductor.tick()
     assert conductor.store.get_run(run.run_id).steps["stats"].state == "queued"
     assert conductor.outbox.get("conductor:changes_cursor:cloud") is None
+
+
+def test_a_runs_steps_keep_the_id_of_the_request_that_started_it(conductor: Conductor, data_root,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    (data_root / "scan.mp4").write_bytes(b"x")
+    with logs.bind(request_id="req-run-1"):
+        run, _ = start_run(conductor.store, conductor.targets, ScanRequest(scan_id="a", scan_uri="scan.mp4",
+                                                                           pipeline="triage"))
+    caplog.handler.addFilter(logs.ContextFilter())
+    with caplog.at_level(logging.INFO, logger="conductor.conductor"):
+        conductor.tick()
+    step = conductor.store.get_run(run.run_id).steps["stats"]
+    assert conductor.targets["local"].backend.get_task(step.task_id).request_id == "req-run-1"
+    [line] = [r for r in caplog.records if r.getMessage().startswith("step_submitted ")]
+    assert line.scantide_ids == {"request_id": "req-run-1", "run_id": run.run_id, "scan_id": "a",
+                                 "task_id": step.task_id}
