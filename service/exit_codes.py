@@ -2,8 +2,8 @@
 
 A project error (``ScantideError``) that ends a command maps to its code by what it means, read
 from its HTTP ``status`` so that errors defined above ``service`` (EC2, storage, the conductor)
-map without being listed here. docs/cli.md's tables are this module's ``markdown`` (a test keeps
-them equal); ``python -m service.exit_codes`` prints them.
+map without being listed here. docs/cli.md's two tables are written by
+``python -m service.exit_codes --write docs/cli.md`` (a test keeps them current).
 """
 
 from __future__ import annotations
@@ -81,17 +81,32 @@ def error_classes() -> list[type[ScantideError]]:
     return out
 
 
-def markdown(classes: list[type[ScantideError]]) -> str:
-    """docs/cli.md's two tables: each exit code with its meaning, then each error code of ``classes``
-    with the exit code it ends a command with."""
+def exit_table() -> str:
+    """Each exit code with its name and meaning, as a markdown table."""
     lines = ["| exit | name | meaning |", "|---|---|---|"]
     lines += [f"| {c.value} | `{c.name.lower()}` | {MEANING[c]} |" for c in ExitCode]
+    return "\n".join(lines) + "\n"
+
+
+def error_table(classes: list[type[ScantideError]]) -> str:
+    """Each error code of ``classes`` with the exit code it ends a command with, as a markdown table."""
     codes: dict[str, ExitCode] = {}
     for cls in classes:
         codes.setdefault(cls.code, exit_code_of(cls))
-    lines += ["", "| error code | exit |", "|---|---|"]
+    lines = ["| error code | exit |", "|---|---|"]
     lines += [f"| `{code}` | {codes[code].value} (`{codes[code].name.lower()}`) |" for code in sorted(codes)]
     return "\n".join(lines) + "\n"
+
+
+def with_tables(doc: str, classes: list[type[ScantideError]]) -> str:
+    """``doc`` (docs/cli.md) with the text between its ``exit-codes`` and ``error-codes`` markers
+    replaced by the tables."""
+    for name, table in (("exit-codes", exit_table()), ("error-codes", error_table(classes))):
+        start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
+        head, _, rest = doc.partition(start)
+        _, _, tail = rest.partition(end)
+        doc = f"{head}{start}{table}{end}{tail}"
+    return doc
 
 
 def documented_classes() -> list[type[ScantideError]]:
@@ -106,4 +121,11 @@ def documented_classes() -> list[type[ScantideError]]:
 
 
 if __name__ == "__main__":
-    print(markdown(documented_classes()), end="")
+    import sys
+    from pathlib import Path
+
+    if sys.argv[1:2] == ["--write"]:  # python -m service.exit_codes --write docs/cli.md
+        path = Path(sys.argv[2])
+        path.write_text(with_tables(path.read_text(), documented_classes()))
+    else:
+        print(exit_table() + "\n" + error_table(documented_classes()), end="")
