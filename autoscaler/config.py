@@ -74,7 +74,11 @@ class ResourcesSpec:
     measured in (``slot_resources`` reads it)."""
 
     slots: Annotated[int, Field(ge=1, le=MAX_SLOTS)] = Resources.slots
+    """Tasks one instance runs at once (its workers register as ``<instance id>:<k>``)."""
     slot_profile: str | None = None
+    """For more than one slot, the throughput measured per slot count (``python benchmarks/throughput.py``
+    writes it; relative to the project root); unset: ``benchmarks/results/throughput.json``. Never assumed:
+    a missing file or entry is an error."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,9 @@ class PoolSpec(PoolConfig):
     slots, plus ``endpoint_url``)."""
 
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)  # type: ignore[assignment]
+    """What one instance runs at once."""
     ec2: dict[str, Any] | None = None
+    """The EC2 provider's launch settings: required with provider = "ec2", refused otherwise."""
 
 
 class FileSpec(BaseModel):
@@ -93,16 +99,23 @@ class FileSpec(BaseModel):
 
     model_config = STRICT  # reaches the dataclasses inside
 
-    tick_s: float | None = Field(None, gt=0)  # default: SCANTIDE_AUTOSCALER_TICK_S, else 15 s
+    tick_s: float | None = Field(None, gt=0)
+    """How often the autoscaler decides, seconds; unset: ``SCANTIDE_AUTOSCALER_TICK_S``, else 15."""
     provider: Literal["local", "ec2"] = "local"
+    """Where instances come from: worker processes on this machine, or EC2."""
     pools: tuple[PoolSpec, ...] = ()
+    """The pools, one table each; at least one."""
 
 
-class _Ec2Table(BaseModel):
+class Ec2Table(BaseModel):
+    """``[pools.ec2]`` with the pool's queue and slots: ``Ec2PoolSpec``, plus the endpoint."""
+
     model_config = STRICT
 
     spec: Ec2PoolSpec
     endpoint_url: str | None = None
+    """The EC2 API's endpoint (a moto server in tests); unset: AWS's own for the region. Every pool of one
+    file names the same region and endpoint."""
 
 
 def load_config(settings: Settings) -> AutoscalerConfig:
@@ -166,7 +179,7 @@ def _provider_table(provider: str, pool: PoolSpec, at: Loc, problems: _Problems)
     if "endpoint_url" in table:
         data["endpoint_url"] = data["spec"].pop("endpoint_url")
     try:
-        _Ec2Table.model_validate_json(json.dumps(data, default=str))
+        Ec2Table.model_validate_json(json.dumps(data, default=str))
     except ValidationError as exc:
         problems.add_validation(exc, lambda _: [*(k for k in _keys(Ec2PoolSpec, ()) if k not in EC2_FROM_POOL),
                                                 "endpoint_url"],

@@ -59,9 +59,13 @@ class InstanceOption:
     """One way to get capacity; a pool lists them in order of preference."""
 
     instance_type: str
+    """The EC2 instance type (``g5.xlarge``); a label for a local process."""
     market: Market = Market.spot
+    """``spot`` or ``on_demand``. Spot instances are one-time requests: never stopped into the warm pool."""
     price_per_hour: float = 1.0
+    """What one instance bills, US dollars an hour: the cost cap and the policy's costs count it."""
     subnet: str | None = None
+    """Launch this option in this subnet only; unset: the pool's ``subnets``, in order."""
 
     @property
     def stoppable(self) -> bool:
@@ -72,9 +76,14 @@ class InstanceOption:
 
 @dataclass(frozen=True)
 class WarmPoolConfig:
+    """Stopped, initialised instances a pool starts instead of booting new ones (``[pools.warm_pool]``)."""
+
     enabled: bool = False
-    max_size: int = 4  # stopped instances kept at most
+    """Keep a warm pool; it fills with the pool's first on_demand option, which it needs."""
+    max_size: int = 4
+    """Stopped instances kept at most; those beyond are terminated."""
     min_size: int = 0
+    """Stopped instances kept at least: below it, instances are launched, initialised and stopped."""
 
 
 @dataclass(frozen=True)
@@ -102,26 +111,48 @@ class Resources:
 
 @dataclass(frozen=True)
 class PoolConfig:
+    """One pool of instances serving one queue (a ``[[pools]]`` table); attribute docstrings are the
+    configuration reference's descriptions (``autoscaler.config_reference``)."""
+
     name: str
+    """The pool's name, and its instances' ``scantide:pool`` tag."""
     queue: str
+    """The queue its workers serve."""
     options: tuple[InstanceOption, ...]
+    """Ways to get an instance, in order of preference: the first is launched, the next ones are the
+    fallback when capacity or the cost cap refuses it."""
     min_instances: int = 0
+    """Never fewer running."""
     max_instances: int = 10
-    max_cost_per_hour: float | None = None  # the running fleet's price stays under this
-    boot_timeout_s: float = 600.0  # a worker that has not registered by then is terminated
-    lost_after_s: float = 120.0  # a worker silent this long is terminated
-    expected_service_s: float = 60.0  # prior for one task's run time alone on an instance, until measured
-    expected_boot_s: float = 180.0  # how long a cold boot takes, as the policy assumes it
-    idle_policy: str = "breakeven"  # "breakeven" or "fixed"
-    idle_timeout_s: float = 900.0  # for idle_policy="fixed", and the breakeven ceiling
+    """Never more running or booting."""
+    max_cost_per_hour: float | None = None
+    """The running fleet's price stays under this, US dollars an hour, each instance at the price of the
+    option it launched with; unset: no cap."""
+    boot_timeout_s: float = 600.0
+    """An instance whose worker has not registered by then is terminated, seconds."""
+    lost_after_s: float = 120.0
+    """An instance whose worker is silent this long is terminated, seconds."""
+    expected_service_s: float = 60.0
+    """Prior for one task's run time alone on an instance, until measured, seconds."""
+    expected_boot_s: float = 180.0
+    """How long a cold boot takes, as the policy assumes it, seconds."""
+    idle_policy: str = "breakeven"
+    """``breakeven`` (keep an idle instance while the replacements it saves are worth more than its
+    idling) or ``fixed`` (drain it after ``idle_timeout_s``)."""
+    idle_timeout_s: float = 900.0
+    """The fixed policy's timeout, and the longest the break-even keeps an instance idle, seconds."""
     warm_pool: WarmPoolConfig = field(default_factory=WarmPoolConfig)
-    expected_start_s: float = 60.0  # prior for a warm start (stopped → worker registered), seconds
-    # What one scan waiting an hour costs, $: the break-even weighs an idle instance's price
-    # against the boot it saves plus the wait it saves at this price, and scale-out adds an
-    # instance only when the waiting it saves at this price pays for its boot.
+    """Stopped instances to start instead of booting; off by default."""
+    expected_start_s: float = 60.0
+    """Prior for a warm start (stopped → worker registered), seconds."""
     wait_cost_per_hour: float = 1.0
-    arrival_window_s: float = 600.0  # time constant of the daemon's arrival-rate smoothing, seconds
-    resources: Resources = field(default_factory=Resources)  # slots per instance and their slowdown
+    """What one scan waiting an hour costs, $: the break-even weighs an idle instance's price against
+    the boot it saves plus the wait it saves at this price, and scale-out adds an instance only when
+    the waiting it saves at this price pays for its boot."""
+    arrival_window_s: float = 600.0
+    """Time constant of the daemon's arrival-rate smoothing, seconds."""
+    resources: Resources = field(default_factory=Resources)
+    """Slots per instance and their slowdown."""
 
     @property
     def slots(self) -> int:

@@ -63,18 +63,20 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True,
                                       hide_input_in_errors=True)
 
-    backend: Literal["embedded", "clearml"] = "embedded"
+    backend: Literal["embedded", "clearml"] = Field("embedded", description="The task store: embedded (SQLite in "
+                                                    "the state dir, local workers) or clearml (a ClearML server).")
     state_dir: Path = Field(Path(".scantide"), description="SQLite store, tokens and logs (embedded).")
     data_root: Path | None = Field(None, description="Local scans must live under it; default <state_dir>/data.")
     output_root: Path | str | None = Field(
         None, description="Where outputs go: a local path, or a URL prefix such as s3://bucket/outputs; "
         "default <state_dir>/outputs.")
 
-    default_algorithm: str = "video_summary"
-    default_queue: str = "default"
+    default_algorithm: str = Field("video_summary", description="The algorithm a request that names none runs.")
+    default_queue: str = Field("default", description="Embedded mode's one local queue (every algorithm's, unless "
+                               "algorithm_queues maps it), which `scantide up` and `scantide worker` serve.")
 
-    api_host: str = "127.0.0.1"
-    api_port: int = 8700
+    api_host: str = Field("127.0.0.1", description="The address the API listens on.")
+    api_port: int = Field(8700, ge=1, le=65535, description="The port the API listens on.")
     api_tokens: dict[Secret, list[str]] = Field(
         default_factory=dict,
         description='Bearer tokens and their scopes, e.g. {"s3cr3t": ["enqueue", "read"]}. '

@@ -21,30 +21,38 @@ _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 
 @dataclass(frozen=True)
 class Ec2PoolSpec:
-    """How to launch one pool's instances.
-
-    subnets: tried in order (one per AZ gives capacity fallback across zones), unless an option
-    pins its own. ssm_prefix: SSM Parameter Store path holding ``CLEARML_API_HOST``,
-    ``CLEARML_API_ACCESS_KEY`` and ``CLEARML_API_SECRET_KEY``, readable by the instance profile.
-    volume_size_gb: root volume in GiB (gp3, encrypted), None for the AMI's default.
-    root_device_name: the AMI's root device (``/dev/sda1`` on Ubuntu, ``/dev/xvda`` on AL2023).
-    slots: clearml-agent daemons the instance runs (the pool's ``resources.slots``; ``from_config``
-    fills it, like ``queue``), each taking one task at a time.
-    """
+    """How to launch one pool's instances (``[pools.ec2]``, less ``queue`` and ``slots``, which
+    ``from_config`` fills from the pool); attribute docstrings are the configuration reference's."""
 
     ami: str
+    """The image instances boot: clearml-agent and the worker's dependencies installed."""
     subnets: Sequence[str]
+    """Tried in order (one per AZ gives capacity fallback across zones), unless an option pins its own."""
     security_group_ids: Sequence[str]
+    """The instances' security groups."""
     queue: str
+    """The queue its agents serve: the pool's."""
     region: str
+    """The AWS region, e.g. ``eu-west-1``; one for every pool of a file."""
     ssm_prefix: str
+    """SSM Parameter Store path holding ``CLEARML_API_HOST``, ``CLEARML_API_ACCESS_KEY`` and
+    ``CLEARML_API_SECRET_KEY``, readable by the instance profile (the boot script fetches them; no
+    secret is in the user data)."""
     instance_profile_arn: str | None = None
+    """The instance profile, by ARN; give this or ``instance_profile_name``."""
     instance_profile_name: str | None = None
+    """The instance profile, by name; give this or ``instance_profile_arn``."""
     key_name: str | None = None
+    """An EC2 key pair for SSH; unset: none."""
     extra_tags: Mapping[str, str] = field(default_factory=dict)
+    """More tags on each instance (not ``Name``, ``scantide:*`` or ``aws:*``)."""
     volume_size_gb: int | None = 100
+    """Root volume in GiB (gp3, encrypted), at least 8."""
     root_device_name: str = "/dev/sda1"
+    """The AMI's root device (``/dev/sda1`` on Ubuntu, ``/dev/xvda`` on AL2023)."""
     slots: int = 1
+    """clearml-agent daemons the instance runs (the pool's ``resources.slots``), each taking one task at a
+    time."""
 
     def __post_init__(self) -> None:
         # Accept lists from callers but keep the spec immutable.

@@ -12,6 +12,7 @@ import pytest
 from autoscaler.config import load_config, parse_config
 from autoscaler.model import InstanceOption, PoolConfig
 from service.errors import ConfigError
+from service.exit_codes import ExitCode
 from service.settings import load_settings
 from service.supervisor import cli_argv
 from service.toml_lines import dotted, key_lines, line_of
@@ -128,7 +129,7 @@ def test_the_autoscaler_command_refuses_the_file_before_its_first_tick(tmp_path:
     path.write_text(POOL.replace("boot_timeout_s = 600", 'boot_timeout_s = "600"'))
     env = {**os.environ, "SCANTIDE_STATE_DIR": str(tmp_path / "state"), "SCANTIDE_AUTOSCALER_CONFIG": str(path)}
     done = subprocess.run(cli_argv("autoscaler", "--once"), env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
+    assert done.returncode == ExitCode.CONFIG
     assert f"{path}:7: pools[0].boot_timeout_s: Input should be a valid number" in done.stderr
 
 
