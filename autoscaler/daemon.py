@@ -38,9 +38,14 @@ from autoscaler.model import (
     instance_of,
 )
 from autoscaler.providers.base import CapacityError, ComputeProvider, ProviderInstance
-from service.domain import QueueStats, WorkerInfo
+from service.domain import QueueStats, TaskInfo, WorkerInfo
+from service.errors import ScantideError
 
 log = logging.getLogger(__name__)
+
+RATE_WARMUP_S = 600.0  # see _rate
+HOURLY_WINDOW_S = 3600.0  # the slow rate's time constant: Erlang sizing wants a rate steadier than a scale-out's
+RECENT_WAITS_S = 3600.0  # the snapshot carries the waits of the tasks that started this long ago at most
 
 Policy = Callable[[Snapshot, float, dict[str, PoolConfig]], list[Action]]
 
@@ -49,6 +54,8 @@ class QueueView(Protocol):
     """What the autoscaler reads from the task store; ``TaskBackend`` satisfies it."""
 
     def queue_stats(self, queue: str) -> QueueStats: ...
+
+    def get_task(self, task_id: str) -> TaskInfo: ...  # its queued_at and started_at give its wait
 
     def workers(self, queue: str | None = None) -> list[WorkerInfo]: ...
 
@@ -99,13 +106,34 @@ class _PoolMemory:
     last_enqueued: int | None = None
     last_at: float | None = None
     # Weighted by the time between ticks; starts at 0 so a first busy tick does not read as a
-    # sustained rate.
+    # sustained rate (``_rate`` takes the start out once RATE_WARMUP_S have passed).
     arrival_rate: _Ewma = field(default_factory=lambda: _Ewma(value=0.0))
+    hourly_rate: _Ewma = field(default_factory=lambda: _Ewma(value=0.0))  # the same over HOURLY_WINDOW_S
+    rate_since: float | None = None  # the first tick that measured arrivals
     service: _Ewma = field(default_factory=_Ewma)  # one task's run time on a slot, seconds
+    service_sq: _Ewma = field(default_factory=_Ewma)  # its square, for the variance
+    last_pending: int | None = None
+    last_arrival_at: float | None = None  # the tick that last saw the queue's count grow
+    waits: deque[tuple[float, float]] = field(default_factory=deque)  # (first seen running, wait s), oldest first
     running_since: dict[str, float] = field(default_factory=dict)  # task held by a slot → first seen, unix s
     launches_in_flight: int = 0
     launches_in_flight_price: float = 0.0  # $/h they will bill, at the option each is trying now
     interrupted: set[str] = field(default_factory=set)  # instances journaled as taken back by the provider
+
+
+def _rate(mem: _PoolMemory, smoothed: _Ewma, now: float, window_s: float) -> float:
+    """A smoothed arrival rate, arrivals/s. The smoothing starts from 0: divided by the weight it has
+    given to what it measured so far (at least RATE_WARMUP_S of it), it is the mean rate of that,
+    so a daemon just started (or restarted) does not read a busy queue as a quiet one for a window."""
+    if mem.rate_since is None or not smoothed.value:
+        return 0.0
+    measured_s = max(now - mem.rate_since, min(RATE_WARMUP_S, window_s))
+    return smoothed.value / (1 - math.exp(-measured_s / window_s))
+
+
+def _cv2(mem: _PoolMemory) -> float | None:
+    mean, sq = mem.service.value, mem.service_sq.value
+    return None if not mean or sq is None else max(0.0, sq / mean ** 2 - 1.0)
 
 
 class Autoscaler:
@@ -144,9 +172,12 @@ class Autoscaler:
             in_flight, in_flight_price = mem.launches_in_flight, mem.launches_in_flight_price
         return PoolSnapshot(
             pool=pool.name, pending=stats.pending, running=stats.running,
-            oldest_queued_age_s=stats.oldest_queued_age_s, arrival_rate_per_s=mem.arrival_rate.value or 0.0,
+            oldest_queued_age_s=stats.oldest_queued_age_s, arrival_rate_per_s=_rate(mem, mem.arrival_rate, now, pool.arrival_window_s),
+            hourly_arrival_rate_per_s=_rate(mem, mem.hourly_rate, now, HOURLY_WINDOW_S),
             instances=instances, launches_in_flight=in_flight, launches_in_flight_price=in_flight_price,
-            service_time_s=mem.service.value,
+            service_time_s=mem.service.value, service_time_cv2=_cv2(mem),
+            recent_waits_s=tuple(w for _, w in mem.waits),
+            quiet_s=None if mem.last_arrival_at is None else now - mem.last_arrival_at,
         )
 
     def _note_interruptions(self, pool: PoolConfig, mem: _PoolMemory, listed: list[ProviderInstance],
@@ -191,19 +222,44 @@ class Autoscaler:
 
     def _learn(self, mem: _PoolMemory, stats: QueueStats, instances: tuple[Instance, ...], now: float,
                window_s: float) -> None:
+        # A task's run time on its slot: from the tick that first saw it held to the first that did not.
+        held = {t for inst in instances if inst.state in (InstanceState.busy, InstanceState.draining)
+                for t in inst.task_ids}
+        for task, since in sorted(mem.running_since.items()):  # in one order: the means do not depend on hashing
+            if task not in held:
+                mem.service.add(now - since)
+                mem.service_sq.add((now - since) ** 2)
+        started = sorted(t for t in held if t not in mem.running_since)
+        mem.running_since = {t: mem.running_since.get(t, now) for t in sorted(held)}
+        self._learn_waits(mem, started, now)
+        # Arrivals: the growth of the queue's enqueued count; where the store does not keep one
+        # (ClearML), the tasks that started plus the growth of the queue.
         total = stats.enqueued_total
+        if total is None and mem.last_pending is not None:
+            total = (mem.last_enqueued or 0) + max(0, len(started) + stats.pending - mem.last_pending)
         if total is not None and mem.last_enqueued is not None and mem.last_at is not None and now > mem.last_at:
             dt = now - mem.last_at
             # smoothed over a time constant, not a number of ticks, so the rate means the same at any tick
             mem.arrival_rate.add(max(0, total - mem.last_enqueued) / dt, alpha=1 - math.exp(-dt / window_s))
-        mem.last_enqueued, mem.last_at = total, now
-        # A task's run time on its slot: from the tick that first saw it held to the first that did not.
-        held = {t for inst in instances if inst.state in (InstanceState.busy, InstanceState.draining)
-                for t in inst.task_ids}
-        for task, since in mem.running_since.items():
-            if task not in held:
-                mem.service.add(now - since)
-        mem.running_since = {t: mem.running_since.get(t, now) for t in held}
+            mem.hourly_rate.add(max(0, total - mem.last_enqueued) / dt, alpha=1 - math.exp(-dt / HOURLY_WINDOW_S))
+            mem.rate_since = mem.last_at if mem.rate_since is None else mem.rate_since
+            if total > mem.last_enqueued:
+                mem.last_arrival_at = now
+        mem.last_enqueued, mem.last_at, mem.last_pending = total, now, stats.pending
+
+    def _learn_waits(self, mem: _PoolMemory, started: list[str], now: float) -> None:
+        """The queue wait of each task first seen running, from the store's queued and started times;
+        kept for ``RECENT_WAITS_S``."""
+        for task_id in started:
+            try:
+                task = self.queues.get_task(task_id)
+            except ScantideError as exc:  # gone, or the store is away: one wait less, never a failed tick
+                log.debug("autoscaler_wait_unknown task=%s error=%s", task_id, exc.message)
+                continue
+            if task.queued_at is not None and task.started_at is not None:
+                mem.waits.append((now, max(0.0, task.started_at - task.queued_at)))
+        while mem.waits and mem.waits[0][0] < now - RECENT_WAITS_S:
+            mem.waits.popleft()
 
     # -- act -------------------------------------------------------------------------------
     def tick(self) -> list[Action]:

@@ -145,10 +145,9 @@ class PoolConfig:
     """Stopped instances to start instead of booting; off by default."""
     expected_start_s: float = 60.0
     """Prior for a warm start (stopped → worker registered), seconds."""
-    wait_cost_per_hour: float = 1.0
-    """What one scan waiting an hour costs, $: the break-even weighs an idle instance's price against
-    the boot it saves plus the wait it saves at this price, and scale-out adds an instance only when
-    the waiting it saves at this price pays for its boot."""
+    p95_wait_target_s: float = 300.0
+    """The wait target, seconds: the policy keeps the 95th percentile of queue waits (enqueued →
+    started) at or under it, at the least cost (``autoscaler.policy``)."""
     arrival_window_s: float = 600.0
     """Time constant of the daemon's arrival-rate smoothing, seconds."""
     resources: Resources = field(default_factory=Resources)
@@ -166,8 +165,11 @@ class PoolConfig:
             raise ValueError(f"pool {self.name!r}: need 0 <= min_instances <= max_instances")
         if self.idle_policy not in ("breakeven", "fixed"):
             raise ValueError(f"pool {self.name!r}: idle_policy must be 'breakeven' or 'fixed'")
-        if self.arrival_window_s <= 0 or self.wait_cost_per_hour < 0:
-            raise ValueError(f"pool {self.name!r}: need arrival_window_s > 0 and wait_cost_per_hour >= 0")
+        if self.arrival_window_s <= 0:
+            raise ValueError(f"pool {self.name!r}: need arrival_window_s > 0")
+        if not (isinstance(self.p95_wait_target_s, (int, float)) and 0 <= self.p95_wait_target_s < float("inf")):
+            raise ValueError(f"pool {self.name!r}: p95_wait_target_s must be a number of seconds >= 0, "
+                             f"got {self.p95_wait_target_s!r}")
 
 
 @dataclass(frozen=True)
@@ -203,13 +205,18 @@ class PoolSnapshot:
     pending: int  # tasks queued
     running: int  # tasks running
     oldest_queued_age_s: float
-    arrival_rate_per_s: float  # recent arrivals, smoothed
+    arrival_rate_per_s: float  # recent arrivals per second, smoothed over the pool's arrival_window_s
     instances: tuple[Instance, ...]
     launches_in_flight: int = 0  # launch calls made but not yet visible in the provider's list
     # $/h those launches will bill, at the option each is trying now (a fallback's, not the first
     # option's); None: at the pool's first option
     launches_in_flight_price: float | None = None
     service_time_s: float | None = None  # measured mean run time of recent tasks
+    service_time_cv2: float | None = None  # their squared coefficient of variation (variance / mean²)
+    # queue waits (enqueued → started), seconds, of the tasks that started in the last hour
+    recent_waits_s: tuple[float, ...] = ()
+    hourly_arrival_rate_per_s: float | None = None  # the same smoothed over an hour (None: unknown)
+    quiet_s: float | None = None  # seconds since the daemon last saw a task arrive (None: not since it started)
 
     def in_state(self, *states: InstanceState) -> list[Instance]:
         return [i for i in self.instances if i.state in states]

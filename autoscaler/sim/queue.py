@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from autoscaler.model import slot_worker_ids
 from autoscaler.sim.clock import EventLoop
-from service.domain import QueueStats, WorkerInfo
+from service.domain import JobState, QueueStats, TaskInfo, WorkerInfo
+from service.errors import TaskNotFound
 
 
 @dataclass
@@ -69,6 +70,7 @@ class SimQueue:
         self.enqueued_total = 0
         self.interrupted = 0  # tasks given back because their instance went away while running them
         self.finished = 0
+        self._tasks: dict[str, SimTask] = {}  # by task id, as workers report it
         self._workers: dict[str, _Worker] = {}
         self._rng = random.Random(f"{seed}:dispatch")
         self._on_change = on_change
@@ -89,6 +91,17 @@ class SimQueue:
                            last_seen=self.loop.now, idle_since=w.idle_since, draining=w.draining)
                 for w in self._workers.values()]
 
+    def get_task(self, task_id: str) -> TaskInfo:
+        """What the daemon reads of a task: its queue and started times (the arrival, and the last start)."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        state = (JobState.completed if task.finished_at is not None else
+                 JobState.running if task.started_at is not None else JobState.queued)
+        return TaskInfo(task_id=task_id, algorithm="sim", scan_id=task_id, queue=self.queue, state=state, params={},
+                        output_uri="", queued_at=task.arrival_s, started_at=task.started_at,
+                        finished_at=task.finished_at)
+
     def request_drain(self, worker_id: str) -> None:
         if worker_id in self._workers:
             self._workers[worker_id].draining = True
@@ -97,6 +110,7 @@ class SimQueue:
     def submit(self, task: SimTask) -> None:
         self.pending.append(task)
         self.enqueued_total += 1
+        self._tasks[f"t{task.index}"] = task
         self._dispatch()
 
     def register(self, instance_id: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from autoscaler.model import (
     WarmPoolConfig,
     slot_worker_ids,
 )
-from autoscaler.policy import decide
+from autoscaler.policy import decide, pool_state
 
 NOW = 100_000.0
 OPTION = InstanceOption("g5.xlarge", Market.on_demand, price_per_hour=1.0)  # stoppable: the warm pool takes it
@@ -49,10 +50,11 @@ def busy(iid: str) -> Instance:
 
 
 def snap(*instances: Instance, pending: int = 0, rate_per_h: float = 0.0, in_flight: int = 0,
-         oldest: float = 0.0) -> Snapshot:
+         oldest: float = 0.0, **measured: Any) -> Snapshot:
+    """``measured``: the snapshot's measurements (``service_time_s``, ``recent_waits_s``, …)."""
     ps = PoolSnapshot(pool="gpu", pending=pending, running=sum(len(i.task_ids) for i in instances),
                       oldest_queued_age_s=oldest, arrival_rate_per_s=rate_per_h * PER_HOUR,
-                      instances=tuple(instances), launches_in_flight=in_flight)
+                      instances=tuple(instances), launches_in_flight=in_flight, **measured)
     return Snapshot(now=NOW, pools={"gpu": ps})
 
 
@@ -85,7 +87,7 @@ def of(actions: list[Action], kind: type) -> list[Action]:
 # -- scale out ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("case, snapshot, pool, expect", [
     ("activation: one job at zero", snap(pending=1), POOL, 1),
-    ("activation at zero even at a zero wait price", snap(pending=1), replace(POOL, wait_cost_per_hour=0.0), 1),
+    ("activation at zero even with a loose target", snap(pending=1), replace(POOL, p95_wait_target_s=3600.0), 1),
     ("a booting instance covers one job", snap(inst("b", InstanceState.booting, launched=30), pending=1), POOL, 0),
     ("a launch in flight covers one job", snap(pending=1, in_flight=1), POOL, 0),
     ("an idle worker covers one job", snap(inst("i", InstanceState.idle), pending=1), POOL, 0),
@@ -133,12 +135,14 @@ def test_idle_break_even(case: str, rate_per_h: float, pool: PoolConfig, drained
 
 
 @pytest.mark.parametrize("case, rate_per_h, drained", [
-    # one busy, one idle: an arrival that finds the busy one busy would wait ~service_s / 2 for it,
-    # which at 60/h is worth less than the idle one's price; at 600/h it is worth more
-    ("beside a busy one, waiting for it is cheaper than idling", 60.0, True),
-    ("beside a busy one, frequent arrivals keep it", 600.0, False),
+    # one busy, one idle, 60 s tasks: at 30/h the busy one keeps up and an arrival that finds it busy
+    # waits ~120 s on average (Erlang C, exponential prior), within the 300 s target; at 120/h one
+    # instance cannot keep up, so such arrivals would need a replacement, and they are frequent
+    ("beside a busy one, waiting for it stays within the target", 30.0, True),
+    ("beside a busy one that cannot keep up, frequent arrivals keep it", 120.0, False),
 ])
-def test_a_second_instance_is_worth_the_wait_it_saves_not_a_boot(case: str, rate_per_h: float, drained: bool) -> None:
+def test_a_second_instance_is_kept_only_when_waiting_for_the_first_would_pass_the_target(
+        case: str, rate_per_h: float, drained: bool) -> None:
     actions = run(snap(busy("a"), inst("i", InstanceState.idle, since=30), rate_per_h=rate_per_h))
     assert [a.instance_id for a in of(actions, Drain)] == (["i"] if drained else []), case
 
@@ -231,7 +235,7 @@ def test_warm_pool_above_max_size_is_trimmed() -> None:
 def test_warm_pool_drains_idle_sooner_than_cold() -> None:
     """A warm start is cheap to come back from, so the break-even keeps idle instances for less."""
     idle = inst("i", InstanceState.idle, since=30)
-    rate = 12.0
+    rate = 24.0  # an arrival every 150 s: less than a cold boot's billing (~200 s), more than a warm start's
     assert not of(run(snap(idle, rate_per_h=rate), POOL), Drain)
     assert of(run(snap(idle, rate_per_h=rate), WARM), Drain)
 
@@ -292,14 +296,14 @@ def test_booting_instances_and_launches_in_flight_bring_all_their_slots() -> Non
 
 
 @pytest.mark.parametrize("slots, slowdown, drained", [
-    (1, None, False),  # at 150/h the second instance saves enough waiting
-    (2, None, True),  # two slots at 1.2x: the first instance's second slot takes most of those arrivals
-    (2, 2.0, False),  # two slots at 2x serve no more than one: the second instance is worth keeping again
+    (1, None, False),  # at 80/h one instance of one slot cannot keep up: the second is worth keeping
+    (2, None, True),  # two slots at 1.2x keep up, and waits for them stay within the target
+    (2, 2.0, False),  # two slots at 2x serve less than one: the second instance is worth keeping again
 ])
 def test_the_break_even_weighs_instances_of_slots(slots: int, slowdown: float | None, drained: bool) -> None:
     busy_one = inst("a", InstanceState.busy, slots=slots, tasks=tuple(f"t{k}" for k in range(slots)))
     idle_one = inst("i", InstanceState.idle, since=30, slots=slots)
-    actions = run(snap(busy_one, idle_one, rate_per_h=150.0), slotted(POOL, slots, slowdown))
+    actions = run(snap(busy_one, idle_one, rate_per_h=80.0), slotted(POOL, slots, slowdown))
     assert bool(of(actions, Drain)) is drained
 
 
@@ -329,3 +333,87 @@ def test_the_warm_pool_holds_instances_not_slots() -> None:
         actions = run(snap(*drained, rate_per_h=30.0), slotted(pool, slots))
         stopped.append(sum(len(a.instance_ids) for a in of(actions, Stop)))
     assert stopped[1] == -(-stopped[0] // 2) and stopped[1] < stopped[0]
+
+
+# -- the wait target: p95_wait_target_s ----------------------------------------------------------
+# 80 scans/h of 80 s tasks, as the daemon measures them (uniform 40-120 s: cv² 1/12). Erlang C with the
+# Allen-Cunneen factor (1 + cv²) / 2 = 0.54: three instances wait ~68 s at the 95th percentile, four
+# ~18 s; a cold boot (180 s) is no help for a 60 s target, and is for a 600 s one.
+MEDIUM = dict(rate_per_h=80.0, service_time_s=80.0, service_time_cv2=1 / 12)
+TIGHT, LOOSE = replace(POOL, p95_wait_target_s=60.0), replace(POOL, p95_wait_target_s=600.0)
+
+
+@pytest.mark.parametrize("case, pool, launches", [
+    ("a tight target holds the Erlang C count warm", TIGHT, 4),
+    ("a target a cold boot meets holds nothing", LOOSE, 0),
+    ("a looser tight target holds fewer", replace(POOL, p95_wait_target_s=75.0), 3),
+])
+def test_the_warm_floor_is_sized_by_erlang_c(case: str, pool: PoolConfig, launches: int) -> None:
+    actions = run(snap(**MEDIUM), pool)
+    assert launched(actions) == launches, case
+    assert all("warm floor of" in a.reason for a in of(actions, Launch))
+
+
+def test_the_warm_floor_counts_instances_up_and_keeps_them_idle() -> None:
+    up = [busy("a"), inst("b", InstanceState.booting, launched=30), *(inst(f"i{k}", InstanceState.idle, since=60)
+                                                                      for k in range(2))]
+    assert run(snap(*up, **MEDIUM), TIGHT) == []  # four up: nothing launched, nothing drained
+    assert [a.instance_id for a in of(run(snap(*up, **MEDIUM), LOOSE), Drain)] == ["i0", "i1"]
+
+
+def test_the_floor_outlasts_the_idle_timeout() -> None:
+    """An instance the target needs is not drained for idling past idle_timeout_s, which only bounds
+    what the break-even keeps."""
+    idle = inst("i", InstanceState.idle, since=5000)
+    assert not of(run(snap(idle, rate_per_h=2.0, service_time_s=80.0), TIGHT), Drain)
+    assert of(run(snap(idle, rate_per_h=2.0, service_time_s=80.0), LOOSE), Drain)
+
+
+def test_slots_count_as_servers_of_the_floor() -> None:
+    """Erlang C counts servers: with two slots, each task 1.2x as long (96 s, as measured on a slot), the
+    target needs four servers as with one slot, so two instances."""
+    assert launched(run(snap(**{**MEDIUM, "service_time_s": 96.0}), slotted(TIGHT, 2))) == 2
+
+
+def test_a_last_hour_over_the_target_holds_one_more() -> None:
+    over = tuple([10.0] * 90 + [120.0] * 10)  # p95 120 s against a 60 s target
+    under = tuple([10.0] * 100)
+    assert launched(run(snap(**MEDIUM, recent_waits_s=over), TIGHT)) == 5
+    assert launched(run(snap(**MEDIUM, recent_waits_s=under), TIGHT)) == 4
+    assert launched(run(snap(**MEDIUM, recent_waits_s=over[:10]), TIGHT)) == 4  # too few waits to say
+
+
+def test_a_long_silence_bounds_the_rate() -> None:
+    """The smoothed rate outlives the arrivals: after an hour without one, 80/h is not believed (at
+    most 3/h, which one instance serves within the target)."""
+    idle = [inst(f"i{k}", InstanceState.idle, since=60) for k in range(4)]
+    assert len(of(run(snap(*idle, **MEDIUM, quiet_s=3600.0), TIGHT), Drain)) == 3
+    assert not of(run(snap(*idle, **MEDIUM, quiet_s=60.0), TIGHT), Drain)
+
+
+@pytest.mark.parametrize("case, pool, launches", [
+    ("two 60 s tasks behind a busy one start within 300 s", POOL, 0),
+    ("a 60 s target cannot wait for them", replace(POOL, p95_wait_target_s=60.0, expected_boot_s=30.0), 1),
+])
+def test_a_backlog_waits_as_long_as_the_target_allows(case: str, pool: PoolConfig, launches: int) -> None:
+    assert launched(run(snap(busy("a"), pending=2, oldest=10), pool)) == launches, case
+
+
+def test_a_backlog_already_past_the_target_gets_capacity_sooner_than_it_frees() -> None:
+    """Long tasks: the queued ones will start late whatever is done, but not a half-hour task later."""
+    s = snap(busy("a"), pending=2, oldest=900, service_time_s=1800.0)
+    assert launched(run(s, POOL)) >= 1
+    assert launched(run(snap(busy("a"), pending=2, oldest=900, service_time_s=90.0), POOL)) == 0
+
+
+@pytest.mark.parametrize("case, snapshot, pool, state", [
+    ("nothing up, nothing queued", snap(), POOL, "at zero"),
+    ("a task at zero", snap(pending=1), POOL, "scaling out (+1)"),
+    ("four held for the target", snap(*[inst(f"i{k}", InstanceState.idle, since=60) for k in range(4)], **MEDIUM),
+     TIGHT, "holding 4 warm for the target"),
+    ("an idle instance not worth its price", snap(inst("i", InstanceState.idle, since=60)), POOL, "draining 1"),
+    ("busy, nothing to add", snap(busy("a"), rate_per_h=10.0), POOL, "serving with 1"),
+])
+def test_the_pool_state_says_what_the_policy_does(case: str, snapshot: Snapshot, pool: PoolConfig,
+                                                  state: str) -> None:
+    assert pool_state(snapshot.pools["gpu"], NOW, pool) == state, case

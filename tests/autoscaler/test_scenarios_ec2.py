@@ -147,7 +147,7 @@ class TrackingExecutor(ThreadPoolExecutor):
 def make_pool(*options: InstanceOption, **overrides: Any) -> PoolConfig:
     fields: dict[str, Any] = dict(name=POOL, queue=QUEUE, options=options or (SPOT, ON_DEMAND), max_instances=4,
                                   boot_timeout_s=LONG_S, lost_after_s=LONG_S, idle_timeout_s=300.0,
-                                  wait_cost_per_hour=1.0)
+                                  p95_wait_target_s=300.0)
     return PoolConfig(**{**fields, **overrides})
 
 
@@ -482,6 +482,9 @@ class RacyQueue:
 
     def workers(self, queue: str | None = None) -> list[WorkerInfo]:
         return self.backend.workers(queue)
+
+    def get_task(self, task_id: str) -> Any:
+        return self.backend.get_task(task_id)
 
     def request_drain(self, worker_id: str) -> None:
         self.before_drain(worker_id)

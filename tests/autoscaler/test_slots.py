@@ -227,6 +227,9 @@ class ClaimBeforeDrain:
     def workers(self, queue: str | None = None) -> Any:
         return self.store.workers(queue)
 
+    def get_task(self, task_id: str) -> Any:
+        return self.store.get_task(task_id)
+
     def request_drain(self, worker_id: str) -> None:
         if worker_id == self.racer and not self.claimed:
             submit(self.store, 99)
