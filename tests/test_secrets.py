@@ -91,8 +91,9 @@ def test_an_unparsable_environment_value_is_a_config_error_without_it(monkeypatc
 
 @pytest.mark.slow
 def test_a_real_run_prints_and_logs_no_secret(tmp_path: Path) -> None:
-    """`scantide up`, one scan to a signed webhook, a refused token, `scantide status`, then a grep of
-    everything printed and every file under the state dir for each secret value."""
+    """`scantide up`, one scan to a signed webhook, a refused token, `scantide status` and `fleet`, the
+    status API and page, then a grep of everything printed and every file under the state dir for each
+    secret value."""
     with Receiver(WEBHOOK_SECRET) as receiver:
         settings = secret_settings(tmp_path, webhook_url=receiver.url, workers=1)
         assert settings.data_root is not None
@@ -110,10 +111,10 @@ def test_a_real_run_prints_and_logs_no_secret(tmp_path: Path) -> None:
                 assert http.post("/v1/scans", json={"scan_id": "s1", "scan_uri": "s1.mp4"}).status_code == 202
                 wait_for(lambda: any(e["type"] == "scan.completed" for e, _ in receiver.events), timeout_s=120,
                          interval_s=0.3, what="scan.completed at the webhook")
-                printed = [http.get("/v1/scans/s1").text, http.get("/metrics").text]
+                printed = [http.get(path).text for path in ("/v1/scans/s1", "/v1/status", "/status", "/metrics")]
             refused = httpx.get(f"{base}/v1/scans/s1", headers={"Authorization": f"Bearer {API_TOKEN}x"})
             assert refused.status_code == 401
-            for command in (("status",), ("fleet",)):
+            for command in (("status",), ("status", "--json"), ("fleet",)):
                 done = subprocess.run(cli_argv(*command), env=env, capture_output=True, text=True, timeout=60)
                 assert done.returncode == 0, done.stderr
                 printed += [done.stdout, done.stderr]
