@@ -177,7 +177,8 @@ class Settings(BaseSettings):
                               "(clearml).")
     compute_targets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="More compute targets for "
                                                        "pipeline steps: name -> settings that differ from these, e.g. "
-                                                       '{"cloud": {"backend": "clearml", "output_root": "s3://b/out"}}.')
+                                                       '{"cloud": {"backend": "clearml", "output_root": "s3://b/out"}}; '
+                                                       "never a secret (those are the deployment's own).")
     default_compute: str = Field("", description="Where a step without compute runs; default this deployment's own.")
     pipeline_prefixes: dict[str, str] = Field(default_factory=dict, description="The Lambda's routing of S3 keys to "
                                               'pipelines by key prefix, e.g. {"uploads/triage/": "triage"}; the '
