@@ -13,6 +13,7 @@ from rich.table import Table
 
 from service.cli_json import JSON, print_json
 from service.domain import iso
+from service.exit_codes import ExitCode
 
 console = Console()
 events_app = typer.Typer(help="Webhook events: list, retry dead letters, replay a scan.", no_args_is_help=True)
@@ -96,5 +97,5 @@ def replay(ctx: typer.Context, scan_id: str = typer.Argument(..., help="Scan who
     n = _outbox(ctx).replay(scan_id)
     if n == 0:
         console.print(f"no delivered or dead events for scan {scan_id!r}")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
     console.print(f"{n} event(s) of scan {scan_id} queued for delivery again")

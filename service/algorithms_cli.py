@@ -21,6 +21,7 @@ from service.algorithms import AlgorithmVersion, check_runner, register_folder
 from service.bundles import descriptor_of, folder_files
 from service.cli_json import JSON, print_json
 from service.errors import AlgorithmNotFound, InvalidDescriptor, ScantideError
+from service.exit_codes import ExitCode
 
 console = Console()
 algorithms_app = typer.Typer(help="Algorithms: validate a folder, register it, list and show versions.",
@@ -48,7 +49,7 @@ def validate_cmd(ctx: typer.Context, path: Path = typer.Argument(..., help="The 
             console.print(f"[red]{escape(str(path))} is not a valid algorithm ({exc.code}):[/red]")
             for error in errors:
                 console.print(f"  {escape(error)}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(ExitCode.FAILED) from None
     if as_json:
         print_json(dict[str, Any], {"valid": True, "descriptor": descriptor.to_dict()})
     else:

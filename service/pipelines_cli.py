@@ -15,6 +15,7 @@ from rich.table import Table
 
 from service.cli_json import JSON, print_json
 from service.errors import InvalidDescriptor, PipelineNotFound, RunNotFound, ScantideError
+from service.exit_codes import ExitCode
 
 console = Console()
 pipelines_app = typer.Typer(help="Pipelines: validate a descriptor, register it, list and show versions.",
@@ -78,7 +79,7 @@ def validate_cmd(ctx: typer.Context, path: Path = typer.Argument(..., help="The 
             console.print(f"[red]{escape(str(path))} is not a valid pipeline ({exc.code}):[/red]")
             for error in errors:
                 console.print(f"  {escape(error)}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(ExitCode.FAILED) from None
     if as_json:
         print_json(dict[str, Any], {"valid": True, "descriptor": pipeline.to_dict()})
     else:
