@@ -153,7 +153,7 @@ def rollback_cmd(ctx: typer.Context, algorithm: str = typer.Argument(...), by: s
 
 @models_app.command("show")
 def show_cmd(ctx: typer.Context, algorithm: str = typer.Argument(...), as_json: bool = JSON) -> None:
-    """One algorithm's versions, the promoted one, and its audit trail (as ``GET /v1/models/ALGORITHM``)."""
+    """One algorithm's versions, the promoted one, and its audit trail (as GET /v1/models/ALGORITHM)."""
     if as_json:
         from service.api.schemas import ModelRegistry
         from service.models import registry
