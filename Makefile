@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench chaos clean
+.PHONY: demo test bench chaos sim-goals clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 chaos: $(STAMP)
 	SCANTIDE_CHAOS_SCANS=200 $(PY) -m pytest -q -m chaos -s
+
+sim-goals: $(STAMP)
+	SCANTIDE_SIM_GOALS=1 $(PY) -m pytest -q -m sim_goals tests/autoscaler/test_simulate.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/enqueue.py

@@ -39,6 +39,7 @@ READY_MARGIN_S = 30.0
 # rate is taken to be at most that, so the fleet winds down when arrivals stop, not a smoothing later.
 QUIET_ARRIVALS = 3.0
 HOUR_S = 3600.0
+RISE_SD = 2.0  # see Estimates.of
 MIN_WAITS = 20  # observed waits before their p95 corrects the model
 HOLD_SHARE = 1.0  # see Estimates.floor
 KEEP_SD = 1.0  # see Estimates.floor
@@ -73,6 +74,8 @@ class Estimates:
         bound = QUIET_ARRIVALS / ps.quiet_s if ps.quiet_s else math.inf
         rate = min(max(0.0, ps.arrival_rate_per_s), bound)
         hourly = rate if ps.hourly_arrival_rate_per_s is None else min(max(0.0, ps.hourly_arrival_rate_per_s), bound)
+        # the hourly rate lags a rise: the recent rate replaces it when clearly above it
+        hourly = max(hourly, rate - RISE_SD * math.sqrt(rate / (2 * pool.arrival_window_s)))
         # an exponential smoothing over τ of a Poisson stream weighs about 2τ of it
         return cls(rate=rate, hourly_rate=hourly, hourly_rate_sd=math.sqrt(hourly / (2 * HOUR_S)),
                    service_s=ps.service_time_s or prior_s,

@@ -1,4 +1,5 @@
-"""The PNG: tasks queued and instances billed over time, one line per policy.
+"""The PNGs: tasks queued and instances billed over time, one line per policy; and a sweep's
+cost/p95 frontier.
 
 matplotlib is imported here only, when a plot is asked for.
 """
@@ -6,8 +7,12 @@ matplotlib is imported here only, when a plot is asked for.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoscaler.sim.world import RunResult
+
+if TYPE_CHECKING:
+    from autoscaler.simulate import Sweep
 
 
 def plot_runs(runs: list[RunResult], path: Path, title: str = "") -> None:
@@ -32,6 +37,33 @@ def plot_runs(runs: list[RunResult], path: Path, title: str = "") -> None:
     ax_q.legend(loc="upper right")
     if title:
         ax_q.set_title(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_frontier(sweep: Sweep, path: Path) -> None:
+    """Cost against p95 wait: the default policy at each target (labelled), the baseline's point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
+    xs = [max(p.ours.p95_wait_s, 1.0) for p in sweep.points]  # a log axis has no 0
+    ys = [p.ours.cost_usd for p in sweep.points]
+    label = "default" + (" + warm pool" if sweep.warm_pool else "")
+    ax.plot(xs, ys, marker="o", label=f"{label}, by p95 target")
+    for p, x, y in zip(sweep.points, xs, ys):
+        ax.annotate(f"{p.label} s" if p.label != "baseline" else "target = ClearML's p95", (x, y),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.plot([max(sweep.baseline.p95_wait_s, 1.0)], [sweep.baseline.cost_usd], marker="s", linestyle="",
+            color="tab:red", label="clearml")
+    ax.set_xscale("log")
+    ax.set_xlabel("p95 queue wait, s")
+    ax.set_ylabel("GPU cost, $")
+    ax.set_title(f"{sweep.trace.name} (seed {sweep.seed}): cost against p95 wait")
+    ax.legend(loc="upper right")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from autoscaler.sim.reference import Reference
 from autoscaler.sim.world import RunResult
 
 
@@ -72,8 +73,11 @@ def rows(summaries: list[Summary]) -> list[tuple[str, ...]]:
              f"{s.p50_wait_s:.0f}", f"{s.p95_wait_s:.0f}", f"{s.max_wait_s:.0f}") for s in summaries]
 
 
-def json_record(trace: str, seed: int, ours: Summary, baseline: Summary | None) -> dict[str, Any]:
-    """The one-line result: ``ours`` against the baseline (ratios are null without one)."""
+def json_record(trace: str, seed: int, ours: Summary, baseline: Summary | None,
+                reference: Reference | None = None) -> dict[str, Any]:
+    """The one-line result: ``ours`` against the baseline (ratios are null without one) and against the
+    stationary Erlang reference of its wait target (``p95_target_s``, ``erlang_reference_ratio``:
+    GPU-seconds over the reference's; ``p95_target_infeasible``: why no policy can meet it, or null)."""
 
     def ratio(a: float, b: float) -> float | None:
         return round(a / b, 4) if b else None
@@ -92,4 +96,7 @@ def json_record(trace: str, seed: int, ours: Summary, baseline: Summary | None) 
         "baseline_cost_over_busy": round(baseline.cost_over_busy, 3) if baseline else None,
         "cost_usd": round(ours.cost_usd, 2), "storage_usd": round(ours.storage_usd, 3), "baseline_cost_usd": round(baseline.cost_usd, 2) if baseline else None,
         "unfinished": ours.unfinished, "interruptions": ours.interruptions,
+        "p95_target_s": round(reference.target_s, 1) if reference else None,
+        "erlang_reference_ratio": ratio(ours.billed_s, reference.billed_s) if reference else None,
+        "p95_target_infeasible": reference.infeasible if reference else None,
     }
