@@ -48,18 +48,25 @@ def fleet(ctx: typer.Context, decisions: int = typer.Option(15, help="Recent dec
     import time
 
     from autoscaler.runner import build
+    from autoscaler.status import daemon_targets, fleet_path, target_record
     from service.backends import open_backend
 
     settings = ctx.obj
     built = build(settings, open_backend(settings))
     snapshot = built.autoscaler.observe(time.time())
+    # the waits and the rate are the running daemon's measurements: this process has just started
+    targets = daemon_targets(fleet_path(settings), snapshot.now, max_age_s=max(60.0, 4 * built.config.tick_s))
     if as_json:
         from autoscaler.fleet_report import FleetReport, fleet_report
 
         journal = built.autoscaler.journal.tail(decisions)
-        print_json(FleetReport, fleet_report(snapshot, built.autoscaler.pools, journal))
+        print_json(FleetReport, fleet_report(snapshot, built.autoscaler.pools, journal, targets))
         return
     for name, pool in snapshot.pools.items():
+        t = (targets or {}).get(name) or target_record(pool, built.autoscaler.pools[name], snapshot.now)
+        measured = ("no running autoscaler to measure it" if targets is None else
+                    f"{t['p95_wait_s_last_hour']:.0f}s over {t['waits_last_hour']} waits"
+                    if t["p95_wait_s_last_hour"] is not None else "no task started")
         table = Table(title=f"pool {name}: {pool.pending} queued, {pool.running} running, "
                             f"oldest queued {pool.oldest_queued_age_s:.0f}s")
         # Ids are what an operator acts on: never cut short, even on a narrow or non-terminal output.
@@ -72,6 +79,8 @@ def fleet(ctx: typer.Context, decisions: int = typer.Option(15, help="Recent dec
                           f"{i.option.price_per_hour:.2f}", f"{snapshot.now - i.state_since:.0f}s",
                           f"{len(i.task_ids)}/{i.slots}", ", ".join(i.task_ids))
         console.print(table)
+        console.print(f"p95 wait target {t['p95_wait_target_s']:.0f}s, last hour: {measured}; {t['state']}",
+                      soft_wrap=True)
     table = Table(title="recent decisions")
     for col in ("at", "pool", "decision", "reason", "detail"):
         table.add_column(col)

@@ -22,6 +22,14 @@ class PoolReport(FleetPool):
     pending: int = Field(description="Tasks queued on the pool's queue.")
     running: int
     oldest_queued_age_s: float = Field(description="Seconds; 0 when nothing is queued.")
+    p95_wait_target_s: float = Field(description="The pool's wait target: the p95 of queue waits, seconds.")
+    p95_wait_s_last_hour: float | None = Field(description="The p95 of the queue waits of the tasks that started "
+                                                           "in the last hour, as the running autoscaler measured "
+                                                           "them; null without any (or without a running "
+                                                           "autoscaler).")
+    waits_last_hour: int = Field(description="How many waits that p95 is of.")
+    state: str = Field(description="What the policy is doing with the pool: scaling out (+n), draining n, holding "
+                                   "n warm for the target, serving with n, or at zero.")
 
 
 class Decision(BaseModel):
@@ -45,13 +53,18 @@ class FleetReport(BaseModel):
     decisions: list[Decision] = Field(description="The most recent, oldest first.")
 
 
-def fleet_report(snapshot: Snapshot, pools: dict[str, PoolConfig], journal: list[dict[str, Any]]) -> FleetReport:
-    status = fleet_status(fleet_record(snapshot, pools), snapshot.now)
+def fleet_report(snapshot: Snapshot, pools: dict[str, PoolConfig], journal: list[dict[str, Any]],
+                 targets: dict[str, dict[str, Any]] | None = None) -> FleetReport:
+    """``targets``: each pool's ``status.target_record`` as the running daemon wrote it (``daemon_targets``);
+    a pool without one is measured from ``snapshot``."""
+    record = fleet_record(snapshot, pools)
+    status = fleet_status(record, snapshot.now)
     reports = []
-    for pool in status.pools:
+    for pool, raw in zip(status.pools, record["pools"]):
         seen = snapshot.pools[pool.pool]
+        target = (targets or {}).get(pool.pool) or raw.get("target") or {}
         reports.append(PoolReport(**pool.model_dump(), pending=seen.pending, running=seen.running,
-                                  oldest_queued_age_s=round(seen.oldest_queued_age_s, 1)))
+                                  oldest_queued_age_s=round(seen.oldest_queued_age_s, 1), **target))
     return FleetReport(observed_at=iso(snapshot.now) or "", cost_per_hour=status.cost_per_hour, pools=reports,
                        decisions=[decision(entry) for entry in journal])
 

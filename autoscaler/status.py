@@ -7,8 +7,11 @@ the ``fleet`` entry point of ``scantide.status``). Where the API does not share 
 dir (production on several machines), the section says the file is missing.
 
 The file: ``{"at": unix s, "pools": [{"pool", "queue", "launches_in_flight", "instances": [{"id",
-"state", "instance_type", "market", "price_per_hour", "state_since", "slots", "task_ids"}]}]}``,
-rewritten whole each tick.
+"state", "instance_type", "market", "price_per_hour", "state_since", "slots", "task_ids"}],
+"target": {"p95_wait_target_s", "p95_wait_s_last_hour", "waits_last_hour", "state"}}]}``, rewritten
+whole each tick. ``target`` is the wait target and what the daemon measured against it (the p95 of
+the waits of the tasks that started in the last hour, null without any) and the policy's state
+(``policy.pool_state``); ``scantide fleet`` shows it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from autoscaler.model import InstanceState, PoolConfig, Snapshot
+from autoscaler.model import InstanceState, PoolConfig, PoolSnapshot, Snapshot
 from service.backends.base import TaskBackend
 from service.domain import iso
 from service.settings import Settings
@@ -43,8 +46,32 @@ def fleet_record(snapshot: Snapshot, pools: dict[str, PoolConfig]) -> dict[str, 
          "instances": [{"id": i.id, "state": i.state.value, "instance_type": i.option.instance_type,
                         "market": i.option.market.value, "price_per_hour": i.option.price_per_hour,
                         "state_since": i.state_since, "slots": i.slots, "task_ids": list(i.task_ids)}
-                       for i in p.instances]}
+                       for i in p.instances],
+         **({"target": target_record(p, pools[name], snapshot.now)} if name in pools else {})}
         for name, p in snapshot.pools.items()]}
+
+
+def target_record(ps: PoolSnapshot, pool: PoolConfig, now: float) -> dict[str, Any]:
+    """The pool's wait target, the p95 of the last hour's waits against it, and the policy's state."""
+    from autoscaler.policy import pool_state
+    from autoscaler.sizing import quantile
+
+    waits = ps.recent_waits_s
+    return {"p95_wait_target_s": pool.p95_wait_target_s,
+            "p95_wait_s_last_hour": round(quantile(waits, 0.95), 1) if waits else None,
+            "waits_last_hour": len(waits), "state": pool_state(ps, now, pool)}
+
+
+def daemon_targets(path: Path, now: float, max_age_s: float) -> dict[str, dict[str, Any]] | None:
+    """Each pool's ``target`` as the running daemon last wrote it, when the file is at most ``max_age_s``
+    old; None when it is missing, unreadable or older (no daemon is ticking)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or now - float(record.get("at", 0.0)) > max_age_s:
+        return None
+    return {p["pool"]: p["target"] for p in record.get("pools", []) if "target" in p}
 
 
 def write_fleet(path: Path, snapshot: Snapshot, pools: dict[str, PoolConfig]) -> None:
