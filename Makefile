@@ -5,13 +5,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench chaos sim-goals clean
+.PHONY: demo test docs bench chaos sim-goals clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[algorithms,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[algorithms,dev,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The documentation site (mkdocs.yml) into site/; --strict: a broken link or anchor fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 chaos: $(STAMP)
 	SCANTIDE_CHAOS_SCANS=200 $(PY) -m pytest -q -m chaos -s
@@ -30,4 +34,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/enqueue.py
 
 clean:
-	rm -rf $(VENV) .scantide
+	rm -rf $(VENV) .scantide site
