@@ -1,6 +1,6 @@
-"""The README's links resolve, and the documentation site builds with
-``mkdocs build --strict`` (which fails on a broken link or anchor between the pages of docs/, and on
-a page left out of the navigation)."""
+"""The README's links resolve, no module cites a design document outside the project, and the
+documentation site builds with ``mkdocs build --strict`` (which fails on a broken link or anchor
+between the pages of docs/, and on a page left out of the navigation)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,13 @@ def test_every_relative_link_of_the_readme_resolves() -> None:
     assert not broken, broken
 
 
+def test_no_module_cites_a_design_document_outside_the_project() -> None:
+    citing = [str(p.relative_to(ROOT)) for top in ("service", "algorithms", "autoscaler", "monitor", "conductor",
+                                                     "lambda_enqueue", "scantide", "tests", "benchmarks")
+              for p in (ROOT / top).rglob("*.py") if "DESIGN.md" in p.read_text() and p != Path(__file__)]
+    assert not citing, f"cite docs/architecture.md instead: {citing}"
+
+
 def test_the_site_builds_with_strict_links(tmp_path: Path) -> None:
     if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
         skip_or_fail("mkdocs-material is not installed (the docs extra: pip install -e '.[docs]')")
@@ -57,4 +64,4 @@ def test_the_site_builds_with_strict_links(tmp_path: Path) -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
-    assert (tmp_path / "site" / "index.html").exists()
+    assert (tmp_path / "site" / "architecture" / "index.html").exists()

@@ -1,7 +1,7 @@
 """ClearML task backend: templates, tasks, queues and workers live on a ClearML server
-(DESIGN.md, production mode). The ``clearml`` SDK does every call (``clearml_client``); how our
-objects look there is in ``clearml_tasks``; the agent side, which lets ``scantide worker`` stand in
-for a ``clearml-agent``, is ``clearml_agent``.
+(production mode, docs/architecture.md#modes). The ``clearml`` SDK does every call
+(``clearml_client``); how our objects look there is in ``clearml_tasks``; the agent side, which
+lets ``scantide worker`` stand in for a ``clearml-agent``, is ``clearml_agent``.
 
 Submit is idempotent on ``(algorithm, scan_id)`` without a transaction: ClearML has none, and a
 task's id is the server's. Tasks tagged ``scan:<scan_id>`` and ``alg:<algorithm>`` are the

@@ -24,9 +24,9 @@ tagged ``scantide-scan``, ``scan:<scan_id>`` and ``alg:<algorithm>`` (the idempo
 - Script (``script``, ``container``): how a stock agent runs the task, ``python -m
   algorithms.entry`` (the template's entry point) in the worker image or a checkout of the repository.
 
-States (DESIGN.md): created/queued → queued, in_progress → running, completed/published/closed →
-completed only with a result artifact (else failed, ``no_result``: an agent killed by SIGTERM
-marks its task completed), failed → failed, stopped → stopped.
+States (docs/architecture.md#task-states): created/queued → queued, in_progress → running,
+completed/published/closed → completed only with a result artifact (else failed, ``no_result``: an
+agent killed by SIGTERM marks its task completed), failed → failed, stopped → stopped.
 
 Attempt: ClearML keeps no run counter. The runtime property ``attempt`` counts runs: the stand-in
 agent's claim writes it with its own run counted (and ``worker``); a re-queue after a lost worker

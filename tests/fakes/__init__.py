@@ -1,1 +1,1 @@
-"""Sanctioned stand-ins for services that cannot run here (see DESIGN.md, Testing)."""
+"""Sanctioned stand-ins for services that cannot run here (see docs/architecture.md#testing)."""
