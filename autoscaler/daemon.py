@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from autoscaler.model import (
+    HOURLY_WINDOW_S,
     Action,
     Drain,
     Instance,
@@ -44,7 +45,6 @@ from service.errors import ScantideError
 log = logging.getLogger(__name__)
 
 RATE_WARMUP_S = 600.0  # see _rate
-HOURLY_WINDOW_S = 3600.0  # the slow rate's time constant: Erlang sizing wants a rate steadier than a scale-out's
 RECENT_WAITS_S = 3600.0  # the snapshot carries the waits of the tasks that started this long ago at most
 
 Policy = Callable[[Snapshot, float, dict[str, PoolConfig]], list[Action]]
@@ -108,7 +108,8 @@ class _PoolMemory:
     # Weighted by the time between ticks; starts at 0 so a first busy tick does not read as a
     # sustained rate (``_rate`` takes the start out once RATE_WARMUP_S have passed).
     arrival_rate: _Ewma = field(default_factory=lambda: _Ewma(value=0.0))
-    hourly_rate: _Ewma = field(default_factory=lambda: _Ewma(value=0.0))  # the same over HOURLY_WINDOW_S
+    # the same over HOURLY_WINDOW_S: Erlang sizing wants a rate steadier than a scale-out's
+    hourly_rate: _Ewma = field(default_factory=lambda: _Ewma(value=0.0))
     rate_since: float | None = None  # the first tick that measured arrivals
     service: _Ewma = field(default_factory=_Ewma)  # one task's run time on a slot, seconds
     service_sq: _Ewma = field(default_factory=_Ewma)  # its square, for the variance

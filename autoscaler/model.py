@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 MAX_SLOTS = 16  # tasks one instance may run at once
+HOURLY_WINDOW_S = 3600.0  # time constant of PoolSnapshot.hourly_arrival_rate_per_s, seconds
 
 
 class Market(str, Enum):
@@ -215,7 +216,7 @@ class PoolSnapshot:
     service_time_cv2: float | None = None  # their squared coefficient of variation (variance / mean²)
     # queue waits (enqueued → started), seconds, of the tasks that started in the last hour
     recent_waits_s: tuple[float, ...] = ()
-    hourly_arrival_rate_per_s: float | None = None  # the same smoothed over an hour (None: unknown)
+    hourly_arrival_rate_per_s: float | None = None  # the same over HOURLY_WINDOW_S (None: unknown)
     quiet_s: float | None = None  # seconds since the daemon last saw a task arrive (None: not since it started)
 
     def in_state(self, *states: InstanceState) -> list[Instance]:

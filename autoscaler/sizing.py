@@ -4,7 +4,7 @@ it takes from them. Pure; no I/O.
 Three sizes, in instances (each ``slots`` servers):
 
 - **The warm floor.** Capacity to hold up (busy, idle or booting) so that arrivals meet the target
-  without a boot: Erlang C over the measured arrival rate and service time gives the fewest
+  without a boot: Erlang C over the measured hourly arrival rate and service time gives the fewest
   servers whose p95 wait is under the target, its wait tail scaled by the Allen–Cunneen factor
   ``(1 + cv²) / 2`` for the measured service-time variation (scans vary less than exponential
   times, so their waits are shorter than M/M/c's). When a replacement (a cold boot, or a warm start
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from autoscaler.erlang import servers_for
-from autoscaler.model import PoolConfig, PoolSnapshot
+from autoscaler.model import HOURLY_WINDOW_S, PoolConfig, PoolSnapshot
 
 # Billed seconds a scale-in costs beyond the idle time: the drain waits a tick for the
 # worker's acknowledgement before the instance is stopped or terminated.
@@ -38,11 +38,13 @@ READY_MARGIN_S = 30.0
 # No arrival for t seconds is unlikely (e^-QUIET_ARRIVALS) at a rate above QUIET_ARRIVALS / t: the
 # rate is taken to be at most that, so the fleet winds down when arrivals stop, not a smoothing later.
 QUIET_ARRIVALS = 3.0
-HOUR_S = 3600.0
-RISE_SD = 2.0  # see Estimates.of
+# The hourly rate lags a rise: the floor follows the recent rate when it is more than RISE_SD of its
+# standard errors above the hourly one. Kept instances are counted at the hourly rate plus KEEP_SD
+# standard errors. Both measured on the simulator's traces (README, Results): lower values churn
+# instances with the rate's noise, higher ones hold more than the target needs.
+RISE_SD = 2.0
+KEEP_SD = 1.0
 MIN_WAITS = 20  # observed waits before their p95 corrects the model
-HOLD_SHARE = 1.0  # see Estimates.floor
-KEEP_SD = 1.0  # see Estimates.floor
 PRIOR_CV2 = 1.0  # service-time variation until measured: exponential, the cautious side
 
 
@@ -77,7 +79,7 @@ class Estimates:
         # the hourly rate lags a rise: the recent rate replaces it when clearly above it
         hourly = max(hourly, rate - RISE_SD * math.sqrt(rate / (2 * pool.arrival_window_s)))
         # an exponential smoothing over τ of a Poisson stream weighs about 2τ of it
-        return cls(rate=rate, hourly_rate=hourly, hourly_rate_sd=math.sqrt(hourly / (2 * HOUR_S)),
+        return cls(rate=rate, hourly_rate=hourly, hourly_rate_sd=math.sqrt(hourly / (2 * HOURLY_WINDOW_S)),
                    service_s=ps.service_time_s or prior_s,
                    variability=(1 + cv2) / 2, slots=pool.slots, boot_s=boot_s,
                    start_s=min(pool.expected_start_s, boot_s), target_s=pool.p95_wait_target_s,
@@ -87,11 +89,7 @@ class Estimates:
     @property
     def behind(self) -> bool:
         """The last hour's p95 wait is over the target."""
-        return self.over(1.0)
-
-    def over(self, share: float) -> bool:
-        """The last hour's p95 wait is over ``share`` of the target."""
-        return self.observed_p95_s is not None and self.observed_p95_s > share * self.target_s
+        return self.observed_p95_s is not None and self.observed_p95_s > self.target_s
 
     def ready_s(self, warm: bool) -> float:
         """Seconds until a replacement serves: a warm start, or a cold boot."""
@@ -104,13 +102,12 @@ class Estimates:
     def floor(self, warm: bool, keeping: bool = False) -> int:
         """Instances to hold up for the target (see the module docstring). ``keeping``: the floor below
         which nothing up is drained, with hysteresis so that the noise of the rate does not drain an
-        instance only to launch it again: at the rate plus two standard errors, and one more while the
-        last hour's p95 is over HOLD_SHARE of the target."""
+        instance only to launch it again: at the rate plus KEEP_SD standard errors."""
         if self.hourly_rate <= 0 or self.in_time(warm):
             return 0
         rate = self.hourly_rate + KEEP_SD * self.hourly_rate_sd if keeping else self.hourly_rate
         servers = servers_for(rate, self.service_s, self.target_s, variability=self.variability)
-        return math.ceil(servers / self.slots) + (1 if self.over(HOLD_SHARE if keeping else 1.0) else 0)
+        return math.ceil(servers / self.slots) + (1 if self.behind else 0)
 
     def scale_out_target_s(self) -> float:
         """The wait scale-out aims at: the target, tightened by how far the last hour's p95 went over it."""
