@@ -52,6 +52,7 @@ from service.settings import Settings, queue_name_problem
 from service.toml_lines import Loc, dotted, key_lines, line_of
 
 LOCAL_TICK_S = 1.0  # local workers start in a second or two: a slow tick would dominate the wait
+LOCAL_P95_WAIT_TARGET_S = 10.0  # a local worker starts in seconds: a scan need not wait for a busy one
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SLOT_PROFILE = Path("benchmarks/results/throughput.json")  # relative to PROJECT_ROOT
 MEASURE_COMMAND = "python benchmarks/throughput.py"
@@ -282,7 +283,7 @@ def default_local(settings: Settings) -> AutoscalerConfig:
         options=(InstanceOption("local-process", Market.on_demand, 1.0),),
         max_instances=settings.workers, boot_timeout_s=60.0, lost_after_s=max(30.0, 3 * settings.lease_s),
         expected_boot_s=2.0, idle_policy="fixed", idle_timeout_s=settings.local_idle_timeout_s,
-        resources=_local_resources(settings.worker_slots),
+        p95_wait_target_s=LOCAL_P95_WAIT_TARGET_S, resources=_local_resources(settings.worker_slots),
     )
     return AutoscalerConfig(tick_s=settings.autoscaler_tick_s or LOCAL_TICK_S, provider="local", pools=[pool])
 

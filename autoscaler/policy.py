@@ -29,7 +29,7 @@ Per pool, every tick:
    the replacements of the arrivals that would need one, a warm start when the warm pool is on, a
    cold boot otherwise, worth more than its idling). The rest are drained, longest idle first;
    none kept by the break-even stays past ``idle_timeout_s``; never below ``min_instances``. With
-   ``idle_policy="fixed"`` an instance is drained after ``idle_timeout_s``.
+   ``idle_policy="fixed"`` an instance is drained after ``idle_timeout_s``, and there is no warm floor.
 5. **Warm pool.** Its size follows the arrival rate: enough stopped instances for the instances
    a rate-``λ`` stream keeps busy over a service time plus a cold boot (99th percentile of a
    Poisson count, at least one), between the pool's ``min_size`` and ``max_size``. Stopped

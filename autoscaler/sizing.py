@@ -10,7 +10,8 @@ Three sizes, in instances (each ``slots`` servers):
   times, so their waits are shorter than M/M/c's). When a replacement (a cold boot, or a warm start
   while stopped instances remain) is ready within the target, arrivals can wait for it instead:
   the floor is 0. Corrected by what is observed: when the p95 of the last hour's waits is over the
-  target, one instance more.
+  target, one instance more. A pool with ``idle_policy = "fixed"`` holds no floor: its idle
+  instances go after ``idle_timeout_s``, and the target drives its scale-out only.
 - **Keep-alive (break-even).** Beyond the floor, an idle instance is kept while the arrivals that
   would need a replacement without it (those finding the others full when waiting for them would
   pass the target) save more boot billing than it costs to idle.
@@ -61,6 +62,7 @@ class Estimates:
     boot_s: float
     start_s: float
     target_s: float
+    holds_floor: bool  # False for idle_policy "fixed"
     observed_p95_s: float | None  # p95 of the last hour's waits; None with fewer than MIN_WAITS
     option_price: float  # $/h of the pool's first option
     price_s: float  # the same, per second
@@ -83,6 +85,7 @@ class Estimates:
                    service_s=ps.service_time_s or prior_s,
                    variability=(1 + cv2) / 2, slots=pool.slots, boot_s=boot_s,
                    start_s=min(pool.expected_start_s, boot_s), target_s=pool.p95_wait_target_s,
+                   holds_floor=pool.idle_policy != "fixed",
                    observed_p95_s=quantile(waits, 0.95) if len(waits) >= MIN_WAITS else None,
                    option_price=pool.options[0].price_per_hour, price_s=pool.options[0].price_per_hour / 3600.0)
 
@@ -103,7 +106,7 @@ class Estimates:
         """Instances to hold up for the target (see the module docstring). ``keeping``: the floor below
         which nothing up is drained, with hysteresis so that the noise of the rate does not drain an
         instance only to launch it again: at the rate plus KEEP_SD standard errors."""
-        if self.hourly_rate <= 0 or self.in_time(warm):
+        if not self.holds_floor or self.hourly_rate <= 0 or self.in_time(warm):
             return 0
         rate = self.hourly_rate + KEEP_SD * self.hourly_rate_sd if keeping else self.hourly_rate
         servers = servers_for(rate, self.service_s, self.target_s, variability=self.variability)

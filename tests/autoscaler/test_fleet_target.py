@@ -60,12 +60,12 @@ def test_the_command_shows_what_the_running_daemon_measured(tmp_path: Path) -> N
 
     alone = fleet()  # no daemon: the target and the state, no measurement
     assert alone.returncode == 0, alone.stderr
-    assert "p95 wait target 300s, last hour: no running autoscaler to measure it; at zero" in alone.stdout
+    assert "p95 wait target 10s, last hour: no running autoscaler to measure it; at zero" in alone.stdout
 
     ps = PoolSnapshot(local.name, pending=0, running=0, oldest_queued_age_s=0.0, arrival_rate_per_s=0.0,
                       instances=(), recent_waits_s=WAITS)
     write_fleet(fleet_path(settings), Snapshot(now=time.time(), pools={local.name: ps}), {local.name: local})
     shown = fleet()
-    assert "p95 wait target 300s, last hour: 94s over 100 waits; at zero" in shown.stdout
+    assert "p95 wait target 10s, last hour: 94s over 100 waits; at zero" in shown.stdout
     (pool,) = json.loads(fleet("--json").stdout)["pools"]
-    assert (pool["p95_wait_target_s"], pool["p95_wait_s_last_hour"], pool["state"]) == (300.0, 94.0, "at zero")
+    assert (pool["p95_wait_target_s"], pool["p95_wait_s_last_hour"], pool["state"]) == (10.0, 94.0, "at zero")

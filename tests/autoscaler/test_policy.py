@@ -361,6 +361,13 @@ def test_the_warm_floor_counts_instances_up_and_keeps_them_idle() -> None:
     assert [a.instance_id for a in of(run(snap(*up, **MEDIUM), LOOSE), Drain)] == ["i0", "i1"]
 
 
+def test_a_fixed_idle_policy_holds_no_floor() -> None:
+    """idle_policy = "fixed" keeps its timeout and nothing more: the target drives scale-out only."""
+    fixed = replace(TIGHT, idle_policy="fixed")
+    assert launched(run(snap(**MEDIUM), fixed)) == 0
+    assert launched(run(snap(busy("a"), pending=2, oldest=50, **MEDIUM), fixed)) >= 1
+
+
 def test_the_floor_outlasts_the_idle_timeout() -> None:
     """An instance the target needs is not drained for idling past idle_timeout_s, which only bounds
     what the break-even keeps."""
