@@ -4,7 +4,10 @@ clock, threads for launches) and in the simulator (virtual clock, inline launche
 Observe lists instances from the provider (the truth: a restarted daemon rebuilds its view from
 it) and joins them with the worker registry: an instance's slots register as workers under the
 instance id (one slot) or ``<instance id>:<k>`` (``model.slot_worker_ids``; ``model.instance_of``
-joins them back). ``policy.decide`` is a pure function of that snapshot. Acting never blocks the
+joins them back). It also carries what the daemon measures over ticks (``_learn``): the arrival
+rate over the pool's window and over an hour, the service time and its variation, and the queue
+wait of each task that started in the last hour (read from the store as each is first seen
+running). ``policy.decide`` is a pure function of that snapshot. Acting never blocks the
 tick on a launch; a launch that fails for capacity falls back to the pool's next option. As a
 last safety net the daemon refuses to terminate an instance while a slot's worker holds a task.
 """
