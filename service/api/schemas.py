@@ -49,7 +49,7 @@ class TaskLinks(Body):
 
 class TaskErrorBody(Body):
     code: str = Field(description="Stable: invalid_input, invalid_video, timeout, algorithm_crashed, worker_lost, "
-                      "fetch_failed, cancelled … (README, HTTP API).")
+                      "fetch_failed, cancelled … (docs/api.md, Errors).")
     message: str
     log_tail: str = Field(description="The last 2 KB of the algorithm's output, else of the task's log.")
 
