@@ -32,7 +32,7 @@ up to `SCANTIDE_WORKERS` worker processes. The file is checked whole when it loa
 tick: types are strict (`boot_timeout_s = "600"` is refused, not read as 600; an integer is a
 number), numbers are finite, unknown keys are refused with the known ones listed, and each problem
 names its field path and line, e.g. `autoscaler.toml:7: pools[0].boot_timeout_s: Input should be a
-valid number`. The README's autoscaler section has a complete example.
+valid number`. [Autoscaler](autoscaler.md) has a complete example.
 """
 EC2_HEADER = "[pools.ec2]"
 

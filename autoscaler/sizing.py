@@ -41,7 +41,7 @@ READY_MARGIN_S = 30.0
 QUIET_ARRIVALS = 3.0
 # The hourly rate lags a rise: the floor follows the recent rate when it is more than RISE_SD of its
 # standard errors above the hourly one. Kept instances are counted at the hourly rate plus KEEP_SD
-# standard errors. Both measured on the simulator's traces (README, Results): lower values churn
+# standard errors. Both measured on the simulator's traces (docs/autoscaler.md, Results): lower values churn
 # instances with the rate's noise, higher ones hold more than the target needs.
 RISE_SD = 2.0
 KEEP_SD = 1.0

@@ -1,6 +1,6 @@
-"""The README's links resolve, no module cites a design document outside the project, and the
-documentation site builds with ``mkdocs build --strict`` (which fails on a broken link or anchor
-between the pages of docs/, and on a page left out of the navigation)."""
+"""The README stays a short front page whose links resolve, no module cites a design document
+outside the project, and the documentation site builds with ``mkdocs build --strict`` (which fails
+on a broken link or anchor between the pages of docs/, and on a page left out of the navigation)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tests.ci import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+README_MAX_BYTES = 12 * 1024
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 
@@ -34,6 +35,11 @@ def relative_links(page: Path) -> list[str]:
     text = FENCE.sub("", page.read_text())
     found = [a or b for a, b in LINK.findall(text)]
     return [t for t in found if not re.match(r"[a-z][a-z0-9+.-]*:", t)]  # http:, https:, mailto: …
+
+
+def test_the_readme_is_at_most_12_kb() -> None:
+    size = len(README.read_bytes())
+    assert size <= README_MAX_BYTES, f"README.md is {size} bytes: move content into docs/ (at most {README_MAX_BYTES})"
 
 
 def test_every_relative_link_of_the_readme_resolves() -> None:
@@ -64,4 +70,4 @@ def test_the_site_builds_with_strict_links(tmp_path: Path) -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stdout + done.stderr
-    assert (tmp_path / "site" / "architecture" / "index.html").exists()
+    assert all((tmp_path / "site" / page / "index.html").exists() for page in ("architecture", "autoscaler"))

@@ -388,14 +388,14 @@ def test_every_repository_path_the_guide_names_exists(deploy_md):
             assert list(ROOT.glob(token.rstrip("/"))), f"docs/deploy.md names {token}, which does not exist"
 
 
-def test_the_readmes_autoscaler_example_loads_into_an_ec2_provider():
+def test_the_autoscaler_pages_example_loads_into_an_ec2_provider():
     from autoscaler.config import parse_config
     from autoscaler.providers.ec2 import from_config
     from service.settings import Settings
 
-    readme = (ROOT / "README.md").read_text()
-    (example,) = autoscaler_examples(readme)
-    config = parse_config(example, Settings(), source="README.md")
+    page = (ROOT / "docs" / "autoscaler.md").read_text()
+    (example,) = autoscaler_examples(page)
+    config = parse_config(example, Settings(), source="docs/autoscaler.md")
     assert config.provider == "ec2" and config.pools[0].warm_pool.enabled
     from_config(config, Settings())  # builds the launch specs and renders the user data
 

@@ -37,7 +37,7 @@ from autoscaler.providers.base import CapacityError, ComputeProvider, ProviderIn
 from autoscaler.sim.clock import EventLoop
 
 MIN_BILLED_S = 60
-# Spot at this fraction of the on-demand price: the README's example pool, g5.xlarge at $0.45/h spot
+# Spot at this fraction of the on-demand price: docs/autoscaler.md's example pool, g5.xlarge at $0.45/h spot
 # against $1.006/h on demand.
 SPOT_PRICE_FRACTION = 0.45
 

@@ -37,7 +37,7 @@ from tests.autoscaler.moto_server import Ec2World, MotoServer
 from tests.autoscaler.test_scenarios_ec2 import ON_DEMAND, POOL, QUEUE, SPOT, Fleet, SeamClient, launched, make_pool
 
 CHEAP_SPOT = InstanceOption("g4dn.xlarge", Market.spot, 0.30)
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "autoscaler.md"
 
 
 class Ec2Refusals(SeamClient):
@@ -147,11 +147,11 @@ def test_launches_in_flight_count_at_the_price_they_launch_at() -> None:
 
 
 # -- the warm pool with spot first ----------------------------------------------------------------
-def readme_pool_toml(world: Ec2World, moto: MotoServer) -> str:
-    """The README's example config as it stands, in this moto world, with timeouts no test time reaches."""
-    text = README.read_text()
+def page_pool_toml(world: Ec2World, moto: MotoServer) -> str:
+    """docs/autoscaler.md's example config as it stands, in this moto world, with timeouts no test time reaches."""
+    text = PAGE.read_text()
     example = re.search(r"A full example, loaded as it stands.*?```toml\n(.*?)```", text, re.S)
-    assert example, "the README's example config"
+    assert example, "docs/autoscaler.md's example config"
     toml = example.group(1).split("[pools.ec2]")[0]
     for key, value in (("name", f'"{POOL}"'), ("queue", f'"{QUEUE}"'), ("boot_timeout_s", "3600"),
                        ("lost_after_s", "3600")):
@@ -161,13 +161,13 @@ def readme_pool_toml(world: Ec2World, moto: MotoServer) -> str:
 
 def test_the_warm_pool_fills_with_on_demand_instances_when_spot_comes_first(
         fleet: Fleet, moto: MotoServer, world: Ec2World, tmp_path: Path) -> None:
-    """The README's example (g5 spot, g4dn spot, g5 on demand; warm pool min_size 2) on an empty queue
+    """docs/autoscaler.md's example (g5 spot, g4dn spot, g5 on demand; warm pool min_size 2) on an empty queue
     for 30 minutes. One-time spot instances cannot be stopped: launching them to fill the warm pool
     relaunched two every few ticks, forever. The warm pool launches its instances on demand."""
     import tomllib
 
     settings = load_settings(state_dir=tmp_path / "state")
-    (pool,) = parse_config(tomllib.loads(readme_pool_toml(world, moto)), settings).pools
+    (pool,) = parse_config(tomllib.loads(page_pool_toml(world, moto)), settings).pools
     assert pool.options[0].market is Market.spot and pool.warm_pool.min_size == 2
     daemon = fleet.daemon(pool)
     booted: set[str] = set()
