@@ -146,9 +146,6 @@ class Settings(BaseSettings):
     stall_no_heartbeat_s: float = Field(60.0, gt=0, description="A running task silent this long is scan.stalled.")
     max_queue_wait_s: float = Field(1800.0, gt=0, description="A task queued this long is scan.stalled.")
     backlog_slo_s: float = Field(600.0, gt=0, description="Oldest queued task older than this: queue.backlog.")
-    status_poll_s: float = Field(2.0, gt=0, description="How often the status page's event stream reads the "
-                                 "state when nothing rings (production always; embedded mode is rung on each "
-                                 "change), seconds.")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Production: each daemon (monitor, "
                                      "conductor, autoscaler, worker) serves its Prometheus metrics at "
                                      "http://<metrics_host>:<port>/metrics; unset: none. `scantide up` ignores it: "
