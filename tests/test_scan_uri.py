@@ -14,7 +14,7 @@ import pytest
 from service.backends.base import TaskBackend
 from service.domain import JobState, ScanRequest
 from service.enqueue import Enqueuer, submit_scan
-from service.errors import ForbiddenScanUri, InvalidScanUri, ScantideError, UnknownAlgorithm
+from service.errors import ForbiddenScanUri, InvalidScanUri, ScanMissing, ScantideError, UnknownAlgorithm
 from service.scan_uri import validate_scan_uri
 from service.settings import Settings
 
@@ -172,7 +172,7 @@ def test_symlink_inside_the_root_pointing_outside_is_forbidden(root: Path, tmp_p
 
 @pytest.mark.parametrize("uri", ["clinic/missing.mp4", "{root}/missing.mp4", "file://{root}/missing.mp4", "clinic"])
 def test_missing_local_file_is_scan_missing(root: Path, uri: str) -> None:
-    refused(uri.format(root=root), root, InvalidScanUri, "scan_missing")
+    refused(uri.format(root=root), root, ScanMissing, "scan_missing")
 
 
 def test_file_uri_naming_a_host_is_refused(root: Path) -> None:
@@ -288,7 +288,7 @@ def test_submit_scan_uses_the_resolver_it_is_given(backend: TaskBackend, setting
     ("uri", "error", "code"),
     [
         ("https://169.254.169.254/latest/meta-data/", ForbiddenScanUri, "forbidden_scan_uri"),
-        ("missing.mp4", InvalidScanUri, "scan_missing"),
+        ("missing.mp4", ScanMissing, "scan_missing"),
         ("s3://scans-bucket/a/%2e%2e/b", InvalidScanUri, "invalid_scan_uri"),
         ("ftp://93.184.216.34/a.mp4", InvalidScanUri, "invalid_scan_uri"),
     ],
