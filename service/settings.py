@@ -235,12 +235,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
+        # Absolute from the start: a task runs in a working folder of its own, where a relative
+        # state dir (the default ".scantide") would name another place.
+        self.state_dir = self.state_dir.absolute()
         if self.data_root is None:
             self.data_root = self.state_dir / "data"
         if self.output_root is None:
             self.output_root = self.state_dir / "outputs"
         if self.input_cache_dir is None:
             self.input_cache_dir = self.state_dir / "input_cache"
+        self.data_root, self.input_cache_dir = self.data_root.absolute(), self.input_cache_dir.absolute()
+        if isinstance(self.output_root, Path):
+            self.output_root = self.output_root.absolute()
         for name, tokens in (("api_tokens", self.api_tokens),):
             for scopes in tokens.values():
                 unknown = set(scopes) - set(SCOPES)
