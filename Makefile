@@ -28,7 +28,7 @@ chaos: $(STAMP)
 	SCANTIDE_CHAOS_SCANS=200 $(PY) -m pytest -q -m chaos -s
 
 sim-goals: $(STAMP)
-	SCANTIDE_SIM_GOALS=1 $(PY) -m pytest -q -m sim_goals tests/autoscaler/test_simulate.py
+	$(PY) -m pytest -q -m sim_goals tests/autoscaler/test_simulate.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/enqueue.py

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -94,17 +93,11 @@ def check_goals(trace: str, warm_pool: bool) -> dict:
     return record
 
 
-@pytest.mark.parametrize("trace, warm_pool", [("grin-day", False), ("grin-day", True), ("steady-80", False)])
-def test_the_goals_on_a_day_that_moves_and_a_steady_medium_load(trace: str, warm_pool: bool) -> None:
-    """A bounded few of the goals; ``make sim-goals`` runs them on every trace."""
-    check_goals(trace, warm_pool)
-
-
 @pytest.mark.sim_goals
-@pytest.mark.skipif(os.environ.get("SCANTIDE_SIM_GOALS") != "1", reason="make sim-goals runs these")
 @pytest.mark.parametrize("warm_pool", [False, True], ids=["cold", "warm-pool"])
 @pytest.mark.parametrize("trace", all_trace_names())
 def test_the_goals_on_every_trace(trace: str, warm_pool: bool) -> None:
+    """Every trace both ways, about 15 s in all (``make sim-goals`` runs them alone)."""
     check_goals(trace, warm_pool)
 
 
