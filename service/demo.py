@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import secrets
-import signal
 import subprocess
 import time
 import uuid
@@ -33,6 +32,7 @@ from service.console import follow
 from service.demo_pipeline import register_triage, short_scan, show_runs, submit_runs, wait_runs
 from service.demo_receiver import Receiver, free_port
 from service.domain import JobState, TaskInfo
+from service.processes import terminate
 from service.settings import Settings, with_local_token
 from service.supervisor import cli_argv, settings_env
 from service.synthetic import write_scan_video
@@ -130,11 +130,7 @@ def _run(settings: Settings, console: Console, receiver: Receiver, scans: int, w
                 runs = wait_runs(http, run_ids, timeout_s)
             _wait_events(receiver, len(every) + len(runs), timeout_s=15.0)
         finally:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                up.kill()
+            terminate(up, grace_s=90)
     _show_results(console, final, written)
     _show_frame_stats(console, extra_final)
     if runs:

@@ -44,6 +44,18 @@ def die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+def terminate(child: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM ``child`` (scantide's commands drain on it), SIGKILL it if it is still running
+    after ``grace_s`` seconds; reaped either way."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
 def stop_session(child: subprocess.Popen, grace_s: float) -> None:
     """Stop ``child`` (started with ``start_new_session=True``) and the rest of its session."""
     _signal_group(child.pid, signal.SIGTERM)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from service.demo_receiver import Receiver
+from service.processes import terminate
 from service.settings import Settings
 from service.supervisor import cli_argv, settings_env
 from service.synthetic import write_scan_video
@@ -39,17 +39,7 @@ def stack(settings: Settings) -> Iterator[tuple[Settings, Receiver, subprocess.P
         try:
             yield s, receiver, up
         finally:
-            stop(up)
-
-
-def stop(up: subprocess.Popen) -> None:
-    if up.poll() is None:
-        up.send_signal(signal.SIGTERM)
-    try:
-        up.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        up.kill()
-        up.wait()
+            terminate(up, grace_s=90)
 
 
 def process_logs(settings: Settings) -> dict[Path, list[dict[str, Any]]]:
@@ -94,7 +84,7 @@ def test_one_grep_follows_a_scan_from_request_to_webhook(stack, data_root: Path)
     wait_for(lambda: any('"webhook_delivered"' in line and task_id in line
                          for line in (settings.state_dir / "up.log").read_text().splitlines()),
              timeout_s=30, what="the monitor's delivery line")
-    stop(up)
+    terminate(up, grace_s=90)
 
     logs = process_logs(settings)
     followed = [line for lines in logs.values() for line in lines if REQUEST_ID in json.dumps(line)]

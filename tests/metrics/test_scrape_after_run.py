@@ -22,6 +22,7 @@ from rich.console import Console
 from service.demo import register_example
 from service.demo_pipeline import EXAMPLES, register_triage
 from service.demo_receiver import Receiver
+from service.processes import terminate
 from service.settings import Settings
 from service.supervisor import cli_argv, settings_env
 from service.synthetic import write_scan_video
@@ -93,12 +94,7 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, Receiv
         try:
             yield s, receiver, up
         finally:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
+            terminate(up, grace_s=90)
 
 
 def test_one_scrape_after_a_demo_sized_run_has_every_series(stack, data_root: Path) -> None:
